@@ -1,0 +1,213 @@
+"""Pure spiking dynamics and their approximate gradients (SPEC sections 1, 2, 3, 5).
+
+Every function here works on a whole time-major sequence ``[T, B, ...]`` at once and allocates on
+its input's device and dtype. The forward passes run the membrane recurrences step by step; the
+backward passes need only the boolean spike train, so no float membrane is kept for autograd.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "lif_neuron",
+    "if_neuron",
+    "lif_scan",
+    "leak_correction",
+    "spike_gradient_scan",
+    "output_integrator",
+    "poisson_encode",
+]
+
+
+def lif_scan(current: Tensor, threshold: float, leak: float,
+             membrane_out: Tensor | None = None) -> Tensor:
+    """Run leaky integrate-and-fire neurons over time; return the boolean spike train.
+
+    Per step: ``u_t = m_{t-1} + I_t``; spike where ``u_t > threshold`` (strict); hard reset to 0
+    where it spiked; ``m_t = leak * r_t``. The membrane starts at 0.
+
+    Args:
+        current: input currents ``[T, B, ...]``.
+        threshold: firing threshold theta.
+        leak: multiplicative leak l per step (1 means no leak).
+        membrane_out: optional ``[T, B, ...]`` tensor that receives ``m_t`` (after reset and leak),
+            for inspection and tests; the training path leaves it ``None``.
+
+    Returns:
+        Spikes ``[T, B, ...]`` as ``torch.bool``.
+    """
+    spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+    membrane = torch.zeros_like(current[0])
+    for t in range(current.shape[0]):
+        membrane.add_(current[t])
+        torch.gt(membrane, threshold, out=spikes[t])
+        membrane.masked_fill_(spikes[t], 0)
+        if leak != 1:
+            membrane.mul_(leak)
+        if membrane_out is not None:
+            membrane_out[t] = membrane
+    return spikes
+
+
+def leak_correction(spikes: Tensor, leak: float, dtype: torch.dtype = torch.float32) -> Tensor:
+    """The authors' per-neuron leak correction NG of SPEC section 1.
+
+    ``LF = sum_t leak^(T-1-t) s_t`` (computed as the recurrence ``LF <- leak * LF + s_t``),
+    ``N = sum_t s_t``, ``NG = [LF > 1e-3] + ln(leak) * LF / (N + [N < 1e-3])``.
+
+    Args:
+        spikes: ``[T, B, ...]`` spike train (bool or 0/1 float).
+        leak: the neuron's leak l.
+        dtype: dtype of the result.
+
+    Returns:
+        NG ``[B, ...]``: about 0.99 for a neuron that fired (l = 0.99, T = 100), 0 for a silent one.
+    """
+    trace = torch.zeros(spikes.shape[1:], dtype=dtype, device=spikes.device)
+    for t in range(spikes.shape[0]):
+        trace.mul_(leak).add_(spikes[t])
+    count = spikes.sum(dim=0, dtype=dtype)
+    fired = (trace > 1e-3).to(dtype)
+    silent = (count < 1e-3).to(dtype)
+    return fired + math.log(leak) * trace / (count + silent)
+
+
+def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | float) -> Tensor:
+    """Carry spike gradients back to the currents that caused them (SPEC sections 1 and 2).
+
+    Going backwards in time with ``delta_T = 0``: ``delta_t = scale * g_t`` where the neuron
+    spiked, else ``delta_{t+1}``. The leak is straight-through and the reset cuts the path, so
+    the current at step t is credited with the gradient of that neuron's next spike.
+
+    Args:
+        grad_spikes: ``g_t = dLoss/ds_t``, ``[T, B, ...]``.
+        spikes: boolean spike train ``[T, B, ...]``.
+        scale: per-neuron ``[B, ...]`` tensor or a number multiplying the gradient at a spike.
+
+    Returns:
+        ``dLoss/dI_t``, ``[T, B, ...]``.
+    """
+    grad_current = torch.empty_like(grad_spikes)
+    delta = torch.zeros_like(grad_spikes[0])
+    for t in range(grad_spikes.shape[0] - 1, -1, -1):
+        torch.where(spikes[t], grad_spikes[t] * scale, delta, out=delta)
+        grad_current[t] = delta
+    return grad_current
+
+
+class _LIFNeuron(torch.autograd.Function):
+    """Hidden LIF neuron: exact forward, the authors' leak-aware approximate backward."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, threshold: float, leak: float) -> Tensor:
+        spikes = lif_scan(current, threshold, leak)
+        ctx.save_for_backward(spikes)
+        ctx.threshold, ctx.leak = threshold, leak
+        return spikes.to(current.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor):
+        (spikes,) = ctx.saved_tensors
+        scale = leak_correction(spikes, ctx.leak, grad_spikes.dtype) / ctx.threshold
+        return spike_gradient_scan(grad_spikes, spikes, scale), None, None
+
+
+class _IFNeuron(torch.autograd.Function):
+    """Non-leaky integrate-and-fire neuron (the pooling neuron): gradient passed at spikes as is."""
+
+    @staticmethod
+    def forward(ctx, current: Tensor, threshold: float) -> Tensor:
+        spikes = lif_scan(current, threshold, leak=1.0)
+        ctx.save_for_backward(spikes)
+        return spikes.to(current.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor):
+        (spikes,) = ctx.saved_tensors
+        return spike_gradient_scan(grad_spikes, spikes, 1.0), None
+
+
+def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> Tensor:
+    """Hidden LIF neurons over time (SPEC section 1).
+
+    Args:
+        current: ``[T, B, ...]`` input currents.
+        threshold: firing threshold theta.
+        leak: leak l per step.
+
+    Returns:
+        Spikes ``[T, B, ...]`` with values 0 or 1 in ``current.dtype``. Their gradient is the
+        authors' approximation: ``dLoss/dI_t = (NG / theta) g_t`` at a spike, else the next
+        spike's, with NG from :func:`leak_correction`.
+    """
+    return _LIFNeuron.apply(current, threshold, leak)
+
+
+def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
+    """Integrate-and-fire neurons without leak (the spatial-pooling neuron, SPEC section 2).
+
+    Args:
+        current: ``[T, B, ...]`` input currents (average-pooled spikes).
+        threshold: firing threshold (0.75 in the authors' scripts).
+
+    Returns:
+        Spikes ``[T, B, ...]`` (0 or 1); gradient ``dLoss/dI_t = g_t`` at a spike, else the next
+        spike's.
+    """
+    return _IFNeuron.apply(current, threshold)
+
+
+class _OutputIntegrator(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, current: Tensor, leak: float, threshold: float) -> Tensor:
+        membrane = torch.zeros_like(current[0])
+        for t in range(current.shape[0]):
+            membrane = leak * (membrane + current[t])
+        ctx.time_steps, ctx.threshold = current.shape[0], threshold
+        return membrane / (threshold * current.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        grad_step = grad_output / (ctx.threshold * ctx.time_steps)
+        return grad_step.expand(ctx.time_steps, *grad_step.shape), None, None
+
+
+def output_integrator(current: Tensor, leak: float = 0.99, threshold: float = 1.0) -> Tensor:
+    """Non-spiking output layer (SPEC section 3).
+
+    The membrane accumulates ``M <- leak * (M + I_t)`` over the T steps; the output is
+    ``M_T / (threshold * T)``. The gradient treats the leak as straight-through: every step's
+    current receives ``dLoss/dOutput / (threshold * T)``.
+
+    Args:
+        current: ``[T, B, K]`` output-layer currents.
+
+    Returns:
+        ``[B, K]`` network output.
+    """
+    return _OutputIntegrator.apply(current, leak, threshold)
+
+
+def poisson_encode(images: Tensor, time_steps: int, scale: float = 1.0,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Signed Bernoulli ("Poisson") rate code with fresh draws at every step (SPEC section 5).
+
+    ``x_t = [|scale * x| > U(0, 1)] * sign(x)``. No gradient flows into ``images``.
+
+    Args:
+        images: ``[B, C, H, W]`` (or any ``[B, ...]``) pixel values.
+        time_steps: T.
+        scale: the factor a (1 for CIFAR-10 and SVHN, 0.5 for MNIST).
+        generator: optional random generator on ``images.device``, for reproducible draws.
+
+    Returns:
+        Spikes ``[T, B, ...]`` with values -1, 0 or 1 in ``images.dtype``.
+    """
+    images = images.detach()
+    uniform = torch.rand((time_steps, *images.shape), generator=generator,
+                         dtype=images.dtype, device=images.device)
+    fires = (images * scale).abs() > uniform
+    return fires.to(images.dtype) * images.sign()

@@ -1,0 +1,61 @@
+"""Thin ``nn.Module`` wrappers around the neuron dynamics of :mod:`spiking.functional`.
+
+Neurons hold no state between calls: each forward runs the whole ``[T, B, ...]`` sequence with
+membranes starting at zero, as the authors' scripts reset them for every mini-batch.
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import functional as SF
+from .synapses import TimeFolded
+
+__all__ = ["LIFNeuron", "PoolingNeuron", "OutputIntegrator"]
+
+
+class LIFNeuron(nn.Module):
+    """Hidden leaky integrate-and-fire neurons: currents ``[T, B, ...]`` -> spikes ``[T, B, ...]``."""
+
+    def __init__(self, threshold: float = 1.0, leak: float = 0.99) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.leak = leak
+
+    def forward(self, current: Tensor) -> Tensor:
+        return SF.lif_neuron(current, self.threshold, self.leak)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, leak={self.leak}"
+
+
+class PoolingNeuron(nn.Module):
+    """2x2 average pooling of spikes feeding non-leaky IF neurons (SPEC section 2).
+
+    ``[T, B, C, H, W]`` spikes -> ``[T, B, C, H/2, W/2]`` spikes.
+    """
+
+    def __init__(self, threshold: float = 0.75, kernel_size: int = 2) -> None:
+        super().__init__()
+        self.threshold = threshold
+        self.pool = TimeFolded(nn.AvgPool2d(kernel_size))
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        return SF.if_neuron(self.pool(spikes), self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+class OutputIntegrator(nn.Module):
+    """Non-spiking output layer: currents ``[T, B, K]`` -> output ``[B, K]`` (SPEC section 3)."""
+
+    def __init__(self, leak: float = 0.99, threshold: float = 1.0) -> None:
+        super().__init__()
+        self.leak = leak
+        self.threshold = threshold
+
+    def forward(self, current: Tensor) -> Tensor:
+        return SF.output_integrator(current, self.leak, self.threshold)
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}, threshold={self.threshold}"

@@ -1,0 +1,120 @@
+"""Time-folded synapses: one convolution or matrix product over all T steps at once.
+
+The layers take spike trains ``[T, B, ...]``, fold time into the batch (``[T*B, ...]``), apply the
+weights once and unfold. For autograd they keep their input as a compact integer tensor whenever it
+is a spike train (values ``-c, 0, c`` for one constant c, e.g. dropout's ``1/(1-p)``), so BPTT over
+100 steps stores one byte per synapse input and step instead of a float.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SpikingConv2d", "SpikingLinear", "TimeFolded", "compact_spikes", "expand_spikes"]
+
+
+def compact_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Pack ``x`` as ``(int8 codes, scale)`` if it only holds ``-c, 0, c``; else ``(x, None)``.
+
+    The check is exact, so :func:`expand_spikes` always returns a tensor equal to ``x``.
+    """
+    scale = x.abs().amax()
+    if scale == 0:
+        return torch.zeros_like(x, dtype=torch.int8), scale
+    codes = (x / scale).to(torch.int8)
+    if torch.equal(codes.to(x.dtype) * scale, x):
+        return codes, scale
+    return x, None
+
+
+def expand_spikes(packed: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`compact_spikes`."""
+    return packed if scale is None else packed.to(dtype) * scale
+
+
+class _SpikeInputConv2d(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple) -> Tensor:
+        ctx.conv_args = (stride, padding)
+        if ctx.needs_input_grad[1]:
+            ctx.packed_input = compact_spikes(x)
+        ctx.save_for_backward(weight)
+        ctx.input_shape = x.shape
+        return F.conv2d(x, weight, None, stride, padding)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (weight,) = ctx.saved_tensors
+        stride, padding = ctx.conv_args
+        if ctx.needs_input_grad[1]:
+            x = expand_spikes(*ctx.packed_input, grad_out.dtype)
+        else:
+            x = grad_out.new_empty(ctx.input_shape)
+        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
+            grad_out, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
+            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        return grad_x, grad_w, None, None
+
+
+class _SpikeInputLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor) -> Tensor:
+        if ctx.needs_input_grad[1]:
+            ctx.packed_input = compact_spikes(x)
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        (weight,) = ctx.saved_tensors
+        grad_x = grad_out @ weight if ctx.needs_input_grad[0] else None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            x = expand_spikes(*ctx.packed_input, grad_out.dtype)
+            grad_w = grad_out.flatten(0, -2).T @ x.flatten(0, -2)
+        return grad_x, grad_w
+
+
+def _fold(x: Tensor) -> Tensor:
+    return x.flatten(0, 1)
+
+
+def _unfold(y: Tensor, time_steps: int) -> Tensor:
+    return y.unflatten(0, (time_steps, -1))
+
+
+class SpikingConv2d(nn.Conv2d):
+    """``nn.Conv2d`` without bias over a spike train: ``[T, B, C, H, W] -> [T, B, C', H', W']``.
+
+    Its ``weight`` is the authors' parameter, so state_dict keys stay ``<name>.weight``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
+                 stride: int = 1, padding: int = 0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        current = _SpikeInputConv2d.apply(_fold(spikes), self.weight, self.stride, self.padding)
+        return _unfold(current, spikes.shape[0])
+
+
+class SpikingLinear(nn.Linear):
+    """``nn.Linear`` without bias over a spike train: ``[T, B, F] -> [T, B, F']``."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        return _SpikeInputLinear.apply(spikes, self.weight)
+
+
+class TimeFolded(nn.Module):
+    """Apply a stateless per-image module (e.g. ``nn.AvgPool2d``) to every step of ``[T, B, ...]``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: Tensor) -> Tensor:
+        return _unfold(self.module(_fold(x)), x.shape[0])
