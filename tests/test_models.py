@@ -1,0 +1,73 @@
+"""Architecture facts of SPEC sections 7 and 8: names, shapes, defaults, initialisation."""
+import math
+
+import pytest
+import torch
+
+import models
+from spiking import LIFNeuron, TimeHeldDropout
+
+AUTHORS_KEYS = {
+    "lenet": ["cnn1", "cnn2", "fc0", "fc1"],
+    "vgg9": ["cnn11", "cnn12", "cnn21", "cnn22", "cnn31", "cnn32", "cnn33", "fc0", "fc1"],
+    "resnet11": ["cnn11", "cnn21", "cnn22", "shortcut1.0", "cnn31", "cnn32", "shortcut2.0",
+                 "cnn41", "cnn42", "shortcut3.0", "cnn51", "cnn52", "fc0", "fc1"],
+}
+AUTHORS_KEYS["resnet13"] = AUTHORS_KEYS["resnet11"] + ["cnn61", "cnn62"]
+
+
+@pytest.mark.parametrize("arch", list(AUTHORS_KEYS))
+def test_state_dict_uses_the_authors_names(arch):
+    model = models.get_model(arch, width=0.0625)
+    assert sorted(model.state_dict()) == sorted(f"{k}.weight" for k in AUTHORS_KEYS[arch])
+
+
+def test_full_size_shapes_match_the_architecture_table():
+    shapes = {k: tuple(v.shape) for k, v in models.get_model("resnet11").state_dict().items()}
+    assert shapes["cnn11.weight"] == (64, 3, 3, 3)
+    assert shapes["shortcut1.0.weight"] == (128, 64, 1, 1)
+    assert shapes["cnn52.weight"] == (512, 512, 3, 3)
+    assert shapes["fc0.weight"] == (1024, 8192)
+    vgg = {k: tuple(v.shape) for k, v in models.get_model("vgg9").state_dict().items()}
+    assert vgg["fc0.weight"] == (1024, 4096) and vgg["cnn33.weight"] == (256, 256, 3, 3)
+    lenet = {k: tuple(v.shape) for k, v in models.get_model("lenet").state_dict().items()}
+    assert lenet == {"cnn1.weight": (20, 1, 5, 5), "cnn2.weight": (50, 20, 5, 5),
+                     "fc0.weight": (200, 2450), "fc1.weight": (10, 200)}
+
+
+@pytest.mark.parametrize("arch,gain,p", [("lenet", 2, 0.0), ("vgg9", 2, 0.2), ("resnet11", 1, 0.25)])
+def test_initialisation_and_default_dropout(arch, gain, p):
+    torch.manual_seed(0)
+    model = models.get_model(arch)
+    weight = model.fc0.weight
+    assert weight.std().item() == pytest.approx(math.sqrt(gain / weight.shape[1]), rel=0.01)
+    assert abs(weight.mean().item()) < 0.05 * weight.std().item()
+    drops = [m.p for m in model.modules() if isinstance(m, TimeHeldDropout)]
+    assert drops == [p] * len(drops) and (len(drops) > 0) == (p > 0)
+    assert all(m.leak == 0.99 and m.threshold == 1.0
+               for m in model.modules() if isinstance(m, LIFNeuron))
+
+
+@pytest.mark.parametrize("arch,shape", [("lenet", (1, 28, 28)), ("vgg9", (3, 32, 32)),
+                                        ("resnet11", (3, 32, 32)), ("resnet13", (3, 32, 32))])
+def test_forward_shape_dtype_and_gradients(arch, shape):
+    torch.manual_seed(0)
+    model = models.get_model(arch, width=0.0625, num_classes=7).double()
+    spikes = (torch.rand(3, 2, *shape, dtype=torch.float64) < 0.3).double()
+    out = model(spikes)
+    assert out.shape == (2, 7) and out.dtype == torch.float64
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_constructor_arguments_reach_every_neuron():
+    model = models.get_model("vgg9", leak=0.9, threshold=2.0, pool_threshold=0.5, dropout=0.1,
+                             width=0.0625)
+    assert {(m.leak, m.threshold) for m in model.modules() if isinstance(m, LIFNeuron)} == {(0.9, 2.0)}
+    assert model.pool1.threshold == 0.5 and model.output.leak == 0.9
+    assert {m.p for m in model.modules() if isinstance(m, TimeHeldDropout)} == {0.1}
+
+
+def test_unknown_architecture_is_rejected():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        models.get_model("resnet50")

@@ -1,0 +1,97 @@
+"""The fast time-folded models equal the per-step port of the authors' loop (tests/oracle.py).
+
+Same weights, same input spikes, same dropout masks, float64: outputs and every parameter
+gradient agree to a relative error of 1e-9, in training mode (masks) and evaluation mode.
+Weights get a positive mean so spikes reach the deepest layers within a few steps; threshold 1.25
+and leak 0.95 make the 1/threshold and NG factors visible.
+"""
+import math
+
+import pytest
+import torch
+
+import models
+from oracle import oracle_forward
+from spiking import TimeHeldDropout
+
+F64 = torch.float64
+INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
+               "resnet13": (3, 16, 16)}
+DRIVE = {"lenet": (2.0, 0.3), "vgg9": (3.0, 0.4), "resnet11": (1.0, 0.3), "resnet13": (1.0, 0.3)}
+WIDTH = {"lenet": 0.2, "vgg9": 0.08, "resnet11": 0.06, "resnet13": 0.06}
+LEAK, THRESHOLD = 0.95, 1.25
+
+
+def build(arch: str, seed: int, dropout: float = 0.25):
+    gen = torch.Generator().manual_seed(seed)
+    kwargs = {} if arch == "lenet" else {"dropout": dropout}
+    model = models.get_model(arch, width=WIDTH[arch], input_shape=INPUT_SHAPE[arch], leak=LEAK,
+                             threshold=THRESHOLD, **kwargs).double()
+    gain, shift = DRIVE[arch]
+    with torch.no_grad():
+        for weight in model.parameters():
+            fan_in = weight[0].numel()
+            weight.copy_((torch.randn(weight.shape, generator=gen, dtype=F64) + shift)
+                         * math.sqrt(gain / fan_in))
+    return model, gen
+
+
+def oracle_weights(model):
+    return {k: v.detach().clone().requires_grad_() for k, v in model.state_dict().items()}
+
+
+def input_spikes(arch: str, gen, time_steps: int = 5, batch: int = 3):
+    u = torch.rand((time_steps, batch, *INPUT_SHAPE[arch]), generator=gen, dtype=F64)
+    return (u < 0.6).to(F64) - (u > 0.9).to(F64)
+
+
+def fix_dropout_masks(model, gen) -> dict[str, torch.Tensor]:
+    """Make each dropout module return a known mask; key it by the layer whose spikes it masks."""
+    masks = {}
+    for name, module in model.named_modules():
+        if isinstance(module, TimeHeldDropout) and module.p > 0:
+            layer = "fc0" if name == "drop_fc0" else "cnn" + name.removeprefix("drop")
+
+            def draw(spikes, module=module, layer=layer):
+                masks[layer] = (torch.rand(spikes.shape[1:], generator=gen, dtype=F64)
+                                > module.p).to(F64) / (1 - module.p)
+                return masks[layer]
+
+            module.draw_mask = draw
+    return masks
+
+
+def mse_sum(out, batch):
+    target = torch.zeros_like(out)
+    target[torch.arange(batch), torch.arange(batch) % out.shape[1]] = 1
+    return ((out - target) ** 2).sum()
+
+
+def assert_close(actual, expected, what):
+    scale = expected.abs().max()
+    assert scale > 0, f"{what}: the oracle's value is all zeros, the test would prove nothing"
+    error = (actual - expected).abs().max() / scale
+    assert error <= 1e-9, f"{what}: relative error {error:.2e}"
+
+
+@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_outputs_and_gradients_equal_the_authors_loop(arch, training):
+    model, gen = build(arch, seed=1)
+    weights = oracle_weights(model)
+    spikes = input_spikes(arch, gen)
+    model.train(training)
+    masks = fix_dropout_masks(model, gen)
+
+    out = model(spikes)
+    mse_sum(out, spikes.shape[1]).backward()
+    expected = oracle_forward(arch, weights, spikes, masks if training else None,
+                              leak=LEAK, threshold=THRESHOLD)
+    mse_sum(expected, spikes.shape[1]).backward()
+
+    hidden_layers = {k.removesuffix(".weight") for k in weights
+                     if not k.startswith(("fc1", "shortcut"))}
+    assert set(masks) == (hidden_layers if training and arch != "lenet" else set())
+    assert_close(out, expected, "output")
+    for name, param in model.named_parameters():
+        assert_close(param.grad, weights[name].grad, f"grad of {name}")
