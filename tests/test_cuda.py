@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from test_parity import build, fix_dropout_masks, input_spikes, mse_sum
+from spiking import TimeHeldDropout
+from test_parity import build, fix_dropout_masks, input_spikes, masked_layer, mse_sum
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
@@ -19,9 +20,9 @@ def test_cuda_matches_cpu_in_float64(arch):
 
     model.zero_grad()
     model.cuda()
-    for module, mask in zip([m for m in model.modules() if hasattr(m, "draw_mask")],
-                            list(masks.values())):
-        module.draw_mask = lambda spikes, mask=mask: mask.cuda()
+    for name, module in model.named_modules():
+        if isinstance(module, TimeHeldDropout) and module.p > 0:
+            module.draw_mask = lambda spikes, mask=masks[masked_layer(name)]: mask.cuda()
     out_gpu = model(spikes.cuda())
     mse_sum(out_gpu, spikes.shape[1]).backward()
 

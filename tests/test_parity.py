@@ -45,12 +45,17 @@ def input_spikes(arch: str, gen, time_steps: int = 5, batch: int = 3):
     return (u < 0.6).to(F64) - (u > 0.9).to(F64)
 
 
+def masked_layer(dropout_name: str) -> str:
+    """The weight layer whose spikes a dropout module masks: drop21 -> cnn21, drop_fc0 -> fc0."""
+    return "fc0" if dropout_name == "drop_fc0" else "cnn" + dropout_name.removeprefix("drop")
+
+
 def fix_dropout_masks(model, gen) -> dict[str, torch.Tensor]:
     """Make each dropout module return a known mask; key it by the layer whose spikes it masks."""
     masks = {}
     for name, module in model.named_modules():
         if isinstance(module, TimeHeldDropout) and module.p > 0:
-            layer = "fc0" if name == "drop_fc0" else "cnn" + name.removeprefix("drop")
+            layer = masked_layer(name)
 
             def draw(spikes, module=module, layer=layer):
                 masks[layer] = (torch.rand(spikes.shape[1:], generator=gen, dtype=F64)
