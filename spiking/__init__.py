@@ -5,10 +5,13 @@
 - :mod:`spiking.synapses`: time-folded convolution and linear layers.
 - :mod:`spiking.dropout`: dropout held over time.
 - :mod:`spiking.encoding`: Poisson input encoding.
+- :mod:`spiking.monitor`: spike and synaptic-operation counting for inference analysis.
+- :mod:`spiking.report`: per-layer summary, energy estimate, table and JSON of those counts.
 """
 from . import functional
 from .dropout import TimeHeldDropout
 from .encoding import PoissonEncoder
+from .monitor import SpikeMonitor
 from .neurons import LIFNeuron, OutputIntegrator, PoolingNeuron
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
@@ -18,6 +21,7 @@ __all__ = [
     "OutputIntegrator",
     "PoissonEncoder",
     "PoolingNeuron",
+    "SpikeMonitor",
     "SpikingConv2d",
     "SpikingLinear",
     "TimeFolded",

@@ -1,0 +1,285 @@
+"""Count spikes and synaptic operations of a spiking network during inference (issue 5).
+
+:class:`SpikeMonitor` is a context manager over a model: it registers forward hooks on entry and
+removes them on exit, so a model outside the ``with`` block runs exactly as without it.
+
+What is counted, summed over every forward pass inside the ``with`` block:
+
+Spiking layers (the rows of the report), in the order they first fire:
+    - ``input``: the model's first positional argument, the Poisson spike train (layer 0);
+      -1 and +1 spikes both count.
+    - every :class:`~spiking.LIFNeuron` (conv and fc0 layers) and every
+      :class:`~spiking.PoolingNeuron`, by their module names.
+    For each: neurons per image, spikes (nonzero outputs), time steps and images. Spikes are
+    counted at the neuron's output, before dropout (SPEC 6: statistics on unmasked spikes).
+
+Synaptic operations, attributed to the spiking layer whose spikes cause them:
+    - SNN accumulates (AC): for every spike entering a synapse module, the number of synapses
+      it reaches there. A conv input element at (h, w) reaches ``out_channels / groups`` times
+      the number of output positions whose window covers (h, w) (borders, padding and stride
+      exact); a linear input reaches ``out_features`` synapses; an average-pooling input
+      (the 2x2 pool of a :class:`~spiking.PoolingNeuron`, the ``AvgPool2d(1, stride 2)``
+      shortcut of ResNet11) is one addition per output window covering it (0 where a stride
+      skips it). A spike reaching several modules (the pooled spikes of ResNet11's block 1 feed
+      ``cnn21`` and ``shortcut1.0``) is counted in each. Every synapse counts whatever its
+      weight, zero included: the structure, not the values, sets the work of event-driven
+      hardware that does not prune.
+    - Equivalent ANN, per image, from shapes: a conv or linear module costs
+      ``output elements x fan_in`` MACs (``fan_in = in_channels / groups x kh x kw`` or
+      ``in_features``), padded positions included as a dense accelerator computes them; an
+      average pool costs ``output elements x kh x kw`` additions (ANN ``ann_ac``), its scaling
+      being folded into the next threshold or weights as in the SNN.
+    Not counted, in either network: neuron updates (leak multiply, threshold compare, reset),
+    the output integrator, and additions made outside a module, such as ResNet13's identity
+    shortcut ``+ x`` (one addition per spike of block 4's output, unseen by hooks).
+
+Which layer produced a synapse's input is found from tensor storage: each spiking layer's
+output storage is registered (weakly) as it is produced, and a synapse's input, or any view of
+it such as ``x.flatten(2)``, is looked up by its storage. Dropout outputs in training mode inherit
+their input's layer.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.nn.grad import conv2d_input
+from torch.nn.modules.utils import _pair
+from torch.utils.hooks import RemovableHandle
+
+from .dropout import TimeHeldDropout
+from .neurons import LIFNeuron, PoolingNeuron
+from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
+
+__all__ = ["INPUT", "LayerCounts", "SpikeMonitor", "SynapseCounts"]
+
+INPUT = "input"
+
+
+@dataclass
+class LayerCounts:
+    """Spike counts of one spiking layer, summed over all images seen.
+
+    Attributes:
+        name: module name, or ``"input"`` for the Poisson input.
+        kind: ``"input"``, ``"lif"`` or ``"pool"``.
+        neurons: neurons per image (``C x H x W`` or features).
+        time_steps: T of the last forward pass.
+        images: images seen.
+        spikes: nonzero outputs over all images and time steps.
+        neuron_steps: ``neurons x T x images`` summed over forward passes.
+    """
+
+    name: str
+    kind: str
+    neurons: int
+    time_steps: int = 0
+    images: int = 0
+    spikes: int = 0
+    neuron_steps: int = 0
+
+
+@dataclass
+class SynapseCounts:
+    """Operations of one synapse module, attributed to the spiking layer feeding it.
+
+    Attributes:
+        name: module name (``"cnn2"``, ``"shortcut1.0"``, ``"pool1.pool"``).
+        source: name of the spiking layer whose spikes enter it.
+        weighted: True for conv and linear (ANN MACs), False for average pooling (ANN adds).
+        ann_ops_per_image: MACs (weighted) or additions of the equivalent ANN for one image.
+        snn_ac: accumulates caused by input spikes, summed over all images.
+        images: images seen.
+    """
+
+    name: str
+    source: str
+    weighted: bool
+    ann_ops_per_image: int
+    snn_ac: int = 0
+    images: int = 0
+
+
+def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any, stride: Any,
+                  padding: Any, dilation: Any) -> Tensor:
+    """``[H, W]`` int64: for each input position, how many output windows contain it.
+
+    The gradient of a sum of window sums with an all-ones kernel is exactly that count, with
+    padding and stride handled by the convolution's own arithmetic.
+    """
+    kernel = _pair(kernel)
+    cover = conv2d_input((1, 1, height, width), torch.ones(1, 1, *kernel, dtype=torch.float64),
+                         torch.ones(1, 1, *out_hw, dtype=torch.float64), stride=_pair(stride),
+                         padding=_pair(padding), dilation=_pair(dilation))
+    return cover[0, 0].round().to(torch.int64)
+
+
+class SpikeMonitor:
+    """Count spikes and synaptic operations of ``model`` while inside a ``with`` block.
+
+    Usage::
+
+        model.eval()
+        with torch.no_grad(), SpikeMonitor(model, raster_layer="lif1") as monitor:
+            for images, _ in loader:
+                model(encoder(images))
+        monitor.layers, monitor.synapses, monitor.raster
+
+    Run it in eval mode for the statistics of the paper (no dropout); see the module docstring
+    for exactly what is counted.
+
+    Args:
+        model: a network whose ``forward`` takes the input spike train ``[T, B, ...]`` first.
+        raster_layer: name of a spiking layer (``"input"``, ``"lif1"``, ...) whose spike train
+            for one image is kept in :attr:`raster`; None keeps none.
+        raster_image: index of that image in the first mini-batch.
+
+    Attributes:
+        layers: ``{name: LayerCounts}`` in firing order, ``"input"`` first.
+        synapses: ``{name: SynapseCounts}`` in call order.
+        raster: ``[T, N]`` bool spike train of ``raster_layer`` for the chosen image, neurons
+            flattened in ``[C, H, W]`` order; None until recorded.
+    """
+
+    def __init__(self, model: nn.Module, raster_layer: str | None = None,
+                 raster_image: int = 0) -> None:
+        self.model = model
+        self.raster_layer = raster_layer
+        self.raster_image = raster_image
+        self.layers: dict[str, LayerCounts] = {}
+        self.synapses: dict[str, SynapseCounts] = {}
+        self.raster: Tensor | None = None
+        self._handles: list[RemovableHandle] = []
+        # storage data_ptr -> (weak reference to that storage, spiking layer name)
+        self._sources: dict[int, tuple[weakref.ref, str]] = {}
+        self._cover_cache: dict[tuple, Tensor] = {}
+
+    # ------------------------------------------------------------------ context management
+
+    def __enter__(self) -> SpikeMonitor:
+        if self._handles:
+            raise RuntimeError("SpikeMonitor is already active")
+        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
+        for name, module in self.model.named_modules():
+            if isinstance(module, (LIFNeuron, PoolingNeuron)):
+                kind = "lif" if isinstance(module, LIFNeuron) else "pool"
+                self._hook(module, self._layer_hook(name, kind))
+            elif isinstance(module, TimeHeldDropout):
+                self._hook(module, self._on_dropout)
+            elif isinstance(module, (SpikingConv2d, SpikingLinear)):
+                self._hook(module, self._synapse_hook(name, weighted=True))
+            elif isinstance(module, TimeFolded) and isinstance(module.module, nn.AvgPool2d):
+                if module.module.ceil_mode:
+                    raise ValueError(f"{name}: AvgPool2d with ceil_mode is not supported")
+                self._hook(module, self._synapse_hook(name, weighted=False))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._sources.clear()
+
+    def reset(self) -> None:
+        """Forget all counts and the raster (hooks stay as they are)."""
+        self.layers.clear()
+        self.synapses.clear()
+        self.raster = None
+
+    def _hook(self, module: nn.Module, hook) -> None:
+        self._handles.append(module.register_forward_hook(hook))
+
+    # ------------------------------------------------------------------ spike sources
+
+    def _on_model_input(self, module: nn.Module, args: tuple) -> None:
+        # A new forward pass: storages of the previous one may be reused.
+        self._sources.clear()
+        self._record_layer(INPUT, "input", args[0])
+
+    def _layer_hook(self, name: str, kind: str):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self._record_layer(name, kind, output)
+        return hook
+
+    def _on_dropout(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        if output is not args[0]:  # training mode: the masked spikes belong to the same layer
+            self._register_source(output, self._source_of(args[0], type(module).__name__))
+
+    @torch.no_grad()
+    def _record_layer(self, name: str, kind: str, spikes: Tensor) -> None:
+        """Count ``spikes`` ``[T, B, ...]`` for layer ``name`` and register it as a source."""
+        time_steps, batch = spikes.shape[:2]
+        layer = self.layers.get(name)
+        if layer is None:
+            layer = self.layers[name] = LayerCounts(name, kind, spikes[0, 0].numel())
+        layer.time_steps = time_steps
+        layer.images += batch
+        layer.spikes += int(torch.count_nonzero(spikes))
+        layer.neuron_steps += spikes.numel()
+        if name == self.raster_layer and self.raster is None and self.raster_image < batch:
+            self.raster = (spikes[:, self.raster_image].reshape(time_steps, -1) != 0).cpu()
+        self._register_source(spikes, name)
+
+    def _register_source(self, spikes: Tensor, name: str) -> None:
+        storage = spikes.untyped_storage()
+        self._sources[storage.data_ptr()] = (weakref.ref(storage), name)
+
+    def _source_of(self, spikes: Tensor, consumer: str) -> str:
+        storage = spikes.untyped_storage()
+        entry = self._sources.get(storage.data_ptr())
+        if entry is None or entry[0]() is not storage:
+            raise RuntimeError(f"SpikeMonitor: the input of {consumer!r} is not the output of a "
+                               "monitored spiking layer (or a view of one)")
+        return entry[1]
+
+    # ------------------------------------------------------------------ synaptic operations
+
+    def _synapse_hook(self, name: str, weighted: bool):
+        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
+            self._record_synapse(name, module, weighted, args[0], output)
+        return hook
+
+    @torch.no_grad()
+    def _record_synapse(self, name: str, module: nn.Module, weighted: bool, spikes: Tensor,
+                        output: Tensor) -> None:
+        """Count the ACs of ``spikes`` ``[T, B, ...]`` entering ``module`` (output ``[T, B, ...]``)."""
+        source = self._source_of(spikes, name)
+        entry = self.synapses.get(name)
+        if entry is None:
+            entry = self.synapses[name] = SynapseCounts(
+                name, source, weighted, self._ann_ops_per_image(module, output))
+        entry.images += spikes.shape[1]
+        if isinstance(module, SpikingLinear):
+            entry.snn_ac += int(torch.count_nonzero(spikes)) * module.out_features
+        else:
+            # per input position (h, w): spikes over time, batch and channels, times fan-out
+            per_position = (spikes != 0).sum(dim=(0, 1, 2))
+            fan_out = self._fan_out(module, tuple(spikes.shape[-2:]), tuple(output.shape[-2:]))
+            entry.snn_ac += int((per_position * fan_out.to(per_position.device)).sum())
+
+    def _fan_out(self, module: nn.Module, in_hw: tuple[int, int],
+                 out_hw: tuple[int, int]) -> Tensor:
+        """``[H, W]`` int64: synapses one input spike at (h, w) reaches in ``module``."""
+        key = (id(module), in_hw, out_hw)
+        if key not in self._cover_cache:
+            if isinstance(module, SpikingConv2d):
+                cover = _window_cover(*in_hw, out_hw, module.kernel_size, module.stride,
+                                      module.padding, module.dilation)
+                self._cover_cache[key] = cover * (module.out_channels // module.groups)
+            else:
+                pool = module.module
+                self._cover_cache[key] = _window_cover(*in_hw, out_hw, pool.kernel_size,
+                                                       pool.stride, pool.padding, 1)
+        return self._cover_cache[key]
+
+    @staticmethod
+    def _ann_ops_per_image(module: nn.Module, output: Tensor) -> int:
+        """MACs (conv, linear) or additions (average pool) of the equivalent ANN per image."""
+        outputs_per_image = output[0, 0].numel()
+        if isinstance(module, (SpikingConv2d, SpikingLinear)):
+            return outputs_per_image * module.weight[0].numel()
+        kernel_h, kernel_w = _pair(module.module.kernel_size)
+        return outputs_per_image * kernel_h * kernel_w
