@@ -99,15 +99,21 @@ def _read_columns(csv_path: str | Path) -> dict[str, list[float]]:
     return columns
 
 
+# Panels of the training curves: (y label, substrings that put a CSV column on that panel).
+_CURVE_PANELS = (("loss", ("loss",)), ("cross-entropy", ("_ce",)),
+                 ("accuracy (%)", ("top1", "top5", "acc", "prec")))
+
+
 def plot_training_curves(csv_path: str | Path, png_path: str | Path,
                          epoch_column: str = "epoch") -> Path | None:
-    """Loss and accuracy against epoch from a per-epoch CSV, read by header name.
+    """Loss, cross-entropy and accuracy against epoch from a per-epoch CSV, read by header name.
 
-    Every column whose name contains ``loss`` goes to the left panel, every one containing
-    ``acc`` or ``prec`` to the right one; other columns are ignored.
+    A column goes to the loss panel if its name contains ``loss``, to the cross-entropy panel if
+    it contains ``_ce``, to the accuracy panel if it contains ``top1``, ``top5``, ``acc`` or
+    ``prec``; other columns (``lr``, timings) are not drawn, nor are panels left empty.
 
     Args:
-        csv_path: the per-epoch CSV with a header row.
+        csv_path: the per-epoch CSV with a header row (e.g. ``training.metrics.CSV_FIELDS``).
         png_path: the PNG to write.
         epoch_column: the x-axis column.
 
@@ -124,16 +130,16 @@ def plot_training_curves(csv_path: str | Path, png_path: str | Path,
     if Figure is None:
         return None
     epochs = columns[epoch_column]
-    figure = Figure(figsize=(11, 4), layout="constrained")
-    loss_axis, accuracy_axis = figure.subplots(1, 2)
-    panels = ((loss_axis, ("loss",), "loss"), (accuracy_axis, ("acc", "prec"), "accuracy"))
-    for axis, keys, label in panels:
-        for name, values in columns.items():
-            if any(key in name.lower() for key in keys):
-                axis.plot(epochs, values, marker="o", label=name)
+    panels = [(label, [name for name in columns if any(key in name.lower() for key in keys)])
+              for label, keys in _CURVE_PANELS]
+    panels = [(label, names) for label, names in panels if names]
+    figure = Figure(figsize=(4.5 * max(1, len(panels)), 4), layout="constrained")
+    for axis, (label, names) in zip(figure.subplots(1, max(1, len(panels)), squeeze=False)[0],
+                                    panels):
+        for name in names:
+            axis.plot(epochs, columns[name], marker="o", label=name)
         axis.set_xlabel(epoch_column)
-        axis.xaxis.get_major_locator().set_params(integer=True)
         axis.set_ylabel(label)
-        if axis.get_legend_handles_labels()[0]:
-            axis.legend()
+        axis.xaxis.get_major_locator().set_params(integer=True)
+        axis.legend()
     return _save(figure, png_path)

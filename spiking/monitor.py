@@ -54,9 +54,16 @@ from .dropout import TimeHeldDropout
 from .neurons import LIFNeuron, PoolingNeuron
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
-__all__ = ["INPUT", "LayerCounts", "SpikeMonitor", "SynapseCounts"]
+__all__ = ["INPUT", "LayerCounts", "SpikeMonitor", "SynapseCounts", "spiking_layer_names"]
 
 INPUT = "input"
+
+
+def spiking_layer_names(model: nn.Module) -> list[str]:
+    """Names a :class:`SpikeMonitor` reports for ``model``: ``"input"``, then every LIF and
+    pooling neuron module in definition order."""
+    return [INPUT] + [name for name, module in model.named_modules()
+                      if isinstance(module, (LIFNeuron, PoolingNeuron))]
 
 
 @dataclass
@@ -131,8 +138,12 @@ class SpikeMonitor:
     Run it in eval mode for the statistics of the paper (no dropout); see the module docstring
     for exactly what is counted.
 
+    Also usable as ``attach(model)`` ... ``detach()``, the protocol of
+    ``training.loop.evaluate``'s ``monitor``.
+
     Args:
-        model: a network whose ``forward`` takes the input spike train ``[T, B, ...]`` first.
+        model: a network whose ``forward`` takes the input spike train ``[T, B, ...]`` first
+            (optional when :meth:`attach` is used instead of ``with``).
         raster_layer: name of a spiking layer (``"input"``, ``"lif1"``, ...) whose spike train
             for one image is kept in :attr:`raster`; None keeps none.
         raster_image: index of that image in the first mini-batch.
@@ -144,7 +155,7 @@ class SpikeMonitor:
             flattened in ``[C, H, W]`` order; None until recorded.
     """
 
-    def __init__(self, model: nn.Module, raster_layer: str | None = None,
+    def __init__(self, model: nn.Module | None = None, raster_layer: str | None = None,
                  raster_image: int = 0) -> None:
         self.model = model
         self.raster_layer = raster_layer
@@ -157,13 +168,16 @@ class SpikeMonitor:
         self._sources: dict[int, tuple[weakref.ref, str]] = {}
         self._cover_cache: dict[tuple, Tensor] = {}
 
-    # ------------------------------------------------------------------ context management
+    # ------------------------------------------------------------------ hooks on and off
 
-    def __enter__(self) -> SpikeMonitor:
+    def attach(self, model: nn.Module) -> None:
+        """Start counting on ``model``: register the forward hooks."""
         if self._handles:
-            raise RuntimeError("SpikeMonitor is already active")
-        self._handles.append(self.model.register_forward_pre_hook(self._on_model_input))
-        for name, module in self.model.named_modules():
+            raise RuntimeError("SpikeMonitor is already attached")
+        self.model = model
+        self._cover_cache.clear()  # keyed by module id, which another model may reuse
+        self._handles.append(model.register_forward_pre_hook(self._on_model_input))
+        for name, module in model.named_modules():
             if isinstance(module, (LIFNeuron, PoolingNeuron)):
                 kind = "lif" if isinstance(module, LIFNeuron) else "pool"
                 self._hook(module, self._layer_hook(name, kind))
@@ -173,15 +187,28 @@ class SpikeMonitor:
                 self._hook(module, self._synapse_hook(name, weighted=True))
             elif isinstance(module, TimeFolded) and isinstance(module.module, nn.AvgPool2d):
                 if module.module.ceil_mode:
+                    self.detach()
                     raise ValueError(f"{name}: AvgPool2d with ceil_mode is not supported")
                 self._hook(module, self._synapse_hook(name, weighted=False))
-        return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def detach(self) -> None:
+        """Stop counting: remove every hook (the counts stay)."""
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
         self._sources.clear()
+
+    def observe(self, output: Tensor, target: Tensor) -> None:
+        """Nothing to do per batch (the hooks count); here for ``training.loop.EvalMonitor``."""
+
+    def __enter__(self) -> SpikeMonitor:
+        if self.model is None:
+            raise ValueError("SpikeMonitor needs a model to be used as a context manager")
+        self.attach(self.model)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.detach()
 
     def reset(self) -> None:
         """Forget all counts and the raster (hooks stay as they are)."""

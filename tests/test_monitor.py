@@ -9,6 +9,7 @@ from torch import nn
 from models import get_model
 from spiking import (LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, SpikeMonitor,
                      SpikingConv2d, SpikingLinear, TimeFolded)
+from spiking.monitor import spiking_layer_names
 from spiking.report import summarize
 
 
@@ -200,3 +201,17 @@ def test_input_not_from_a_spiking_layer_is_an_error():
 
     with SpikeMonitor(Doubling()) as monitor, pytest.raises(RuntimeError, match="'fc'"):
         monitor.model(torch.ones(1, 1, 4))
+
+
+def test_attach_detach_protocol_and_layer_names():
+    model = TinyNet().eval()
+    assert spiking_layer_names(model) == ["input", "lif_a", "lif_b", "pool"]
+    monitor = SpikeMonitor(raster_layer="pool")
+    monitor.attach(model)
+    with pytest.raises(RuntimeError, match="already attached"):
+        monitor.attach(model)
+    with torch.no_grad():
+        monitor.observe(model(hand_made_input()), torch.zeros(2, dtype=torch.long))
+    monitor.detach()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert monitor.layers["pool"].spikes == 2 and monitor.raster.shape == (2, 2)

@@ -60,8 +60,8 @@ def test_spike_stats_png(summary, tmp_path):
 
 
 def _write_curves(path):
-    path.write_text("epoch,lr,train_loss,test_loss,train_acc,test_acc\n"
-                    "1,0.01,2.0,1.9,40.0,45.0\n2,0.01,1.5,1.4,60.0,62.5\n")
+    path.write_text("epoch,lr,train_loss,train_ce,test_loss,test_ce,test_top1,test_top5\n"
+                    "1,0.01,2.0,1.2,1.9,1.1,45.0,90.0\n2,0.01,1.5,0.9,1.4,0.8,62.5,95.0\n")
     return path
 
 
