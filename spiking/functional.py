@@ -9,11 +9,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
     "lif_neuron",
     "if_neuron",
+    "pooling_neuron",
     "lif_scan",
     "leak_correction",
     "spike_gradient_scan",
@@ -67,15 +69,17 @@ def leak_correction(spikes: Tensor, leak: float, dtype: torch.dtype = torch.floa
         NG ``[B, ...]``: about 0.99 for a neuron that fired (l = 0.99, T = 100), 0 for a silent one.
     """
     trace = torch.zeros(spikes.shape[1:], dtype=dtype, device=spikes.device)
+    count = torch.zeros_like(trace)
     for t in range(spikes.shape[0]):
         trace.mul_(leak).add_(spikes[t])
-    count = spikes.sum(dim=0, dtype=dtype)
+        count.add_(spikes[t])
     fired = (trace > 1e-3).to(dtype)
     silent = (count < 1e-3).to(dtype)
     return fired + math.log(leak) * trace / (count + silent)
 
 
-def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | float) -> Tensor:
+def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor,
+                        scale: Tensor | None = None) -> Tensor:
     """Carry spike gradients back to the currents that caused them (SPEC sections 1 and 2).
 
     Going backwards in time with ``delta_T = 0``: ``delta_t = scale * g_t`` where the neuron
@@ -85,17 +89,26 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
     Args:
         grad_spikes: ``g_t = dLoss/ds_t``, ``[T, B, ...]``.
         spikes: boolean spike train ``[T, B, ...]``.
-        scale: per-neuron ``[B, ...]`` tensor or a number multiplying the gradient at a spike.
+        scale: optional factor at a spike: per neuron ``[B, ...]`` (NG / theta for the LIF
+            neuron) or one number.
 
     Returns:
         ``dLoss/dI_t``, ``[T, B, ...]``.
     """
-    grad_current = torch.empty_like(grad_spikes)
-    delta = torch.zeros_like(grad_spikes[0])
+    grad_current = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype,
+                               device=grad_spikes.device)
+    delta = torch.zeros_like(grad_current[0])
+    scaled = None if scale is None else torch.empty_like(delta)
     for t in range(grad_spikes.shape[0] - 1, -1, -1):
-        torch.where(spikes[t], grad_spikes[t] * scale, delta, out=delta)
-        grad_current[t] = delta
+        grad = grad_spikes[t] if scale is None else torch.mul(grad_spikes[t], scale, out=scaled)
+        torch.where(spikes[t], grad, delta, out=grad_current[t])
+        delta = grad_current[t]
     return grad_current
+
+
+def _needs_graph(*tensors: Tensor) -> bool:
+    """Whether autograd will record an op on ``tensors``; if not, skip saving for backward."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
 class _LIFNeuron(torch.autograd.Function):
@@ -111,7 +124,7 @@ class _LIFNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes: Tensor):
         (spikes,) = ctx.saved_tensors
-        scale = leak_correction(spikes, ctx.leak, grad_spikes.dtype) / ctx.threshold
+        scale = leak_correction(spikes, ctx.leak, grad_spikes.dtype).div_(ctx.threshold)
         return spike_gradient_scan(grad_spikes, spikes, scale), None, None
 
 
@@ -127,7 +140,7 @@ class _IFNeuron(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_spikes: Tensor):
         (spikes,) = ctx.saved_tensors
-        return spike_gradient_scan(grad_spikes, spikes, 1.0), None
+        return spike_gradient_scan(grad_spikes, spikes), None
 
 
 def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> Tensor:
@@ -143,6 +156,8 @@ def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> T
         authors' approximation: ``dLoss/dI_t = (NG / theta) g_t`` at a spike, else the next
         spike's, with NG from :func:`leak_correction`.
     """
+    if not _needs_graph(current):
+        return lif_scan(current, threshold, leak).to(current.dtype)
     return _LIFNeuron.apply(current, threshold, leak)
 
 
@@ -157,7 +172,54 @@ def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
         Spikes ``[T, B, ...]`` (0 or 1); gradient ``dLoss/dI_t = g_t`` at a spike, else the next
         spike's.
     """
+    if not _needs_graph(current):
+        return lif_scan(current, threshold, leak=1.0).to(current.dtype)
     return _IFNeuron.apply(current, threshold)
+
+
+class _PoolingNeuron(torch.autograd.Function):
+    """Average pooling of spikes into non-leaky IF neurons, with a fused backward."""
+
+    @staticmethod
+    def forward(ctx, spikes: Tensor, threshold: float, kernel_size: int) -> Tensor:
+        current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+        pooled = lif_scan(current, threshold, leak=1.0)
+        ctx.save_for_backward(pooled)
+        ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
+        return pooled.to(spikes.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_pooled: Tensor):
+        (pooled,) = ctx.saved_tensors
+        k = ctx.kernel_size
+        # Average pooling's gradient is nearest-neighbour upsampling divided by k*k; the division
+        # rides along in the scan and the upsampling is one write, not autograd's fill + scatter.
+        delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k))
+        *batch, height, width = delta.shape
+        grad = delta[..., None, :, None].expand(*batch, height, k, width, k)
+        grad = grad.reshape(*batch, height * k, width * k)
+        pad_h, pad_w = ctx.input_hw[0] - height * k, ctx.input_hw[1] - width * k
+        if pad_h or pad_w:
+            grad = F.pad(grad, (0, pad_w, 0, pad_h))
+        return grad, None, None
+
+
+def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2) -> Tensor:
+    """Spatial-pooling neurons (SPEC section 2): ``AvgPool2d(k)`` of spikes into IF neurons.
+
+    Args:
+        spikes: ``[T, B, C, H, W]`` spikes of the layer below.
+        threshold: IF threshold (0.75 in the authors' scripts).
+        kernel_size: pooling window and stride k.
+
+    Returns:
+        Spikes ``[T, B, C, H // k, W // k]`` (0 or 1), with the gradient of
+        :func:`if_neuron` carried back through the average pooling.
+    """
+    if not _needs_graph(spikes):
+        current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+        return lif_scan(current, threshold, leak=1.0).to(spikes.dtype)
+    return _PoolingNeuron.apply(spikes, threshold, kernel_size)
 
 
 class _OutputIntegrator(torch.autograd.Function):

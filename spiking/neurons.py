@@ -8,7 +8,6 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from . import functional as SF
-from .synapses import TimeFolded
 
 __all__ = ["LIFNeuron", "PoolingNeuron", "OutputIntegrator"]
 
@@ -37,13 +36,13 @@ class PoolingNeuron(nn.Module):
     def __init__(self, threshold: float = 0.75, kernel_size: int = 2) -> None:
         super().__init__()
         self.threshold = threshold
-        self.pool = TimeFolded(nn.AvgPool2d(kernel_size))
+        self.kernel_size = kernel_size
 
     def forward(self, spikes: Tensor) -> Tensor:
-        return SF.if_neuron(self.pool(spikes), self.threshold)
+        return SF.pooling_neuron(spikes, self.threshold, self.kernel_size)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold}"
+        return f"threshold={self.threshold}, kernel_size={self.kernel_size}"
 
 
 class OutputIntegrator(nn.Module):

@@ -11,26 +11,33 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .functional import _needs_graph
+
 __all__ = ["SpikingConv2d", "SpikingLinear", "TimeFolded", "compact_spikes", "expand_spikes"]
 
 
 def compact_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
     """Pack ``x`` as ``(int8 codes, scale)`` if it only holds ``-c, 0, c``; else ``(x, None)``.
 
-    The check is exact, so :func:`expand_spikes` always returns a tensor equal to ``x``.
+    With ``c = max |x|`` and ``codes = trunc(x / c)``, a nonzero x becomes a nonzero code exactly
+    when ``|x| = c``, so equal nonzero counts prove the packing lossless. Costs a few passes over
+    ``x``, far fewer than the float copy autograd would otherwise keep until backward.
     """
-    scale = x.abs().amax()
+    low, high = torch.aminmax(x)
+    scale = torch.maximum(high, -low)
     if scale == 0:
         return torch.zeros_like(x, dtype=torch.int8), scale
-    codes = (x / scale).to(torch.int8)
-    if torch.equal(codes.to(x.dtype) * scale, x):
+    codes = (x if scale == 1 else x / scale).to(torch.int8)
+    if torch.count_nonzero(codes) == torch.count_nonzero(x):
         return codes, scale
     return x, None
 
 
 def expand_spikes(packed: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
     """Inverse of :func:`compact_spikes`."""
-    return packed if scale is None else packed.to(dtype) * scale
+    if scale is None:
+        return packed
+    return packed.to(dtype) if scale == 1 else packed.to(dtype) * scale
 
 
 class _SpikeInputConv2d(torch.autograd.Function):
@@ -95,7 +102,10 @@ class SpikingConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        current = _SpikeInputConv2d.apply(_fold(spikes), self.weight, self.stride, self.padding)
+        if _needs_graph(spikes, self.weight):
+            current = _SpikeInputConv2d.apply(_fold(spikes), self.weight, self.stride, self.padding)
+        else:
+            current = F.conv2d(_fold(spikes), self.weight, None, self.stride, self.padding)
         return _unfold(current, spikes.shape[0])
 
 
@@ -106,7 +116,9 @@ class SpikingLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        return _SpikeInputLinear.apply(spikes, self.weight)
+        if _needs_graph(spikes, self.weight):
+            return _SpikeInputLinear.apply(spikes, self.weight)
+        return F.linear(spikes, self.weight)
 
 
 class TimeFolded(nn.Module):
