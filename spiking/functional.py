@@ -111,6 +111,14 @@ def _needs_graph(*tensors: Tensor) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
 
 
+def _float32_under_autocast(x: Tensor) -> Tensor:
+    """Under autocast, synapses compute in half precision but the scans stay in float32:
+    membranes summed over 100 steps in bf16 would drift across the threshold."""
+    if x.dtype in (torch.float16, torch.bfloat16) and torch.is_autocast_enabled(x.device.type):
+        return x.float()
+    return x
+
+
 class _LIFNeuron(torch.autograd.Function):
     """Hidden LIF neuron: exact forward, the authors' leak-aware approximate backward."""
 
@@ -156,6 +164,7 @@ def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> T
         authors' approximation: ``dLoss/dI_t = (NG / theta) g_t`` at a spike, else the next
         spike's, with NG from :func:`leak_correction`.
     """
+    current = _float32_under_autocast(current)
     if not _needs_graph(current):
         return lif_scan(current, threshold, leak).to(current.dtype)
     return _LIFNeuron.apply(current, threshold, leak)
@@ -172,6 +181,7 @@ def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
         Spikes ``[T, B, ...]`` (0 or 1); gradient ``dLoss/dI_t = g_t`` at a spike, else the next
         spike's.
     """
+    current = _float32_under_autocast(current)
     if not _needs_graph(current):
         return lif_scan(current, threshold, leak=1.0).to(current.dtype)
     return _IFNeuron.apply(current, threshold)
@@ -216,6 +226,7 @@ def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2
         Spikes ``[T, B, C, H // k, W // k]`` (0 or 1), with the gradient of
         :func:`if_neuron` carried back through the average pooling.
     """
+    spikes = _float32_under_autocast(spikes)
     if not _needs_graph(spikes):
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
         return lif_scan(current, threshold, leak=1.0).to(spikes.dtype)
@@ -250,7 +261,7 @@ def output_integrator(current: Tensor, leak: float = 0.99, threshold: float = 1.
     Returns:
         ``[B, K]`` network output.
     """
-    return _OutputIntegrator.apply(current, leak, threshold)
+    return _OutputIntegrator.apply(_float32_under_autocast(current), leak, threshold)
 
 
 def poisson_encode(images: Tensor, time_steps: int, scale: float = 1.0,

@@ -83,6 +83,16 @@ class _SpikeInputLinear(torch.autograd.Function):
         return grad_x, grad_w
 
 
+def _autocast_operands(spikes: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Under autocast, cast both operands to its dtype (spikes are exact in bf16 and fp16), so
+    the custom backward sees one dtype; the weight's cast carries its gradient back to float32."""
+    device = spikes.device.type
+    if torch.is_autocast_enabled(device):
+        dtype = torch.get_autocast_dtype(device)
+        return spikes.to(dtype), weight.to(dtype)
+    return spikes, weight
+
+
 def _fold(x: Tensor) -> Tensor:
     return x.flatten(0, 1)
 
@@ -102,11 +112,13 @@ class SpikingConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        if _needs_graph(spikes, self.weight):
-            current = _SpikeInputConv2d.apply(_fold(spikes), self.weight, self.stride, self.padding)
+        time_steps = spikes.shape[0]
+        spikes, weight = _autocast_operands(_fold(spikes), self.weight)
+        if _needs_graph(spikes, weight):
+            current = _SpikeInputConv2d.apply(spikes, weight, self.stride, self.padding)
         else:
-            current = F.conv2d(_fold(spikes), self.weight, None, self.stride, self.padding)
-        return _unfold(current, spikes.shape[0])
+            current = F.conv2d(spikes, weight, None, self.stride, self.padding)
+        return _unfold(current, time_steps)
 
 
 class SpikingLinear(nn.Linear):
@@ -116,9 +128,10 @@ class SpikingLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        if _needs_graph(spikes, self.weight):
-            return _SpikeInputLinear.apply(spikes, self.weight)
-        return F.linear(spikes, self.weight)
+        spikes, weight = _autocast_operands(spikes, self.weight)
+        if _needs_graph(spikes, weight):
+            return _SpikeInputLinear.apply(spikes, weight)
+        return F.linear(spikes, weight)
 
 
 class TimeFolded(nn.Module):

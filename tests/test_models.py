@@ -71,3 +71,19 @@ def test_constructor_arguments_reach_every_neuron():
 def test_unknown_architecture_is_rejected():
     with pytest.raises(ValueError, match="unknown architecture"):
         models.get_model("resnet50")
+
+
+def test_autocast_runs_synapses_in_bf16_and_scans_in_float32():
+    torch.manual_seed(0)
+    model = models.get_model("lenet", width=0.25)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.abs_().mul_(2.0)  # all-excitatory, so spikes reach fc0 within 6 steps
+    spikes = (torch.rand(6, 2, 1, 28, 28) < 0.3).float()
+    seen = []
+    model.lif1.register_forward_hook(lambda m, args, out: seen.append((args[0].dtype, out.dtype)))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(spikes)
+    assert seen == [(torch.bfloat16, torch.float32)] and out.dtype == torch.float32
+    out.square().sum().backward()
+    assert all(p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in model.parameters())
