@@ -94,7 +94,8 @@ class SynapseCounts:
     """Operations of one synapse module, attributed to the spiking layer feeding it.
 
     Attributes:
-        name: module name (``"cnn2"``, ``"shortcut1.0"``, ``"pool1.pool"``).
+        name: module name (``"cnn2"``, ``"shortcut1.0"``; a pooling neuron's average pool
+            carries the neuron's name, ``"pool1"``).
         source: name of the spiking layer whose spikes enter it.
         weighted: True for conv and linear (ANN MACs), False for average pooling (ANN adds).
         ann_ops_per_image: MACs (weighted) or additions of the equivalent ANN for one image.
@@ -122,6 +123,14 @@ def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any,
                          torch.ones(1, 1, *out_hw, dtype=torch.float64), stride=_pair(stride),
                          padding=_pair(padding), dilation=_pair(dilation))
     return cover[0, 0].round().to(torch.int64)
+
+
+def _pool_window(module: nn.Module) -> tuple[Any, Any, Any]:
+    """``(kernel, stride, padding)`` of a pooling neuron's or a ``TimeFolded`` average pool."""
+    if isinstance(module, PoolingNeuron):
+        return module.kernel_size, module.kernel_size, 0
+    pool = module.module
+    return pool.kernel_size, pool.stride, pool.padding
 
 
 class SpikeMonitor:
@@ -178,9 +187,12 @@ class SpikeMonitor:
         self._cover_cache.clear()  # keyed by module id, which another model may reuse
         self._handles.append(model.register_forward_pre_hook(self._on_model_input))
         for name, module in model.named_modules():
-            if isinstance(module, (LIFNeuron, PoolingNeuron)):
-                kind = "lif" if isinstance(module, LIFNeuron) else "pool"
-                self._hook(module, self._layer_hook(name, kind))
+            if isinstance(module, LIFNeuron):
+                self._hook(module, self._layer_hook(name, "lif"))
+            elif isinstance(module, PoolingNeuron):
+                # both a synapse (the average pool of its input) and a spiking layer
+                self._hook(module, self._synapse_hook(name, weighted=False))
+                self._hook(module, self._layer_hook(name, "pool"))
             elif isinstance(module, TimeHeldDropout):
                 self._hook(module, self._on_dropout)
             elif isinstance(module, (SpikingConv2d, SpikingLinear)):
@@ -297,9 +309,7 @@ class SpikeMonitor:
                                       module.padding, module.dilation)
                 self._cover_cache[key] = cover * (module.out_channels // module.groups)
             else:
-                pool = module.module
-                self._cover_cache[key] = _window_cover(*in_hw, out_hw, pool.kernel_size,
-                                                       pool.stride, pool.padding, 1)
+                self._cover_cache[key] = _window_cover(*in_hw, out_hw, *_pool_window(module), 1)
         return self._cover_cache[key]
 
     @staticmethod
@@ -308,5 +318,5 @@ class SpikeMonitor:
         outputs_per_image = output[0, 0].numel()
         if isinstance(module, (SpikingConv2d, SpikingLinear)):
             return outputs_per_image * module.weight[0].numel()
-        kernel_h, kernel_w = _pair(module.module.kernel_size)
+        kernel_h, kernel_w = _pair(_pool_window(module)[0])
         return outputs_per_image * kernel_h * kernel_w

@@ -100,7 +100,7 @@ def test_synaptic_operations_by_hand():
     #   ANN: 2 x 2 x 2 outputs x (2 x 3 x 3) = 144 MACs.
     # shortcut_b AvgPool(1, s2): reads lif_a at even (h, w): (0,0) at t0 and t1 -> 2 additions.
     #   ANN: 8 outputs x 1 = 8 additions.
-    # pool.pool (2x2 average of the 2x2x2 lif_b output): each of the 9 spikes is one addition.
+    # pool, as a synapse (2x2 average of the 2x2x2 lif_b output): each of the 9 spikes is one addition.
     #   ANN: 2 outputs x 4 = 8 additions.
     # fc (2 -> 3): 2 pool spikes x 3 = 6 ACs; ANN: 3 x 2 = 6 MACs.
     monitor = run_tiny()
@@ -111,7 +111,7 @@ def test_synaptic_operations_by_hand():
         "shortcut_a": ("input", True, 8, 18, 2),
         "conv_b": ("lif_a", True, 32, 144, 2),
         "shortcut_b": ("lif_a", False, 2, 8, 2),
-        "pool.pool": ("lif_b", False, 9, 8, 2),
+        "pool": ("lif_b", False, 9, 8, 2),
         "fc": ("pool", True, 6, 6, 2),
     }
 
@@ -215,3 +215,19 @@ def test_attach_detach_protocol_and_layer_names():
     monitor.detach()
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert monitor.layers["pool"].spikes == 2 and monitor.raster.shape == (2, 2)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
+def test_every_layer_and_synapse_of_the_networks_is_seen(arch):
+    # A guard against refactors that hide a synapse from the hooks: every spiking layer feeds
+    # at least one counted synapse and every weight layer is counted (ResNet13's identity
+    # shortcut is the one documented omission, so lif52 still feeds cnn61).
+    model = get_model(arch, width=1 / 16).eval()
+    with torch.no_grad(), SpikeMonitor(model) as monitor:
+        model(torch.ones(2, 1, *model.input_shape))
+    assert set(monitor.layers) == set(spiking_layer_names(model))  # firing vs definition order
+    sources = {s.source for s in monitor.synapses.values()}
+    assert sources == set(monitor.layers)
+    weighted = {name for name, m in model.named_modules()
+                if isinstance(m, (SpikingConv2d, SpikingLinear))}
+    assert {n for n, s in monitor.synapses.items() if s.weighted} == weighted
