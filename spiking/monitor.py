@@ -293,10 +293,15 @@ class SpikeMonitor:
         entry.images += spikes.shape[1]
         if isinstance(module, SpikingLinear):
             entry.snn_ac += int(torch.count_nonzero(spikes)) * module.out_features
+            return
+        fan_out = self._fan_out(module, tuple(spikes.shape[-2:]), tuple(output.shape[-2:]))
+        if fan_out.min() == fan_out.max():
+            # every position reaches as many synapses (e.g. 2x2 pooling of an even map): a plain
+            # count, much cheaper than the per-position reduction over a full-resolution layer
+            entry.snn_ac += int(torch.count_nonzero(spikes)) * int(fan_out[0, 0])
         else:
-            # per input position (h, w): spikes over time, batch and channels, times fan-out
+            # spikes per input position (h, w), over time, batch and channels, times fan-out
             per_position = (spikes != 0).sum(dim=(0, 1, 2))
-            fan_out = self._fan_out(module, tuple(spikes.shape[-2:]), tuple(output.shape[-2:]))
             entry.snn_ac += int((per_position * fan_out.to(per_position.device)).sum())
 
     def _fan_out(self, module: nn.Module, in_hw: tuple[int, int],
