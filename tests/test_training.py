@@ -1,0 +1,212 @@
+"""The engine in-process: metrics, schedule, parser limits, synthetic data, evaluation with a
+monitor, and resuming at the right epoch and learning rate (exactly, at an epoch boundary)."""
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import (DATASETS, AverageMeter, EpochProgress, Experiment, UsageError, accuracy,
+                      build_datasets, build_model, evaluate, format_table, learning_rate,
+                      load_checkpoint, parse_settings, run, spike_loss, synthetic_dataset)
+from spiking import PoissonEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import mnist_LeNet  # noqa: E402
+
+TINY = Experiment(tag="tiny", dataset="mnist", arch="lenet", time_steps=4, input_scale=0.5,
+                  width=0.125, lr=0.0085, epochs=1, batch_size=8, test_batch_size=16,
+                  synthetic=True, synthetic_size=32, print_freq=1000, workers=0, seed=5)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is faster, and results do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_accuracy_topk_and_average_meter():
+    output = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5], [0.5, 0.2, 0.3]])
+    target = torch.tensor([1, 1, 0, 2])
+    top1, top2, top5 = accuracy(output, target, (1, 2, 5))
+    assert (top1, top2, top5) == (25.0, 75.0, 100.0)  # k above the class count means all
+    meter = AverageMeter("acc")
+    meter.update(50.0, 2)
+    meter.update(100.0, 6)
+    assert meter.avg == pytest.approx(87.5) and meter.count == 8
+
+
+def test_spike_loss_is_summed_squared_error_to_onehot():
+    output = torch.tensor([[0.5, 0.0], [0.25, 0.75]])
+    assert spike_loss(output, torch.tensor([0, 1])).item() == pytest.approx(0.25 + 0.0625 + 0.0625)
+
+
+def test_learning_rate_schedule_is_cumulative_step_decay():
+    rates = [learning_rate(e, 0.0033, (70, 100, 125), 0.2) for e in (0, 69, 70, 99, 100, 125, 149)]
+    expected = [0.0033, 0.0033, 0.00066, 0.00066, 0.000132, 0.0000264, 0.0000264]
+    assert rates == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["-T", "0"], "time steps must be at least 1"),
+    (["--leak", "0"], "leak must be in (0, 1]"),
+    (["--leak", "1.5"], "leak must be in (0, 1]"),
+    (["--leak", "nan"], "leak must be in (0, 1]"),
+    (["-b", "0"], "batch size must be at least 1"),
+    (["--test-batch-size", "-3"], "test batch size must be at least 1"),
+    (["-a", "alexnet"], "invalid choice: 'alexnet'"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+    (["--lr", "-1"], "learning rate must be positive"),
+    (["--seed", "-1"], "seed must be at least 0"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+])
+def test_parser_rejects_invalid_values(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_settings(mnist_LeNet.EXPERIMENT, argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_parser_maps_the_authors_flags():
+    s = parse_settings(mnist_LeNet.EXPERIMENT, [
+        "-a", "LeNet", "-j", "0", "--epochs", "3", "--start-epoch", "1", "-b", "32", "--lr", "0.01",
+        "--momentum", "0.9", "--wd", "1e-4", "-p", "5", "--resume", "x.pth.tar", "-e", "-T", "20",
+        "--leak", "1", "--data", "d", "--device", "cpu", "--seed", "7", "--out-dir", "o",
+        "--synthetic", "--width", "0.5"])
+    assert (s.arch, s.workers, s.epochs, s.start_epoch, s.batch_size, s.lr, s.momentum) == \
+        ("lenet", 0, 3, 1, 32, 0.01, 0.9)
+    assert (s.weight_decay, s.print_freq, s.resume, s.evaluate, s.time_steps, s.leak) == \
+        (1e-4, 5, "x.pth.tar", True, 20, 1.0)
+    assert (s.data_dir, s.device, s.seed, s.out_dir, s.synthetic, s.width) == \
+        ("d", "cpu", 7, "o", True, 0.5)
+    assert s.tag == "mnist_lenet" and s.lr_gamma == 0.2 and s.milestones == (75,)
+    defaults = parse_settings(mnist_LeNet.EXPERIMENT, [])
+    assert defaults == mnist_LeNet.EXPERIMENT and defaults.momentum == 0.0
+    assert parse_settings(mnist_LeNet.EXPERIMENT, ["-a", "vgg9"]).tag == "mnist_vgg9"
+
+
+def test_synthetic_data_is_deterministic_and_shaped_like_the_real_sets():
+    for name, info in DATASETS.items():
+        a = synthetic_dataset(info, 40, seed=3, train=True, normalised=name != "mnist")
+        b = synthetic_dataset(info, 40, seed=3, train=True, normalised=name != "mnist")
+        images, labels = a.tensors
+        assert images.shape == (40, *info.input_shape) and images.dtype == torch.float32
+        assert torch.equal(images, b.tensors[0]) and torch.equal(labels, b.tensors[1])
+        assert sorted(labels.unique().tolist()) == list(range(info.num_classes))
+        low = 0.0 if name == "mnist" else -1.0
+        assert images.min() >= low and images.max() <= 1.0
+    other = synthetic_dataset(DATASETS["mnist"], 40, seed=4, train=True, normalised=False)
+    assert not torch.equal(other.tensors[0], images)
+
+
+def test_train_subset_is_a_fixed_draw(tmp_path):
+    settings = replace(TINY, train_subset=10)
+    train_a, test = build_datasets(settings)
+    train_b, _ = build_datasets(settings)
+    assert len(train_a) == 10 and len(test) == 10  # the test set stays whole
+    assert train_a.indices == train_b.indices
+
+
+def test_missing_data_offline_names_the_files(tmp_path):
+    settings = replace(TINY, synthetic=False, download=False, data_dir=str(tmp_path))
+    with pytest.raises(UsageError) as error:
+        build_datasets(settings)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "MNIST/raw/train-images-idx3-ubyte" in message and str(tmp_path) in message
+
+
+def test_evaluate_calls_the_monitor_and_is_reproducible():
+    settings = TINY
+    model = build_model(settings)
+    _, test_set = build_datasets(settings, train=False)
+    loader = torch.utils.data.DataLoader(test_set, batch_size=4)
+
+    class Monitor:
+        def __init__(self):
+            self.calls = []
+
+        def attach(self, model):
+            self.calls.append("attach")
+
+        def observe(self, output, target):
+            assert output.shape == (target.shape[0], 10)
+            self.calls.append("observe")
+
+        def detach(self):
+            self.calls.append("detach")
+
+    monitor = Monitor()
+    encoder = PoissonEncoder(4, 0.5, torch.Generator().manual_seed(0))
+    first = evaluate(model, encoder, loader, torch.device("cpu"), monitor=monitor)
+    assert monitor.calls == ["attach", *["observe"] * 3, "detach"]
+    assert first.samples == 10 and not model.training
+    encoder.generator.manual_seed(0)
+    second = evaluate(model, encoder, loader, torch.device("cpu"))
+    assert (first.loss, first.top1, first.top5) == (second.loss, second.top1, second.top5)
+
+
+def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
+    progress = EpochProgress(5, "Epoch 1/1", print_freq=2)
+    for _ in range(5):
+        progress.update(8, 0.5, 50.0)
+    progress.close()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("]")[0] for line in lines] == ["Epoch 1/1 [2/5", "Epoch 1/1 [4/5",
+                                                       "Epoch 1/1 [5/5"]
+    assert all("samples/s" in line and "Prec@1" in line for line in lines)
+    assert format_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
+
+
+def test_evaluate_without_resume_is_refused():
+    with pytest.raises(UsageError, match="--evaluate needs a checkpoint"):
+        run(replace(TINY, evaluate=True))
+
+
+def _weights(path: str) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["state_dict"]
+
+
+def test_resume_continues_at_the_right_epoch_and_rate_exactly(tmp_path):
+    settings = replace(TINY, milestones=(1,), epochs=2)
+    straight = run(replace(settings, out_dir=str(tmp_path / "straight")))
+
+    out = str(tmp_path / "resumed")
+    first = run(replace(settings, out_dir=out, epochs=1))
+    assert [row["epoch"] for row in first.history] == [1]
+    checkpoint = load_checkpoint(os.path.join(out, "checkpointT1_tiny_synthetic.pth.tar"))
+    assert checkpoint["epoch"] == 1 and checkpoint["scheduler"]["next_lr"] == pytest.approx(0.0017)
+    assert checkpoint["settings"]["time_steps"] == 4 and "rng" in checkpoint
+
+    resumed = run(replace(settings, out_dir=out,
+                          resume=os.path.join(out, "checkpointT1_tiny_synthetic.pth.tar")))
+    assert [row["epoch"] for row in resumed.history] == [1, 2]
+    assert [row["lr"] for row in resumed.history] == pytest.approx([0.0085, 0.0017])
+    with open(os.path.join(out, "metrics_tiny_synthetic.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert float(rows[1]["lr"]) == pytest.approx(0.0017)
+
+    a = _weights(os.path.join(tmp_path / "straight", "checkpointT1_tiny_synthetic.pth.tar"))
+    b = _weights(os.path.join(out, "checkpointT1_tiny_synthetic.pth.tar"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # same data order, spikes and updates
+    assert resumed.history[1]["test_top1"] == straight.history[1]["test_top1"]
+
+
+def test_resume_of_a_finished_run_trains_nothing(tmp_path, capsys):
+    first = run(replace(TINY, out_dir=str(tmp_path)))
+    again = run(replace(TINY, out_dir=str(tmp_path),
+                        resume=str(tmp_path / "checkpointT1_tiny_synthetic.pth.tar")))
+    assert "nothing to train" in capsys.readouterr().out
+    assert again.best_prec1 == first.best_prec1
