@@ -121,6 +121,22 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
     if defaults.dataset == "svhn":
         ours.add_argument("--svhn-extra", action="store_true", default=defaults.svhn_extra,
                           help="train on SVHN train + extra (604k images)")
+
+    stats = p.add_argument_group("spike statistics")
+    stats.add_argument("--stats", action="store_true", default=defaults.stats,
+                       help="count spikes and synaptic operations per layer in the test pass "
+                            "(with --evaluate, else the last epoch's); print a table, write "
+                            "spike_stats_<tag>.json and .png to --out-dir")
+    stats.add_argument("--mac-energy", metavar="PJ", type=real("MAC energy", positive),
+                       default=defaults.mac_energy,
+                       help="pJ per multiply-accumulate of the equivalent ANN (default: "
+                            "%(default)s, 45 nm 32-bit float, Horowitz ISSCC 2014)")
+    stats.add_argument("--ac-energy", metavar="PJ", type=real("AC energy", positive),
+                       default=defaults.ac_energy,
+                       help="pJ per accumulate (addition) (default: %(default)s, same source)")
+    stats.add_argument("--raster-layer", metavar="NAME", default=defaults.raster_layer,
+                       help="spiking layer whose spikes of the first test image --stats draws "
+                            "(input, lif1, pool1, ...; default: the first hidden layer)")
     return p
 
 

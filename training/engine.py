@@ -27,10 +27,11 @@ from .cli import parse_settings
 from .data import DATASETS, build_datasets, make_loader
 from .errors import UsageError
 from .experiment import Experiment
-from .loop import EpochStats, evaluate, train_one_epoch
+from .loop import EpochStats, EvalMonitor, evaluate, train_one_epoch
 from .metrics import MetricsLog
 from .optim import adjust_learning_rate, build_optimizer, schedule_state
 from .progress import EpochProgress, format_table
+from .reports import make_spike_monitor, report_spike_stats, write_training_curves
 
 __all__ = ["RunResult", "build_model", "epoch_seed", "main", "resolve_device", "run",
            "seed_everything"]
@@ -120,11 +121,12 @@ def _final_table(history: list[dict[str, Any]]) -> str:
     return format_table(headers, rows)
 
 
-def _test_pass(model, encoder, generator, loader, device, settings, label) -> EpochStats:
+def _test_pass(model, encoder, generator, loader, device, settings, label,
+               monitor: EvalMonitor | None = None) -> EpochStats:
     generator.manual_seed(settings.seed)
     progress = EpochProgress(len(loader), label, settings.print_freq)
     try:
-        return evaluate(model, encoder, loader, device, progress=progress)
+        return evaluate(model, encoder, loader, device, monitor, progress)
     finally:
         progress.close()
 
@@ -146,6 +148,8 @@ def run(settings: Experiment) -> RunResult:
     model = build_model(settings).to(device)
     if settings.dropout > 0 and not _has_dropout(settings.arch):
         _say(f"note: {settings.arch} has no dropout; ignoring dropout {settings.dropout}")
+    # --stats counts during one test pass: the evaluation's, or the last epoch's
+    monitor = make_spike_monitor(model, settings) if settings.stats else None
     # Training draws spikes (and dropout masks) from the global generator; every test pass
     # re-seeds its own, so test accuracy depends only on the weights, data and device.
     encoder = PoissonEncoder(settings.time_steps, settings.input_scale)
@@ -169,11 +173,14 @@ def run(settings: Experiment) -> RunResult:
     _say(_describe(settings, device, None if train_set is None else len(train_set), len(test_set)))
 
     if settings.evaluate:
-        test = _test_pass(model, test_encoder, test_generator, test_loader, device, settings, "Test")
+        test = _test_pass(model, test_encoder, test_generator, test_loader, device, settings,
+                          "Test", monitor)
         _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
         _say(f"Test: loss {test.loss:.4f} CE {test.cross_entropy:.4f} top-1 {test.top1:.2f}% "
              f"top-5 {test.top5:.2f}% ({test.samples} images, T={settings.time_steps}, "
              f"{test.seconds:.1f} s)")
+        if monitor is not None:
+            report_spike_stats(monitor, settings, settings.resume, test.top1)
         return RunResult(test.top1, test)
 
     start_epoch, best_prec1, history = 0, None, []
@@ -220,7 +227,7 @@ def run(settings: Experiment) -> RunResult:
             raise UsageError(f"training diverged in epoch {epoch + 1} (loss {train.loss}); "
                              "lower --lr")
         test = _test_pass(model, test_encoder, test_generator, test_loader, device, settings,
-                          "Test")
+                          "Test", monitor if epoch == settings.epochs - 1 else None)
         is_best = best_prec1 is None or test.top1 > best_prec1
         best_prec1 = test.top1 if is_best else best_prec1
         row = _row(epoch, lr, train, test)
@@ -243,6 +250,9 @@ def run(settings: Experiment) -> RunResult:
     _say(_final_table(history))
     last, best = checkpoint_paths(settings.out_dir, tag)
     _say(f"best test top-1 {best_prec1:.2f}%; checkpoints {last} and {best}")
+    write_training_curves(log.path, settings)
+    if monitor is not None:
+        report_spike_stats(monitor, settings, last, test.top1)
     return RunResult(best_prec1, test, history)
 
 

@@ -42,6 +42,12 @@ class Experiment:
             instead of the whole training set; 0 = all. The test set is always complete.
         synthetic: use the in-memory synthetic data set of ``synthetic_size`` training images.
         resume: checkpoint to load; ``evaluate``: only test it.
+        stats: count spikes and synaptic operations per layer in the test pass (the evaluation,
+            or the last epoch's) and write ``spike_stats_<tag>.json`` / ``.png`` (issue 5).
+        mac_energy / ac_energy: pJ per multiply-accumulate / accumulate for the energy estimate
+            (45 nm CMOS, 32-bit float: Horowitz, ISSCC 2014).
+        raster_layer: spiking layer whose spikes of the first test image are drawn as a raster
+            (``input``, ``lif1``, ``pool1``, ...); empty = the first hidden layer.
     """
 
     tag: str
@@ -80,6 +86,10 @@ class Experiment:
     synthetic_size: int = 400
     resume: str = ""
     evaluate: bool = False
+    stats: bool = False
+    mac_energy: float = 4.6
+    ac_energy: float = 0.9
+    raster_layer: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
