@@ -49,7 +49,7 @@ class SpikingNetwork(nn.Module):
         self.dropout = dropout
 
     def lif(self) -> LIFNeuron:
-        return LIFNeuron(self.threshold, self.leak)
+        return LIFNeuron(self.threshold, self.leak, inplace=True)
 
     def hidden(self, synapse: Synapse) -> tuple[Synapse, LIFNeuron, TimeHeldDropout]:
         """A hidden layer's three parts: its synapses, its LIF neurons, their held dropout."""

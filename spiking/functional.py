@@ -24,9 +24,9 @@ __all__ = [
 ]
 
 
-def lif_scan(current: Tensor, threshold: float, leak: float,
-             membrane_out: Tensor | None = None) -> Tensor:
-    """Run leaky integrate-and-fire neurons over time; return the boolean spike train.
+def lif_scan(current: Tensor, threshold: float, leak: float, *, out: Tensor | None = None,
+             spikes_out: Tensor | None = None, membrane_out: Tensor | None = None) -> Tensor:
+    """Run leaky integrate-and-fire neurons over time; return the spike train.
 
     Per step: ``u_t = m_{t-1} + I_t``; spike where ``u_t > threshold`` (strict); hard reset to 0
     where it spiked; ``m_t = leak * r_t``. The membrane starts at 0.
@@ -35,23 +35,37 @@ def lif_scan(current: Tensor, threshold: float, leak: float,
         current: input currents ``[T, B, ...]``.
         threshold: firing threshold theta.
         leak: multiplicative leak l per step (1 means no leak).
-        membrane_out: optional ``[T, B, ...]`` tensor that receives ``m_t`` (after reset and leak),
-            for inspection and tests; the training path leaves it ``None``.
+        out: where to write the spikes; may be ``current`` itself, because each step's current
+            is read before that step's spikes are written. Default: a new tensor.
+        spikes_out: optional ``torch.bool`` ``[T, B, ...]`` that receives the spikes too (what a
+            backward keeps: one byte per neuron and step).
+        membrane_out: optional ``[T, B, ...]`` that receives ``m_t`` (after reset and leak), for
+            inspection and tests.
 
     Returns:
-        Spikes ``[T, B, ...]`` as ``torch.bool``.
+        Spikes ``[T, B, ...]``, 0 or 1 in ``current.dtype`` (``out`` if given).
     """
-    spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+    out = torch.empty_like(current) if out is None else out
     membrane = torch.zeros_like(current[0])
     for t in range(current.shape[0]):
         membrane.add_(current[t])
-        torch.gt(membrane, threshold, out=spikes[t])
-        membrane.masked_fill_(spikes[t], 0)
+        spikes = torch.gt(membrane, threshold, out=out[t])
+        membrane.addcmul_(membrane, spikes, value=-1)  # m - m * 1 is exactly 0: the hard reset
         if leak != 1:
             membrane.mul_(leak)
+        if spikes_out is not None:
+            spikes_out[t].copy_(spikes)
         if membrane_out is not None:
             membrane_out[t] = membrane
-    return spikes
+    return out
+
+
+def _scan_saving_spikes(current: Tensor, threshold: float, leak: float,
+                        inplace: bool) -> tuple[Tensor, Tensor]:
+    """:func:`lif_scan` that also returns the boolean spike train for a backward."""
+    spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+    out = lif_scan(current, threshold, leak, out=current if inplace else None, spikes_out=spikes)
+    return out, spikes
 
 
 def leak_correction(spikes: Tensor, leak: float, dtype: torch.dtype = torch.float32) -> Tensor:
@@ -123,27 +137,29 @@ class _LIFNeuron(torch.autograd.Function):
     """Hidden LIF neuron: exact forward, the authors' leak-aware approximate backward."""
 
     @staticmethod
-    def forward(ctx, current: Tensor, threshold: float, leak: float) -> Tensor:
-        spikes = lif_scan(current, threshold, leak)
+    def forward(ctx, current: Tensor, threshold: float, leak: float, inplace: bool) -> Tensor:
+        out, spikes = _scan_saving_spikes(current, threshold, leak, inplace)
+        if inplace:
+            ctx.mark_dirty(current)
         ctx.save_for_backward(spikes)
         ctx.threshold, ctx.leak = threshold, leak
-        return spikes.to(current.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor):
         (spikes,) = ctx.saved_tensors
         scale = leak_correction(spikes, ctx.leak, grad_spikes.dtype).div_(ctx.threshold)
-        return spike_gradient_scan(grad_spikes, spikes, scale), None, None
+        return spike_gradient_scan(grad_spikes, spikes, scale), None, None, None
 
 
 class _IFNeuron(torch.autograd.Function):
-    """Non-leaky integrate-and-fire neuron (the pooling neuron): gradient passed at spikes as is."""
+    """Non-leaky integrate-and-fire neuron: the gradient passes at spikes as it is."""
 
     @staticmethod
     def forward(ctx, current: Tensor, threshold: float) -> Tensor:
-        spikes = lif_scan(current, threshold, leak=1.0)
+        out, spikes = _scan_saving_spikes(current, threshold, 1.0, inplace=False)
         ctx.save_for_backward(spikes)
-        return spikes.to(current.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor):
@@ -151,13 +167,16 @@ class _IFNeuron(torch.autograd.Function):
         return spike_gradient_scan(grad_spikes, spikes), None
 
 
-def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> Tensor:
+def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99,
+               inplace: bool = False) -> Tensor:
     """Hidden LIF neurons over time (SPEC section 1).
 
     Args:
         current: ``[T, B, ...]`` input currents.
         threshold: firing threshold theta.
         leak: leak l per step.
+        inplace: write the spikes over ``current`` (as ``F.relu(x, inplace=True)``), saving a
+            ``[T, B, ...]`` float buffer; for currents nothing else reads afterwards.
 
     Returns:
         Spikes ``[T, B, ...]`` with values 0 or 1 in ``current.dtype``. Their gradient is the
@@ -166,8 +185,8 @@ def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99) -> T
     """
     current = _float32_under_autocast(current)
     if not _needs_graph(current):
-        return lif_scan(current, threshold, leak).to(current.dtype)
-    return _LIFNeuron.apply(current, threshold, leak)
+        return lif_scan(current, threshold, leak, out=current if inplace else None)
+    return _LIFNeuron.apply(current, threshold, leak, inplace)
 
 
 def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
@@ -183,7 +202,7 @@ def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
     """
     current = _float32_under_autocast(current)
     if not _needs_graph(current):
-        return lif_scan(current, threshold, leak=1.0).to(current.dtype)
+        return lif_scan(current, threshold, leak=1.0)
     return _IFNeuron.apply(current, threshold)
 
 
@@ -193,10 +212,10 @@ class _PoolingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes: Tensor, threshold: float, kernel_size: int) -> Tensor:
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-        pooled = lif_scan(current, threshold, leak=1.0)
+        out, pooled = _scan_saving_spikes(current, threshold, 1.0, inplace=True)
         ctx.save_for_backward(pooled)
         ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
-        return pooled.to(spikes.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad_pooled: Tensor):
@@ -229,7 +248,7 @@ def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2
     spikes = _float32_under_autocast(spikes)
     if not _needs_graph(spikes):
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-        return lif_scan(current, threshold, leak=1.0).to(spikes.dtype)
+        return lif_scan(current, threshold, leak=1.0, out=current)
     return _PoolingNeuron.apply(spikes, threshold, kernel_size)
 
 

@@ -13,18 +13,26 @@ __all__ = ["LIFNeuron", "PoolingNeuron", "OutputIntegrator"]
 
 
 class LIFNeuron(nn.Module):
-    """Hidden leaky integrate-and-fire neurons: currents ``[T, B, ...]`` -> spikes ``[T, B, ...]``."""
+    """Hidden leaky integrate-and-fire neurons: currents ``[T, B, ...]`` -> spikes ``[T, B, ...]``.
 
-    def __init__(self, threshold: float = 1.0, leak: float = 0.99) -> None:
+    Args:
+        threshold: firing threshold theta.
+        leak: leak l per step.
+        inplace: write the spikes over the input currents, as ``nn.ReLU(inplace=True)``; the
+            networks use it, since nothing else reads a layer's current afterwards.
+    """
+
+    def __init__(self, threshold: float = 1.0, leak: float = 0.99, inplace: bool = False) -> None:
         super().__init__()
         self.threshold = threshold
         self.leak = leak
+        self.inplace = inplace
 
     def forward(self, current: Tensor) -> Tensor:
-        return SF.lif_neuron(current, self.threshold, self.leak)
+        return SF.lif_neuron(current, self.threshold, self.leak, self.inplace)
 
     def extra_repr(self) -> str:
-        return f"threshold={self.threshold}, leak={self.leak}"
+        return f"threshold={self.threshold}, leak={self.leak}, inplace={self.inplace}"
 
 
 class PoolingNeuron(nn.Module):

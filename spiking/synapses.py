@@ -41,27 +41,35 @@ def expand_spikes(packed: Tensor, scale: Tensor | None, dtype: torch.dtype) -> T
 
 
 class _SpikeInputConv2d(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride: tuple, padding: tuple) -> Tensor:
-        ctx.conv_args = (stride, padding)
-        if ctx.needs_input_grad[1]:
-            ctx.packed_input = compact_spikes(x)
-        ctx.save_for_backward(weight)
-        ctx.input_shape = x.shape
-        return F.conv2d(x, weight, None, stride, padding)
+    """Time-folded convolution ``[T, B, C, H, W] -> [T, B, C', H', W']`` keeping packed spikes."""
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def forward(ctx, spikes: Tensor, weight: Tensor, stride: tuple, padding: tuple) -> Tensor:
+        ctx.conv_args = (stride, padding)
+        ctx.input_shape = spikes.shape
+        if ctx.needs_input_grad[1]:
+            ctx.packed_input = compact_spikes(spikes)
+        ctx.save_for_backward(weight)
+        current = F.conv2d(spikes.flatten(0, 1), weight, None, stride, padding)
+        # detach() drops the view relation to the folded result: autograd forbids in-place
+        # writes to views made inside a custom Function, and the LIF neuron writes its spikes
+        # over this current.
+        return current.unflatten(0, spikes.shape[:2]).detach()
+
+    @staticmethod
+    def backward(ctx, grad_current: Tensor):
         (weight,) = ctx.saved_tensors
         stride, padding = ctx.conv_args
         if ctx.needs_input_grad[1]:
-            x = expand_spikes(*ctx.packed_input, grad_out.dtype)
+            spikes = expand_spikes(*ctx.packed_input, grad_current.dtype)
         else:
-            x = grad_out.new_empty(ctx.input_shape)
-        grad_x, grad_w, _ = torch.ops.aten.convolution_backward(
-            grad_out, x, weight, None, stride, padding, (1, 1), False, (0, 0), 1,
-            (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
-        return grad_x, grad_w, None, None
+            spikes = grad_current.new_empty(ctx.input_shape)
+        grad_spikes, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_current.flatten(0, 1), spikes.flatten(0, 1), weight, None, stride, padding,
+            (1, 1), False, (0, 0), 1, (ctx.needs_input_grad[0], ctx.needs_input_grad[1], False))
+        if grad_spikes is not None:
+            grad_spikes = grad_spikes.unflatten(0, ctx.input_shape[:2])
+        return grad_spikes, grad_weight, None, None
 
 
 class _SpikeInputLinear(torch.autograd.Function):
@@ -93,14 +101,6 @@ def _autocast_operands(spikes: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
     return spikes, weight
 
 
-def _fold(x: Tensor) -> Tensor:
-    return x.flatten(0, 1)
-
-
-def _unfold(y: Tensor, time_steps: int) -> Tensor:
-    return y.unflatten(0, (time_steps, -1))
-
-
 class SpikingConv2d(nn.Conv2d):
     """``nn.Conv2d`` without bias over a spike train: ``[T, B, C, H, W] -> [T, B, C', H', W']``.
 
@@ -112,13 +112,11 @@ class SpikingConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        time_steps = spikes.shape[0]
-        spikes, weight = _autocast_operands(_fold(spikes), self.weight)
+        spikes, weight = _autocast_operands(spikes, self.weight)
         if _needs_graph(spikes, weight):
-            current = _SpikeInputConv2d.apply(spikes, weight, self.stride, self.padding)
-        else:
-            current = F.conv2d(spikes, weight, None, self.stride, self.padding)
-        return _unfold(current, time_steps)
+            return _SpikeInputConv2d.apply(spikes, weight, self.stride, self.padding)
+        current = F.conv2d(spikes.flatten(0, 1), weight, None, self.stride, self.padding)
+        return current.unflatten(0, spikes.shape[:2])
 
 
 class SpikingLinear(nn.Linear):
@@ -142,4 +140,4 @@ class TimeFolded(nn.Module):
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
-        return _unfold(self.module(_fold(x)), x.shape[0])
+        return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])

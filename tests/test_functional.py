@@ -27,7 +27,7 @@ def lif_with_grad(current, grad, threshold, leak):
 def membrane(current, threshold, leak):
     out = torch.empty_like(current)
     spikes = SF.lif_scan(current, threshold, leak, membrane_out=out)
-    return spikes, out
+    return spikes.bool(), out
 
 
 def test_fires_at_first_step():
@@ -134,3 +134,21 @@ def test_backward_saves_no_float_membrane():
     spikes = SF.lif_neuron(current, 0.5, 0.99)
     saved = spikes.grad_fn.saved_tensors
     assert [t.dtype for t in saved] == [torch.bool]
+
+
+def test_inplace_neuron_gives_the_same_spikes_and_gradients():
+    torch.manual_seed(2)
+    current = torch.rand(7, 3, 5, dtype=f64) * 0.9
+    grad = torch.randn(7, 3, 5, dtype=f64)
+    results = []
+    for inplace in (False, True):
+        leaf = current.clone().requires_grad_()
+        fresh = leaf * 1.0  # a non-leaf current, as a synapse's output is
+        spikes = SF.lif_neuron(fresh, 1.0, 0.95, inplace=inplace)
+        assert (spikes.data_ptr() == fresh.data_ptr()) == inplace
+        spikes.backward(grad)
+        results.append((spikes.detach(), leaf.grad))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    untouched = current.clone()
+    SF.lif_neuron(untouched, 1.0, 0.95)
+    assert torch.equal(untouched, current)
