@@ -1,0 +1,58 @@
+"""The benchmark of issue 4 (benchmarks/bench.py) runs end to end in seconds at toy sizes.
+
+Only that it works is tested here; speed and memory are ratios the script reports, never asserted.
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+import models
+from benchmarks import bench
+
+
+def test_all_variants_are_timed_and_measured_with_finite_ratios():
+    variants = bench.build_variants("vgg9", time_steps=2, batch=2, width=0.125)
+    assert list(variants) == list(bench.VARIANTS)
+    samples = bench.time_variants(variants, repeats=1, warmup=0)
+    memory = bench.measure_memory("vgg9", time_steps=2, batch=2, width=0.125, threads=1)
+    summary = bench.summarise(samples, memory)
+
+    for name in bench.VARIANTS:
+        assert all(len(samples[name][phase]) == 1 for phase in bench.PHASES)
+        assert memory[name]["peak"] >= memory[name]["baseline"] > 0
+    ratios = [value for row in summary["ratios"].values() for value in row.values()]
+    assert len(ratios) == 12 and all(math.isfinite(r) and r > 0 for r in ratios)
+    assert all(target["met"] in (True, False) for target in summary["targets"])
+
+
+def test_residual_network_runs_every_variant_with_a_mask_per_hidden_layer():
+    variants = bench.build_variants("resnet11", time_steps=2, batch=2, width=0.0625)
+    samples = bench.time_variants(variants, repeats=1, warmup=0)
+    assert set(samples) == set(bench.VARIANTS)
+    for variant in variants.values():
+        assert variant.eval_step().shape == (2,)
+
+
+def test_dense_floor_is_the_relu_network_with_the_same_layers():
+    weights = {k: v.double() for k, v in models.get_model("lenet", width=0.25).state_dict().items()}
+    time_steps, batch = 2, 3
+    images = torch.rand(time_steps * batch, 1, 28, 28, dtype=torch.float64)
+    floor = bench.DenseFloor("lenet", weights, time_steps, dropout=0.0)
+
+    x = F.avg_pool2d(F.relu(F.conv2d(images, weights["cnn1.weight"], padding=2)), 2)
+    x = F.avg_pool2d(F.relu(F.conv2d(x, weights["cnn2.weight"], padding=2)), 2)
+    x = F.relu(F.linear(x.flatten(1), weights["fc0.weight"]))
+    expected = F.linear(x, weights["fc1.weight"]).unflatten(0, (time_steps, batch)).mean(0)
+    torch.testing.assert_close(floor(images, training=True), expected, rtol=0, atol=0)
+    assert set(floor.hidden_shapes) == {"cnn1", "cnn2", "fc0"}
+
+
+def test_per_step_spikes_follow_the_signed_rate_code():
+    images = torch.tensor([[-2.0, -0.4, 0.0, 0.4, 2.0]])
+    spikes = bench.PerStepPoissonSpikes(images, time_steps=7, scale=1.0)
+    assert spikes.dim() == 3 and spikes.shape == (7, 1, 5)
+    step = torch.stack([spikes[t] for t in range(200)])
+    assert (step[..., 0] == -1).all() and (step[..., 4] == 1).all() and (step[..., 2] == 0).all()
+    assert (step[..., 1] <= 0).all() and (step[..., 3] >= 0).all()
+    assert 0.25 < step[..., 3].mean() < 0.55
