@@ -1,6 +1,6 @@
 """Spiking LeNet on MNIST, trained with spike-based backpropagation (Lee et al. 2020).
 
-The settings below are those of the authors' released mnist_LeNet.py (SPEC section 9); every
+The settings in this script are those of the authors' released mnist_LeNet.py (SPEC section 9); every
 command-line flag overrides one of them (python mnist_LeNet.py --help).
 """
 from training import Experiment, main

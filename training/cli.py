@@ -51,7 +51,7 @@ def _device(text: str) -> str:
 def build_parser(defaults: Experiment, description: str | None = None) -> argparse.ArgumentParser:
     """The shared parser; every default is the matching field of ``defaults``."""
     p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     at_least_1 = ("at least 1", lambda v: v >= 1)
     at_least_0 = ("at least 0", lambda v: v >= 0)
     positive = ("positive", lambda v: v > 0)
@@ -64,27 +64,27 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
 
     authors = p.add_argument_group("the authors' flags")
     authors.add_argument("-a", "--arch", type=str.lower, choices=sorted(MODELS),
-                         default=defaults.arch, help="network architecture")
+                         default=defaults.arch, help="network architecture (default: %(default)s)")
     authors.add_argument("-j", "--workers", type=integer("workers", at_least_0),
-                         default=defaults.workers, help="data loading worker processes")
+                         default=defaults.workers, help="data loading worker processes (default: %(default)s)")
     authors.add_argument("--epochs", type=integer("epochs", at_least_1), default=defaults.epochs,
-                         help="total number of epochs")
+                         help="total number of epochs (default: %(default)s)")
     authors.add_argument("--start-epoch", type=integer("start epoch", at_least_0),
                          default=defaults.start_epoch,
                          help="epoch index to start at (default: 0, or the resumed checkpoint's)")
     authors.add_argument("-b", "--batch-size", type=integer("batch size", at_least_1),
-                         default=defaults.batch_size, help="training mini-batch size")
+                         default=defaults.batch_size, help="training mini-batch size (default: %(default)s)")
     authors.add_argument("--lr", "--learning-rate", dest="lr", type=real("learning rate", positive),
-                         default=defaults.lr, help="initial learning rate")
+                         default=defaults.lr, help="initial learning rate (default: %(default)s)")
     authors.add_argument("--momentum", type=real("momentum", at_least_0),
                          default=defaults.momentum,
-                         help="SGD momentum (the authors parsed 0.9 but never used it: 0)")
+                         help="SGD momentum (default: %(default)s; the authors parsed 0.9 but never used it)")
     authors.add_argument("--wd", "--weight-decay", dest="weight_decay",
                          type=real("weight decay", at_least_0), default=defaults.weight_decay,
-                         help="SGD weight decay")
+                         help="SGD weight decay (default: %(default)s)")
     authors.add_argument("-p", "--print-freq", type=integer("print frequency", at_least_1),
                          default=defaults.print_freq,
-                         help="batches between progress lines when output is not a terminal")
+                         help="batches between progress lines when output is not a terminal (default: %(default)s)")
     authors.add_argument("--resume", metavar="PATH", default=defaults.resume,
                          help="checkpoint to continue from (ours or the authors' released files)")
     authors.add_argument("-e", "--evaluate", action="store_true", default=defaults.evaluate,
@@ -92,32 +92,32 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
 
     ours = p.add_argument_group("this project's flags")
     ours.add_argument("-T", "--time-steps", type=integer("time steps", at_least_1),
-                      default=defaults.time_steps, help="time steps per image, train and test")
+                      default=defaults.time_steps, help="time steps per image, train and test (default: %(default)s)")
     ours.add_argument("--leak", type=real("leak", ("in (0, 1]", lambda v: 0 < v <= 1)),
-                      default=defaults.leak, help="membrane leak per step, in (0, 1]")
+                      default=defaults.leak, help="membrane leak per step, in (0, 1] (default: %(default)s)")
     ours.add_argument("--test-batch-size", type=integer("test batch size", at_least_1),
-                      default=defaults.test_batch_size, help="evaluation mini-batch size")
+                      default=defaults.test_batch_size, help="evaluation mini-batch size (default: %(default)s)")
     ours.add_argument("--data", dest="data_dir", metavar="DIR", default=defaults.data_dir,
-                      help="dataset directory (torchvision layout)")
+                      help="dataset directory (torchvision layout) (default: %(default)s)")
     ours.add_argument("--no-download", dest="download", action="store_false",
                       default=defaults.download,
                       help="never download; stop with instructions if the data is missing")
     ours.add_argument("--device", type=_device, default=defaults.device,
-                      help="auto (CUDA if present), cpu, cuda, cuda:N")
+                      help="auto (CUDA if present), cpu, cuda, cuda:N (default: %(default)s)")
     ours.add_argument("--seed", type=integer("seed", at_least_0), default=defaults.seed,
-                      help="seed of all random draws (data order, dropout, spikes)")
+                      help="seed of all random draws (data order, dropout, spikes) (default: %(default)s)")
     ours.add_argument("--out-dir", metavar="DIR", default=defaults.out_dir,
-                      help="where checkpoints and the metrics CSV are written")
+                      help="where checkpoints and the metrics CSV are written (default: %(default)s)")
     ours.add_argument("--train-subset", metavar="N", type=integer("train subset", at_least_0),
                       default=defaults.train_subset,
-                      help="train on N images drawn once from --seed (0 = all); test set stays whole")
+                      help="train on N images drawn once from --seed (0 = all); test set stays whole (default: %(default)s)")
     ours.add_argument("--width", type=real("width", positive), default=defaults.width,
-                      help="channel multiplier of the network (1 = the paper's; for quick tests)")
+                      help="channel multiplier of the network (1 = the paper's; for quick tests) (default: %(default)s)")
     ours.add_argument("--synthetic", action="store_true", default=defaults.synthetic,
                       help="train on a small deterministic in-memory data set (no files needed)")
     ours.add_argument("--synthetic-size", type=integer("synthetic size", at_least_1),
                       default=defaults.synthetic_size,
-                      help="training images of --synthetic (test: a quarter as many)")
+                      help="training images of --synthetic (test: a quarter as many) (default: %(default)s)")
     if defaults.dataset == "svhn":
         ours.add_argument("--svhn-extra", action="store_true", default=defaults.svhn_extra,
                           help="train on SVHN train + extra (604k images)")
