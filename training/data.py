@@ -26,7 +26,7 @@ class DatasetInfo:
         input_shape: ``(C, H, W)`` of one image.
         num_classes: number of labels.
         files: the files torchvision needs, relative to ``--data``, for the missing-data message.
-        source: where to get them.
+        source: where to get them, as a phrase for the missing-data message.
     """
 
     input_shape: tuple[int, int, int]
@@ -40,13 +40,13 @@ DATASETS: dict[str, DatasetInfo] = {
         (1, 28, 28), 10,
         tuple(f"MNIST/raw/{name}" for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
                                                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
-        "http://yann.lecun.com/exdb/mnist/ (unzip the .gz files)"),
+        "from https://ossci-datasets.s3.amazonaws.com/mnist/, gunzipped"),
     "cifar10": DatasetInfo(
         (3, 32, 32), 10, ("cifar-10-python.tar.gz",),
-        "https://www.cs.toronto.edu/~kriz/cifar.html (or its extracted cifar-10-batches-py/)"),
+        "from https://www.cs.toronto.edu/~kriz/cifar.html; or its extracted cifar-10-batches-py/"),
     "svhn": DatasetInfo(
         (3, 32, 32), 10, ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat (with --svhn-extra)"),
-        "http://ufldl.stanford.edu/housenumbers/"),
+        "from http://ufldl.stanford.edu/housenumbers/"),
 }
 
 
@@ -110,8 +110,10 @@ def _load_split(settings: Experiment, split: str) -> Dataset:
     """One torchvision split; a clear :class:`UsageError` if it is missing and cannot be fetched."""
     try:
         return _torchvision_split(settings, split, download=False)
-    except RuntimeError as missing:  # torchvision's "Dataset not found" (or a corrupt file)
-        reason = str(missing).splitlines()[0] if str(missing) else type(missing).__name__
+    except RuntimeError as missing:  # torchvision's "Dataset not found", or a corrupt file
+        text = str(missing).strip()
+        reason = ("files missing" if not text or text.startswith("Dataset not found")
+                  else text.splitlines()[0])
     if settings.download:
         try:
             return _torchvision_split(settings, split, download=True)
@@ -120,7 +122,7 @@ def _load_split(settings: Experiment, split: str) -> Dataset:
     info = DATASETS[settings.dataset]
     where = os.path.abspath(settings.data_dir)
     raise UsageError(f"{settings.dataset} data not found in {where} ({reason}); place "
-                     f"{', '.join(info.files)} under {where}/ (from {info.source}), "
+                     f"{', '.join(info.files)} under {where}/ ({info.source}), "
                      f"or run with --synthetic")
 
 
