@@ -4,8 +4,8 @@ Not in the authors' release: ResNet13 (ResNet11 plus one identity residual block
 and these settings are this project's own choice, not a published run. They follow ResNet11 on
 CIFAR-10 except where SVHN differs: no horizontal flip (digits are not mirror-symmetric), SVHN's
 own per-channel mean/std (SPEC section 8), and a shorter schedule, since the training split is
-half again as large as CIFAR-10's. Every flag overrides one setting (python svhn_ResNet13.py --help);
---svhn-extra adds the 531k "extra" images.
+half again as large as CIFAR-10's. Every flag overrides one setting
+(python svhn_ResNet13.py --help); --svhn-extra adds the 531k "extra" images.
 """
 from training import Experiment, main
 

@@ -29,8 +29,10 @@ if str(REPO) not in sys.path:
 
 import mnist_LeNet  # noqa: E402
 
-SCRIPTS = {"mnist_LeNet.py": ("mnist_lenet", "lenet"), "cifar10_VGG9.py": ("cifar10_vgg9", "vgg9"),
-           "cifar10_ResNet11.py": ("cifar10_r11", "resnet11"), "svhn_ResNet13.py": ("svhn_r13", "resnet13")}
+SCRIPTS = {"mnist_LeNet.py": ("mnist_lenet", "lenet"),
+           "cifar10_VGG9.py": ("cifar10_vgg9", "vgg9"),
+           "cifar10_ResNet11.py": ("cifar10_r11", "resnet11"),
+           "svhn_ResNet13.py": ("svhn_r13", "resnet13")}
 # A narrow network, two time steps, 16 synthetic images: the whole pipeline in a few seconds.
 TINY = ["--synthetic", "--synthetic-size", "16", "-T", "2", "--width", "0.125", "-b", "8",
         "--test-batch-size", "8", "-j", "0"]
@@ -123,7 +125,8 @@ def test_the_authors_evaluate_line_and_every_bad_input(trained, tmp_path):
     expected = {
         "missing": "error: no checkpoint found at",
         "wrong_arch": "error: checkpoint .* holds a vgg9 network, but this run builds resnet11",
-        "no_data": r"error: mnist data not found in .*empty.* place MNIST/raw/train-images-idx3-ubyte",
+        "no_data": r"error: mnist data not found in .*empty.* place "
+                   r"MNIST/raw/train-images-idx3-ubyte",
         "bad_T": "error: argument -T/--time-steps: time steps must be at least 1, got 0",
     }
     for key, pattern in expected.items():

@@ -1,5 +1,5 @@
-"""The shared training engine behind ``mnist_LeNet.py``, ``cifar10_VGG9.py``, ``cifar10_ResNet11.py``
-and ``svhn_ResNet13.py``.
+"""The shared training engine behind ``mnist_LeNet.py``, ``cifar10_VGG9.py``,
+``cifar10_ResNet11.py`` and ``svhn_ResNet13.py``.
 
 - :mod:`training.experiment`: the :class:`Experiment` settings dataclass.
 - :mod:`training.cli`: the command line (the authors' flags plus ours).

@@ -73,7 +73,11 @@ def _umask() -> int:
 
 
 def save_checkpoint(state: Mapping[str, Any], is_best: bool, out_dir: str, tag: str) -> list[str]:
-    """Save ``state`` as the latest checkpoint and, if ``is_best``, as the best; return the paths."""
+    """Save ``state`` as the latest checkpoint and, if ``is_best``, as the best too.
+
+    Returns:
+        The paths written.
+    """
     os.makedirs(out_dir, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)

@@ -20,7 +20,8 @@ from .experiment import Experiment
 __all__ = ["build_parser", "parse_settings"]
 
 
-def _number(kind: type, name: str, ok: Callable[[float], bool], rule: str) -> Callable[[str], float]:
+def _number(kind: type, name: str, ok: Callable[[float], bool],
+            rule: str) -> Callable[[str], float]:
     """An argparse ``type`` that converts to ``kind`` and enforces ``ok`` (message: ``rule``)."""
 
     def convert(text: str):
@@ -62,29 +63,33 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
     def real(name: str, rule: tuple[str, Callable]) -> Callable[[str], float]:
         return _number(float, name, rule[1], rule[0])
 
+    def shown(text: str) -> str:
+        return f"{text} (default: %(default)s)"
+
     authors = p.add_argument_group("the authors' flags")
     authors.add_argument("-a", "--arch", type=str.lower, choices=sorted(MODELS),
-                         default=defaults.arch, help="network architecture (default: %(default)s)")
+                         default=defaults.arch, help=shown("network architecture"))
     authors.add_argument("-j", "--workers", type=integer("workers", at_least_0),
-                         default=defaults.workers, help="data loading worker processes (default: %(default)s)")
+                         default=defaults.workers, help=shown("data loading worker processes"))
     authors.add_argument("--epochs", type=integer("epochs", at_least_1), default=defaults.epochs,
-                         help="total number of epochs (default: %(default)s)")
+                         help=shown("total number of epochs"))
     authors.add_argument("--start-epoch", type=integer("start epoch", at_least_0),
                          default=defaults.start_epoch,
                          help="epoch index to start at (default: 0, or the resumed checkpoint's)")
     authors.add_argument("-b", "--batch-size", type=integer("batch size", at_least_1),
-                         default=defaults.batch_size, help="training mini-batch size (default: %(default)s)")
+                         default=defaults.batch_size, help=shown("training mini-batch size"))
     authors.add_argument("--lr", "--learning-rate", dest="lr", type=real("learning rate", positive),
-                         default=defaults.lr, help="initial learning rate (default: %(default)s)")
+                         default=defaults.lr, help=shown("initial learning rate"))
     authors.add_argument("--momentum", type=real("momentum", at_least_0),
                          default=defaults.momentum,
-                         help="SGD momentum (default: %(default)s; the authors parsed 0.9 but never used it)")
+                         help="SGD momentum (default: %(default)s; the authors' scripts parsed it "
+                              "but never used it)")
     authors.add_argument("--wd", "--weight-decay", dest="weight_decay",
                          type=real("weight decay", at_least_0), default=defaults.weight_decay,
-                         help="SGD weight decay (default: %(default)s)")
+                         help=shown("SGD weight decay"))
     authors.add_argument("-p", "--print-freq", type=integer("print frequency", at_least_1),
                          default=defaults.print_freq,
-                         help="batches between progress lines when output is not a terminal (default: %(default)s)")
+                         help=shown("batches between progress lines when output is not a terminal"))
     authors.add_argument("--resume", metavar="PATH", default=defaults.resume,
                          help="checkpoint to continue from (ours or the authors' released files)")
     authors.add_argument("-e", "--evaluate", action="store_true", default=defaults.evaluate,
@@ -92,32 +97,35 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
 
     ours = p.add_argument_group("this project's flags")
     ours.add_argument("-T", "--time-steps", type=integer("time steps", at_least_1),
-                      default=defaults.time_steps, help="time steps per image, train and test (default: %(default)s)")
+                      default=defaults.time_steps,
+                      help=shown("time steps per image, train and test"))
     ours.add_argument("--leak", type=real("leak", ("in (0, 1]", lambda v: 0 < v <= 1)),
-                      default=defaults.leak, help="membrane leak per step, in (0, 1] (default: %(default)s)")
+                      default=defaults.leak, help=shown("membrane leak per step, in (0, 1]"))
     ours.add_argument("--test-batch-size", type=integer("test batch size", at_least_1),
-                      default=defaults.test_batch_size, help="evaluation mini-batch size (default: %(default)s)")
+                      default=defaults.test_batch_size, help=shown("evaluation mini-batch size"))
     ours.add_argument("--data", dest="data_dir", metavar="DIR", default=defaults.data_dir,
-                      help="dataset directory (torchvision layout) (default: %(default)s)")
+                      help=shown("dataset directory (torchvision layout)"))
     ours.add_argument("--no-download", dest="download", action="store_false",
                       default=defaults.download,
                       help="never download; stop with instructions if the data is missing")
     ours.add_argument("--device", type=_device, default=defaults.device,
-                      help="auto (CUDA if present), cpu, cuda, cuda:N (default: %(default)s)")
+                      help=shown("auto (CUDA if present), cpu, cuda, cuda:N"))
     ours.add_argument("--seed", type=integer("seed", at_least_0), default=defaults.seed,
-                      help="seed of all random draws (data order, dropout, spikes) (default: %(default)s)")
+                      help=shown("seed of all random draws (data order, dropout, spikes)"))
     ours.add_argument("--out-dir", metavar="DIR", default=defaults.out_dir,
-                      help="where checkpoints and the metrics CSV are written (default: %(default)s)")
+                      help=shown("where checkpoints and the metrics CSV are written"))
     ours.add_argument("--train-subset", metavar="N", type=integer("train subset", at_least_0),
                       default=defaults.train_subset,
-                      help="train on N images drawn once from --seed (0 = all); test set stays whole (default: %(default)s)")
+                      help=shown("train on N images drawn once from --seed (0 = all); the test "
+                                 "set stays whole"))
     ours.add_argument("--width", type=real("width", positive), default=defaults.width,
-                      help="channel multiplier of the network (1 = the paper's; for quick tests) (default: %(default)s)")
+                      help=shown("channel multiplier of the network (1 = the paper's; for quick "
+                                 "tests)"))
     ours.add_argument("--synthetic", action="store_true", default=defaults.synthetic,
                       help="train on a small deterministic in-memory data set (no files needed)")
     ours.add_argument("--synthetic-size", type=integer("synthetic size", at_least_1),
                       default=defaults.synthetic_size,
-                      help="training images of --synthetic (test: a quarter as many) (default: %(default)s)")
+                      help=shown("training images of --synthetic (test: a quarter as many)"))
     if defaults.dataset == "svhn":
         ours.add_argument("--svhn-extra", action="store_true", default=defaults.svhn_extra,
                           help="train on SVHN train + extra (604k images)")

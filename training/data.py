@@ -38,14 +38,16 @@ class DatasetInfo:
 DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo(
         (1, 28, 28), 10,
-        tuple(f"MNIST/raw/{name}" for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                                                "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+        tuple(f"MNIST/raw/{name}-idx{dims}-ubyte"
+              for name, dims in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3),
+                                 ("t10k-labels", 1))),
         "from https://ossci-datasets.s3.amazonaws.com/mnist/, gunzipped"),
     "cifar10": DatasetInfo(
         (3, 32, 32), 10, ("cifar-10-python.tar.gz",),
         "from https://www.cs.toronto.edu/~kriz/cifar.html; or its extracted cifar-10-batches-py/"),
     "svhn": DatasetInfo(
-        (3, 32, 32), 10, ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat (with --svhn-extra)"),
+        (3, 32, 32), 10,
+        ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat (with --svhn-extra)"),
         "from http://ufldl.stanford.edu/housenumbers/"),
 }
 
@@ -137,15 +139,16 @@ def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | 
         normalised = settings.mean is not None
         test_size = max(settings.synthetic_size // 4, info.num_classes)
         test = synthetic_dataset(info, test_size, settings.seed, False, normalised)
-        train_set = (synthetic_dataset(info, settings.synthetic_size, settings.seed, True, normalised)
-                     if train else None)
+        train_set = (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
+                                       normalised) if train else None)
     else:
         test = _load_split(settings, "test")
         train_set = _load_split(settings, "train") if train else None
         if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
             train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
     if train_set is not None and 0 < settings.train_subset < len(train_set):
-        order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(settings.seed))
+        draw = torch.Generator().manual_seed(settings.seed)
+        order = torch.randperm(len(train_set), generator=draw)
         train_set = Subset(train_set, order[:settings.train_subset].tolist())
     return train_set, test
 

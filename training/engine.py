@@ -67,7 +67,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 
 
 def build_model(settings: Experiment) -> models.SpikingNetwork:
-    """``settings.arch`` for ``settings.dataset``'s image shape and classes (dropout if it has any)."""
+    """``settings.arch`` for ``settings.dataset``'s image shape and classes, with
+    ``settings.dropout`` where the network has dropout."""
     info = DATASETS[settings.dataset]
     kwargs: dict[str, Any] = dict(num_classes=info.num_classes, leak=settings.leak,
                                   threshold=settings.threshold,
@@ -105,11 +106,13 @@ def _row(epoch: int, lr: float, train: EpochStats, test: EpochStats) -> dict[str
 
 
 def _summary(row: dict[str, Any], epochs: int, best: float) -> str:
-    return (f"Epoch {row['epoch']}/{epochs} | lr {row['lr']:.3g} | train loss {row['train_loss']:.4f} "
-            f"CE {row['train_ce']:.4f} top-1 {row['train_top1']:.2f}% | test loss "
-            f"{row['test_loss']:.4f} CE {row['test_ce']:.4f} top-1 {row['test_top1']:.2f}% top-5 "
-            f"{row['test_top5']:.2f}% | {row['train_samples_per_s']:.1f} samples/s | "
-            f"{row['epoch_seconds']:.1f} s | best {best:.2f}%")
+    return (f"Epoch {row['epoch']}/{epochs} | lr {row['lr']:.3g} | "
+            f"train loss {row['train_loss']:.4f} CE {row['train_ce']:.4f} "
+            f"top-1 {row['train_top1']:.2f}% | "
+            f"test loss {row['test_loss']:.4f} CE {row['test_ce']:.4f} "
+            f"top-1 {row['test_top1']:.2f}% top-5 {row['test_top5']:.2f}% | "
+            f"{row['train_samples_per_s']:.1f} samples/s | {row['epoch_seconds']:.1f} s | "
+            f"best {best:.2f}%")
 
 
 def _final_table(history: list[dict[str, Any]]) -> str:

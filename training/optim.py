@@ -27,8 +27,9 @@ def learning_rate(epoch: int, base_lr: float, milestones: Sequence[int], gamma: 
     return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
 
 
-def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: int, settings: Experiment) -> float:
-    """Set every parameter group's rate for ``epoch`` (call at the start of the epoch); return it."""
+def adjust_learning_rate(optimizer: torch.optim.Optimizer, epoch: int,
+                         settings: Experiment) -> float:
+    """Set every parameter group's rate for ``epoch`` (call at the epoch's start); return it."""
     lr = learning_rate(epoch, settings.lr, settings.milestones, settings.lr_gamma)
     for group in optimizer.param_groups:
         group["lr"] = lr
