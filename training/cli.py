@@ -77,7 +77,9 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
                          default=defaults.start_epoch,
                          help="epoch index to start at (default: 0, or the resumed checkpoint's)")
     authors.add_argument("-b", "--batch-size", type=integer("batch size", at_least_1),
-                         default=defaults.batch_size, help=shown("training mini-batch size"))
+                         default=defaults.batch_size,
+                         help=shown("global training mini-batch size, split evenly over "
+                                    "torchrun's processes"))
     authors.add_argument("--lr", "--learning-rate", dest="lr", type=real("learning rate", positive),
                          default=defaults.lr, help=shown("initial learning rate"))
     authors.add_argument("--momentum", type=real("momentum", at_least_0),
@@ -126,6 +128,12 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
     ours.add_argument("--synthetic-size", type=integer("synthetic size", at_least_1),
                       default=defaults.synthetic_size,
                       help=shown("training images of --synthetic (test: a quarter as many)"))
+    ours.add_argument("--amp", action="store_true", default=defaults.amp,
+                      help="mixed precision: convolutions and linear layers in bfloat16 (float16 "
+                           "with a grad scaler on GPUs without bf16), spiking scans in float32; "
+                           "also runs (bf16) on the CPU")
+    ours.add_argument("--deterministic", action="store_true", default=defaults.deterministic,
+                      help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
     if defaults.dataset == "svhn":
         ours.add_argument("--svhn-extra", action="store_true", default=defaults.svhn_extra,
                           help="train on SVHN train + extra (604k images)")

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset, TensorDataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .errors import UsageError
 from .experiment import Experiment
@@ -154,8 +154,10 @@ def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | 
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
-                generator: torch.Generator, shuffle: bool) -> DataLoader:
-    """A DataLoader whose order, augmentation and worker seeds all come from ``generator``.
+                generator: torch.Generator, shuffle: bool,
+                sampler: Sampler[int] | None = None) -> DataLoader:
+    """A DataLoader whose order (unless ``sampler`` decides it), augmentation and worker seeds
+    all come from ``generator``.
 
     Seeding that generator at the start of each epoch fixes the epoch's data independently of
     every other random draw, so a run resumed at an epoch boundary sees the same data as an
@@ -163,5 +165,5 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
     """
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                      generator=generator, num_workers=workers, pin_memory=device.type == "cuda")

@@ -7,7 +7,6 @@ exit-status handling, for tests and notebooks.
 from __future__ import annotations
 
 import inspect
-import math
 import os
 import random
 import sys
@@ -21,30 +20,38 @@ import torch
 import models
 from spiking import PoissonEncoder
 
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset, DistributedSampler
+
+from .amp import Precision, make_precision
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
-                         restore_rng_state, run_tag, save_checkpoint)
+                         run_tag, save_checkpoint)
 from .cli import parse_settings
 from .data import DATASETS, build_datasets, make_loader
+from .distributed import (DistContext, ShardSampler, barrier, cleanup, init_distributed, is_main_process,
+                          per_rank_batch, process_device)
 from .errors import UsageError
 from .experiment import Experiment
-from .loop import EpochStats, EvalMonitor, evaluate, train_one_epoch
+from .loop import EpochStats, EvalMonitor, NonFiniteLoss, evaluate, train_one_epoch
 from .metrics import MetricsLog
 from .optim import adjust_learning_rate, build_optimizer, schedule_state
 from .progress import EpochProgress, format_table
 from .reports import make_spike_monitor, report_spike_stats, write_training_curves
 
-__all__ = ["RunResult", "build_model", "epoch_seed", "main", "resolve_device", "run",
-           "seed_everything"]
+__all__ = ["RunResult", "build_model", "check_input_shape", "epoch_seed", "main",
+           "resolve_device", "run", "seed_everything", "set_deterministic"]
 
 
 @dataclass
 class RunResult:
-    """What a run ends with: the best test top-1 (percent), the last test pass and every epoch's
-    CSV row (including epochs of a resumed checkpoint)."""
+    """What a run ends with: the best test top-1 (percent), the last test pass, every epoch's
+    CSV row (including epochs of a resumed checkpoint) and this process's network (unwrapped
+    from DDP), e.g. to compare the ranks' weights."""
 
     best_prec1: float
     test: EpochStats | None
     history: list[dict[str, Any]] = field(default_factory=list)
+    model: torch.nn.Module | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,9 +68,40 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """Seed of epoch ``epoch``'s data order and augmentation, independent of all other draws."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """Seed of epoch ``epoch``'s draws on process ``rank``, independent of all other epochs'.
+
+    The engine seeds the loader's generator (augmentation) and, separately, the global
+    generators (spikes, dropout masks) from it at the start of every epoch, so what an epoch
+    draws depends only on (seed, epoch, rank): a run resumed at an epoch boundary draws exactly
+    what the uninterrupted run drew, and DDP ranks draw independently.
+    """
+    entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+def set_deterministic() -> None:
+    """``--deterministic``: deterministic cuDNN/cuBLAS kernels and no autotuning.
+
+    CUBLAS_WORKSPACE_CONFIG must be set before the first cuBLAS call, hence here, early.
+    Operations without a deterministic kernel warn instead of failing the run.
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def check_input_shape(dataset: Dataset, expected: Sequence[int], arch: str, what: str) -> None:
+    """Compare one image of ``dataset`` with the network's ``(C, H, W)`` before any training.
+
+    Raises:
+        UsageError: another shape or channel count (one line: expected vs got).
+    """
+    got = tuple(dataset[0][0].shape)
+    if got != tuple(expected):
+        raise UsageError(f"{what} images have shape {got} (C, H, W), but {arch} expects "
+                         f"{tuple(expected)}; check --data and the script/dataset")
 
 
 def build_model(settings: Experiment) -> models.SpikingNetwork:
@@ -84,7 +122,9 @@ def _has_dropout(arch: str) -> bool:
 
 
 def _say(*parts: object) -> None:
-    print(*parts, flush=True)
+    """Print on rank 0 only (every process of a DDP run would repeat the same line)."""
+    if is_main_process():
+        print(*parts, flush=True)
 
 
 def _describe(settings: Experiment, device: torch.device, train_size: int | None,
@@ -95,6 +135,13 @@ def _describe(settings: Experiment, device: torch.device, train_size: int | None
             f"leak {settings.leak}, lr {settings.lr}, momentum {settings.momentum}, "
             f"batch {settings.batch_size}/{settings.test_batch_size}, device {device}, "
             f"seed {settings.seed}")
+
+
+def _describe_parallel(context: DistContext, precision: Precision) -> str:
+    ranks = (f"DDP over {context.world_size} processes "
+             f"({torch.distributed.get_backend()}), global batch split evenly; "
+             if context.enabled else "")
+    return f"{ranks}{precision.describe()}"
 
 
 def _row(epoch: int, lr: float, train: EpochStats, test: EpochStats) -> dict[str, Any]:
@@ -125,13 +172,57 @@ def _final_table(history: list[dict[str, Any]]) -> str:
 
 
 def _test_pass(model, encoder, generator, loader, device, settings, label,
-               monitor: EvalMonitor | None = None) -> EpochStats:
+               monitor: EvalMonitor | None = None,
+               precision: Precision | None = None) -> EpochStats:
     generator.manual_seed(settings.seed)
-    progress = EpochProgress(len(loader), label, settings.print_freq)
+    progress = EpochProgress(len(loader), label, settings.print_freq) if is_main_process() else None
     try:
-        return evaluate(model, encoder, loader, device, monitor, progress)
+        return evaluate(model, encoder, loader, device, monitor, progress, precision)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
+
+
+def _train_pass(model, encoder, loader, optimizer, device, settings, epoch: int,
+                context: DistContext, precision: Precision, last_checkpoint: str) -> EpochStats:
+    """One epoch; a NaN/infinite loss becomes a one-line error naming the step and the
+    checkpoint that is kept (nothing is saved for the diverged epoch)."""
+    progress = (EpochProgress(len(loader), f"Epoch {epoch + 1}/{settings.epochs}",
+                              settings.print_freq) if is_main_process() else None)
+    try:
+        return train_one_epoch(model, encoder, loader, optimizer, device, progress,
+                               context.world_size, precision)
+    except NonFiniteLoss as error:
+        kept = (f"last good checkpoint kept: {last_checkpoint}" if os.path.exists(last_checkpoint)
+                else "no checkpoint was written")
+        raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
+                         f"{kept} (lower --lr?)") from None
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _save(state: dict[str, Any], is_best: bool, settings: Experiment, tag: str) -> None:
+    """Rank 0 writes; a full disk or read-only directory becomes a one-line error, and the
+    previous checkpoint stays intact (atomic_save replaces files only when complete)."""
+    if not is_main_process():
+        return
+    try:
+        save_checkpoint(state, is_best, settings.out_dir, tag)
+    except OSError as error:
+        raise UsageError(f"cannot write checkpoint to {settings.out_dir}: "
+                         f"{error.strerror or error}; the previous checkpoint is kept") from None
+
+
+def _open_log(settings: Experiment, tag: str, start_epoch: int) -> MetricsLog | None:
+    if not is_main_process():
+        return None
+    try:
+        os.makedirs(settings.out_dir, exist_ok=True)
+        return MetricsLog(os.path.join(settings.out_dir, f"metrics_{tag}.csv"), start_epoch)
+    except OSError as error:
+        raise UsageError(f"cannot write to --out-dir {settings.out_dir}: "
+                         f"{error.strerror or error}") from None
 
 
 def run(settings: Experiment) -> RunResult:
@@ -140,14 +231,24 @@ def run(settings: Experiment) -> RunResult:
     Training writes ``checkpointT1_<tag>.pth.tar`` after every epoch, ``model_bestT1_<tag>.pth.tar``
     whenever test top-1 improves, and ``metrics_<tag>.csv``, all in ``settings.out_dir``.
 
+    Under ``torchrun`` (DDP) every process trains on its shard of each global batch of
+    ``settings.batch_size`` images; only rank 0 prints and writes files, and the metrics are
+    averages over all ranks. The caller leaves the process group (``main`` does).
+
     Raises:
-        UsageError: bad checkpoint, missing data, ``evaluate`` without ``resume``.
+        UsageError: bad checkpoint, missing data, images of the wrong shape, a diverged loss,
+            an unwritable ``out_dir``, ``evaluate`` without ``resume``.
     """
     if settings.evaluate and not settings.resume:
         raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
                          "(refusing to evaluate untrained weights)")
-    device = resolve_device(settings.device)
-    seed_everything(settings.seed)
+    if settings.deterministic:
+        set_deterministic()
+    context = init_distributed(resolve_device(settings.device))
+    device = process_device(resolve_device(settings.device), context)
+    precision = make_precision(settings.amp, device)
+    batch_size = per_rank_batch(settings.batch_size, context, "-b/--batch-size")
+    seed_everything(settings.seed)  # same initial weights on every rank
     model = build_model(settings).to(device)
     if settings.dropout > 0 and not _has_dropout(settings.arch):
         _say(f"note: {settings.arch} has no dropout; ignoring dropout {settings.dropout}")
@@ -171,20 +272,26 @@ def run(settings: Experiment) -> RunResult:
                  f"T={settings.time_steps}")
 
     train_set, test_set = build_datasets(settings, train=not settings.evaluate)
-    test_loader = make_loader(test_set, settings.test_batch_size, settings.workers, device,
-                              torch.Generator().manual_seed(settings.seed), shuffle=False)
+    for what, dataset in (("test", test_set), ("training", train_set)):
+        if dataset is not None:
+            check_input_shape(dataset, model.input_shape, settings.arch, what)
+    test_loader = make_loader(test_set, -(-settings.test_batch_size // context.world_size),
+                              settings.workers, device,
+                              torch.Generator().manual_seed(settings.seed), shuffle=False,
+                              sampler=ShardSampler(len(test_set), context))
     _say(_describe(settings, device, None if train_set is None else len(train_set), len(test_set)))
+    _say(_describe_parallel(context, precision))
 
     if settings.evaluate:
         test = _test_pass(model, test_encoder, test_generator, test_loader, device, settings,
-                          "Test", monitor)
+                          "Test", monitor, precision)
         _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
         _say(f"Test: loss {test.loss:.4f} CE {test.cross_entropy:.4f} top-1 {test.top1:.2f}% "
              f"top-5 {test.top5:.2f}% ({test.samples} images, T={settings.time_steps}, "
              f"{test.seconds:.1f} s)")
-        if monitor is not None:
+        if monitor is not None and is_main_process():
             report_spike_stats(monitor, settings, settings.resume, test.top1)
-        return RunResult(test.top1, test)
+        return RunResult(test.top1, test, model=model)
 
     start_epoch, best_prec1, history = 0, None, []
     if checkpoint:
@@ -197,77 +304,90 @@ def run(settings: Experiment) -> RunResult:
             # The command line, not the checkpoint, decides the hyperparameters of the rest.
             for group in optimizer.param_groups:
                 group.update(momentum=settings.momentum, weight_decay=settings.weight_decay)
+        if precision.scaler is not None and "scaler" in checkpoint:
+            precision.scaler.load_state_dict(checkpoint["scaler"])
         start_epoch = int(checkpoint.get("epoch", 0))
         if checkpoint.get("best_prec1") is not None:
             best_prec1 = float(checkpoint["best_prec1"])
         history = list(checkpoint.get("history", []))
-        if "rng" in checkpoint:
-            restore_rng_state(checkpoint["rng"])
     if settings.start_epoch is not None:
         start_epoch = settings.start_epoch
     if start_epoch >= settings.epochs:
         _say(f"nothing to train: starting epoch {start_epoch} is not below --epochs "
              f"{settings.epochs}")
-        return RunResult(best_prec1 if best_prec1 is not None else 0.0, None, history)
+        return RunResult(best_prec1 if best_prec1 is not None else 0.0, None, history, model)
 
     tag = run_tag(settings)
-    os.makedirs(settings.out_dir, exist_ok=True)
-    log = MetricsLog(os.path.join(settings.out_dir, f"metrics_{tag}.csv"), start_epoch)
+    last, best = checkpoint_paths(settings.out_dir, tag)
+    log = _open_log(settings, tag, start_epoch)
     data_generator = torch.Generator()
-    train_loader = make_loader(train_set, settings.batch_size, settings.workers, device,
-                               data_generator, shuffle=True)
+    # Every rank permutes the same way (seed + epoch) and takes every world_size-th index, so
+    # the ranks' batches k together are the single-process global batch k.
+    sampler = DistributedSampler(train_set, context.world_size, context.rank, shuffle=True,
+                                 seed=settings.seed)
+    train_loader = make_loader(train_set, batch_size, settings.workers, device, data_generator,
+                               shuffle=False, sampler=sampler)
+    train_model = model
+    if context.enabled:
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
     test = None
     for epoch in range(start_epoch, settings.epochs):
         lr = adjust_learning_rate(optimizer, epoch, settings)
-        data_generator.manual_seed(epoch_seed(settings.seed, epoch))
-        progress = EpochProgress(len(train_loader), f"Epoch {epoch + 1}/{settings.epochs}",
-                                 settings.print_freq)
-        try:
-            train = train_one_epoch(model, encoder, train_loader, optimizer, device, progress)
-        finally:
-            progress.close()
-        if not math.isfinite(train.loss):
-            raise UsageError(f"training diverged in epoch {epoch + 1} (loss {train.loss}); "
-                             "lower --lr")
+        sampler.set_epoch(epoch)
+        data_generator.manual_seed(epoch_seed(settings.seed, epoch, context.rank))
+        # spikes and dropout masks: a stream of their own, not a copy of the loader's
+        seed_everything(epoch_seed(settings.seed, epoch, context.rank) ^ 0x5EED)
+        train = _train_pass(train_model, encoder, train_loader, optimizer, device, settings, epoch,
+                            context, precision, last)
         test = _test_pass(model, test_encoder, test_generator, test_loader, device, settings,
-                          "Test", monitor if epoch == settings.epochs - 1 else None)
+                          "Test", monitor if epoch == settings.epochs - 1 else None, precision)
         is_best = best_prec1 is None or test.top1 > best_prec1
         best_prec1 = test.top1 if is_best else best_prec1
         row = _row(epoch, lr, train, test)
         history.append(row)
-        log.append(row)
-        save_checkpoint({
+        state = {
             "epoch": epoch + 1,
             "arch": settings.arch,
-            "state_dict": model.state_dict(),
+            "state_dict": model.state_dict(),  # the bare network: the authors' key names
             "best_prec1": best_prec1,
             "optimizer": optimizer.state_dict(),
             "scheduler": schedule_state(settings, epoch + 1),
             "rng": capture_rng_state(),
             "settings": settings.to_dict(),
             "history": history,
-        }, is_best, settings.out_dir, tag)
+        }
+        if precision.scaler is not None:
+            state["scaler"] = precision.scaler.state_dict()
+        _save(state, is_best, settings, tag)
+        if log is not None:
+            log.append(row)
         _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
         _say(_summary(row, settings.epochs, best_prec1))
 
+    barrier()  # the other ranks may read rank 0's checkpoint next (e.g. --evaluate)
     _say(_final_table(history))
-    last, best = checkpoint_paths(settings.out_dir, tag)
     _say(f"best test top-1 {best_prec1:.2f}%; checkpoints {last} and {best}")
-    write_training_curves(log.path, settings)
-    if monitor is not None:
-        report_spike_stats(monitor, settings, last, test.top1)
-    return RunResult(best_prec1, test, history)
+    if is_main_process():
+        write_training_curves(log.path, settings)
+        if monitor is not None:
+            report_spike_stats(monitor, settings, last, test.top1)
+    return RunResult(best_prec1, test, history, model)
 
 
 def main(defaults: Experiment, argv: Sequence[str] | None = None,
          description: str | None = None) -> None:
     """Entry point of the scripts: parse ``argv`` over ``defaults``, run, exit.
 
-    A :class:`UsageError` becomes ``error: <message>`` on stderr and exit status 2.
+    A :class:`UsageError` becomes ``error: <message>`` on stderr (rank 0 only under DDP) and
+    exit status 2. The DDP process group, if any, is left in every case.
     """
     settings = parse_settings(defaults, argv, description)
     try:
         run(settings)
     except UsageError as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
+        if is_main_process():
+            print(f"error: {error}", file=sys.stderr, flush=True)
         sys.exit(2)
+    finally:
+        cleanup()

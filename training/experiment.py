@@ -48,6 +48,10 @@ class Experiment:
             (45 nm CMOS, 32-bit float: Horowitz, ISSCC 2014).
         raster_layer: spiking layer whose spikes of the first test image are drawn as a raster
             (``input``, ``lif1``, ``pool1``, ...); empty = the first hidden layer.
+        amp: autocast the synapses (bf16, or fp16 with a grad scaler on GPUs without bf16);
+            the spiking scans stay float32.
+        deterministic: deterministic cuDNN/cuBLAS kernels (CUDA); the CPU is deterministic
+            already with ``workers`` 0.
     """
 
     tag: str
@@ -90,6 +94,8 @@ class Experiment:
     mac_energy: float = 4.6
     ac_energy: float = 0.9
     raster_layer: str = ""
+    amp: bool = False
+    deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
