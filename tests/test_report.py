@@ -1,8 +1,11 @@
-"""Summary fields, table, JSON and the optional plots of the spike statistics; training curves."""
+"""Summary fields, table, JSON (and the README's list of its fields), the optional plots of the
+spike statistics; training curves."""
 from __future__ import annotations
 
 import json
+import re
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,3 +84,10 @@ def test_without_matplotlib_nothing_is_drawn(summary, tmp_path, monkeypatch):
     assert plots.plot_training_curves(_write_curves(tmp_path / "log.csv"), tmp_path / "c.png") is None
     assert not list(tmp_path.glob("*.png"))
     assert "pip install matplotlib" in plots.MATPLOTLIB_HINT
+
+
+def test_readme_documents_every_json_field():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Spike activity and energy", 1)[1].split("\n## ", 1)[0]
+    documented = set(re.findall(r"`([a-z_0-9]+)`", section))
+    assert set(SUMMARY_FIELDS) | set(LAYER_FIELDS) | set(TOTAL_FIELDS) <= documented
