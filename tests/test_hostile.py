@@ -1,0 +1,163 @@
+"""Hostile and broken input through the scripts' ``main``: each ends with one line
+``error: ...`` on stderr, exit status 2, and the previous run's checkpoint byte-identical.
+
+Covered: truncated and random-bytes checkpoints, a pickle that would run code (refused by
+weights_only loading; the payload is shown to be real and shown not to have run), a checkpoint of
+another architecture or class count, missing data offline, images of the wrong shape, a loss
+that becomes NaN/infinite, and a full disk or read-only file system at save time (simulated by
+making the write raise ENOSPC/EROFS: the tests run as root, where chmod stops nothing).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+import training.checkpoint
+import training.engine
+from training import DATASETS, main, synthetic_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import mnist_LeNet  # noqa: E402
+
+TINY = ["--synthetic", "--synthetic-size", "16", "-T", "2", "--width", "0.125", "-b", "8",
+        "--test-batch-size", "8", "-j", "0", "-p", "1000"]
+TAG = "mnist_lenet_synthetic"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def previous(tmp_path, capsys) -> tuple[Path, dict[str, bytes]]:
+    """An out-dir holding one good epoch; returns it and its files' bytes."""
+    out = tmp_path / "out"
+    main(mnist_LeNet.EXPERIMENT, [*TINY, "--epochs", "1", "--out-dir", str(out)])
+    capsys.readouterr()
+    return out, _snapshot(out)
+
+
+def _snapshot(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in os.listdir(out)
+            if name.endswith(".pth.tar")}
+
+
+def _fails(argv: list[str], capsys, pattern: str) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(mnist_LeNet.EXPERIMENT, argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("error: ") and re.search(pattern, err), err
+    return err
+
+
+def _resume_args(out: Path, checkpoint: Path, *extra: str) -> list[str]:
+    return [*TINY, "--epochs", "2", "--out-dir", str(out), "--resume", str(checkpoint), *extra]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random"])
+def test_damaged_checkpoint(previous, tmp_path, capsys, damage):
+    out, before = previous
+    good = (out / f"checkpointT1_{TAG}.pth.tar").read_bytes()
+    bad = tmp_path / "bad.pth.tar"
+    bad.write_bytes(good[:len(good) // 2] if damage == "truncated"
+                    else torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
+                                       dtype=torch.uint8).numpy().tobytes())
+    _fails(_resume_args(out, bad), capsys, "cannot read checkpoint .*bad.pth.tar")
+    assert _snapshot(out) == before
+
+
+class _Payload:
+    """Unpickling this calls os.system (the classic malicious-checkpoint trick)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_pickle_that_runs_code_is_refused_and_does_not_run(previous, tmp_path, capsys):
+    out, before = previous
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pth.tar"
+    torch.save({"state_dict": {}, "epoch": _Payload(marker)}, evil)
+    _fails(_resume_args(out, evil), capsys, "cannot read checkpoint .*evil.pth.tar")
+    assert not marker.exists()  # weights_only refused before anything ran
+    assert _snapshot(out) == before
+    # the payload is real: an unsafe load would have run it
+    torch.load(evil, weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("arch, classes, pattern", [
+    ("vgg9", 10, "holds a vgg9 network, but this run builds lenet"),
+    ("lenet", 100, r"does not fit lenet at this --width: fc1.weight is \(100, 25\), expected "
+                   r"\(10, 25\)"),
+])
+def test_checkpoint_of_another_network(previous, tmp_path, capsys, arch, classes, pattern):
+    out, before = previous
+    shape = (3, 32, 32) if arch == "vgg9" else (1, 28, 28)
+    other = models.get_model(arch, num_classes=classes, width=0.125, input_shape=shape)
+    path = tmp_path / "other.pth.tar"
+    torch.save({"arch": arch, "epoch": 1, "state_dict": other.state_dict()}, path)
+    _fails(_resume_args(out, path), capsys, pattern)
+    assert _snapshot(out) == before
+
+
+def test_missing_data_offline(previous, tmp_path, capsys):
+    out, before = previous
+    _fails(["--data", str(tmp_path / "nowhere"), "--no-download", "--epochs", "2",
+            "--out-dir", str(out)], capsys, r"mnist data not found in .*nowhere")
+    assert _snapshot(out) == before
+
+
+def test_images_of_the_wrong_shape(previous, capsys, monkeypatch):
+    out, before = previous
+
+    def cifar_sized(settings, train=True):  # e.g. a --data directory holding colour images
+        info = DATASETS["cifar10"]
+        return (synthetic_dataset(info, 16, 1, True, False) if train else None,
+                synthetic_dataset(info, 10, 1, False, False))
+
+    monkeypatch.setattr(training.engine, "build_datasets", cifar_sized)
+    _fails([*TINY, "--epochs", "2", "--out-dir", str(out)], capsys,
+           r"test images have shape \(3, 32, 32\) \(C, H, W\), but lenet expects \(1, 28, 28\)")
+    assert _snapshot(out) == before
+
+
+def test_diverging_loss_stops_and_keeps_the_last_good_checkpoint(previous, capsys):
+    out, before = previous
+    last = out / f"checkpointT1_{TAG}.pth.tar"
+    _fails(_resume_args(out, last, "--lr", "1e30"), capsys,
+           rf"loss became (nan|inf) at epoch 2, step \d+; last good checkpoint kept: {last}")
+    assert _snapshot(out) == before
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS], ids=["disk-full", "read-only"])
+def test_unwritable_out_dir_at_save_time(previous, capsys, monkeypatch, code):
+    out, before = previous
+
+    def refuse(data: bytes, path: str) -> None:
+        raise OSError(code, os.strerror(code), path)
+
+    monkeypatch.setattr(training.checkpoint, "atomic_save", refuse)
+    _fails(_resume_args(out, out / f"checkpointT1_{TAG}.pth.tar"), capsys,
+           rf"cannot write checkpoint to {out}: {os.strerror(code)}; the previous checkpoint "
+           "is kept")
+    assert _snapshot(out) == before

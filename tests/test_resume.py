@@ -1,0 +1,97 @@
+"""Exact resume and determinism on the CPU (workers 0): a run stopped after epoch k and resumed
+with --resume ends with the weights and optimiser state of the uninterrupted run, bit for bit;
+two runs with the same seed agree bit for bit; --deterministic sets the CUDA flags; --amp runs
+(bfloat16 autocast) on the CPU."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from training import load_checkpoint, run
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import cifar10_VGG9  # noqa: E402
+import mnist_LeNet  # noqa: E402
+
+QUICK = dict(synthetic=True, synthetic_size=16, time_steps=3, width=0.125, batch_size=4,
+             test_batch_size=8, workers=0, print_freq=1000)
+# LeNet as published but tiny, with momentum (an optimiser state to restore) and a milestone
+# after the interruption; VGG9 adds dropout masks to the random draws that must line up.
+LENET = replace(mnist_LeNet.EXPERIMENT, **QUICK, momentum=0.9, milestones=(2,), epochs=3)
+VGG9 = replace(cifar10_VGG9.EXPERIMENT, **QUICK, momentum=0.9, milestones=(1,), epochs=2)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _last(out: Path, settings) -> dict:
+    return load_checkpoint(str(out / f"checkpointT1_{settings.tag}_synthetic.pth.tar"))
+
+
+@pytest.mark.parametrize("settings, stop", [(LENET, 1), (VGG9, 1)], ids=["lenet", "vgg9"])
+def test_resumed_run_ends_bit_identical_to_an_uninterrupted_one(tmp_path, settings, stop):
+    straight = tmp_path / "straight"
+    run(replace(settings, out_dir=str(straight)))
+
+    resumed = tmp_path / "resumed"
+    run(replace(settings, out_dir=str(resumed), epochs=stop))  # "killed" after epoch `stop`
+    result = run(replace(settings, out_dir=str(resumed),
+                         resume=str(resumed / f"checkpointT1_{settings.tag}_synthetic.pth.tar")))
+
+    a, b = _last(straight, settings), _last(resumed, settings)
+    assert a["epoch"] == b["epoch"] == settings.epochs
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    momentum_a, momentum_b = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert momentum_a and all(torch.equal(momentum_a[i]["momentum_buffer"],
+                                          momentum_b[i]["momentum_buffer"]) for i in momentum_a)
+    assert a["scheduler"] == b["scheduler"]
+    assert [r["test_loss"] for r in a["history"]] == [r["test_loss"] for r in result.history]
+
+
+def test_two_runs_with_the_same_seed_are_identical_and_another_seed_differs(tmp_path):
+    one = run(replace(LENET, epochs=1, out_dir=str(tmp_path / "a"))).model.state_dict()
+    two = run(replace(LENET, epochs=1, out_dir=str(tmp_path / "b"))).model.state_dict()
+    other = run(replace(LENET, epochs=1, seed=7, out_dir=str(tmp_path / "c"))).model.state_dict()
+    assert all(torch.equal(one[k], two[k]) for k in one)
+    assert not all(torch.equal(one[k], other[k]) for k in one)
+
+
+@pytest.fixture
+def restore_determinism():
+    saved = (torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    yield
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[:2]
+    torch.use_deterministic_algorithms(saved[2], warn_only=saved[3])
+
+
+def test_deterministic_flag_sets_the_cuda_determinism_switches(tmp_path, restore_determinism,
+                                                               monkeypatch):
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    run(replace(LENET, epochs=1, deterministic=True, out_dir=str(tmp_path)))
+    assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+    assert torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+
+
+def test_amp_runs_bfloat16_autocast_on_the_cpu(tmp_path, capsys):
+    result = run(replace(LENET, epochs=1, amp=True, out_dir=str(tmp_path)))
+    assert "amp bfloat16" in capsys.readouterr().out
+    row = result.history[0]
+    assert all(torch.isfinite(torch.tensor(row[k])) for k in ("train_loss", "test_loss"))
+    assert all(v.dtype == torch.float32 for v in result.model.state_dict().values())
