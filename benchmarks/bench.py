@@ -413,7 +413,8 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
-            raise RuntimeError(f"memory child for {name!r} failed:\n{child.stderr}")
+            raise RuntimeError(f"memory child for {name!r} exited with {child.returncode} "
+                               f"(negative: killed by that signal):\n{child.stderr}")
         results[name] = json.loads(child.stdout.strip().splitlines()[-1])
     return results
 
@@ -538,7 +539,7 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) 
                                        " (set for LeNet T100 B32 and VGG9 T25 B16 on the "
                                        "2-core CPU; shown for reference)")]
     for target in summary["targets"]:
-        verdict = {None: "not measured", True: "met", False: "NOT met"}[target["met"]]
+        verdict = {None: "n/a", True: "met", False: "NOT met"}[target["met"]]
         lines.append(f"  {target['what']:21s} <= {target['bound']:.2f} x {target['baseline']:7s}"
                      f": {_ratio(target['ratio'])}  {verdict}")
     return "\n".join(lines)
@@ -586,8 +587,13 @@ def main(argv: Sequence[str] | None = None) -> None:
                               args.variants, args.seed)
     samples = time_variants(variants, args.repeats, args.warmup, device)
     del variants
-    memory = (measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
-                             args.variants, args.seed, args.threads) if args.memory else None)
+    memory, memory_error = None, None
+    if args.memory:
+        try:
+            memory = measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
+                                    args.variants, args.seed, args.threads)
+        except RuntimeError as error:  # keep the timings of a long run when a child dies
+            memory_error = str(error)
     summary = summarise(samples, memory)
     print(report(args, info, summary))
     if args.json:
@@ -595,6 +601,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                          "settings": {k: v for k, v in vars(args).items()
                                                       if k not in ("json", "memory_child")},
                                          "samples": samples, **summary}, indent=2, default=str))
+    if memory_error:
+        sys.exit(f"memory measurement failed: {memory_error}")
 
 
 if __name__ == "__main__":
