@@ -8,6 +8,8 @@
 - :mod:`training.optim`: SGD and the step learning-rate schedule.
 - :mod:`training.checkpoint`: atomic checkpoints, safe loading of ours and the authors' files.
 - :mod:`training.metrics`, :mod:`training.progress`: meters, accuracy, CSV, progress display.
+- :mod:`training.distributed`: DDP under torchrun (process group, rank 0, metric reduction).
+- :mod:`training.amp`: ``--amp`` autocast and gradient scaling.
 - :mod:`training.engine`: ``run`` and ``main``, which tie them together.
 """
 from .checkpoint import (atomic_save, capture_rng_state, checkpoint_paths, load_checkpoint,

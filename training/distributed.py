@@ -52,7 +52,7 @@ def init_distributed(device: torch.device) -> DistContext:
         if device.type == "cuda":
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend, timeout=_TIMEOUT)
-    return DistContext(rank, world, local_rank, world > 1 or dist.is_initialized())
+    return DistContext(rank, world, local_rank, enabled=True)
 
 
 def process_device(device: torch.device, context: DistContext) -> torch.device:
