@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import plots
+from training import plots
 from models import get_model
 from spiking import PoissonEncoder, SpikeMonitor
 from spiking.report import (LAYER_FIELDS, SUMMARY_FIELDS, TOTAL_FIELDS, format_table,

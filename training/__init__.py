@@ -10,6 +10,7 @@
 - :mod:`training.metrics`, :mod:`training.progress`: meters, accuracy, CSV, progress display.
 - :mod:`training.distributed`: DDP under torchrun (process group, rank 0, metric reduction).
 - :mod:`training.amp`: ``--amp`` autocast and gradient scaling.
+- :mod:`training.reports`, :mod:`training.plots`: ``--stats`` output and the optional PNG figures.
 - :mod:`training.engine`: ``run`` and ``main``, which tie them together.
 """
 from .checkpoint import (atomic_save, capture_rng_state, checkpoint_paths, load_checkpoint,

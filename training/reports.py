@@ -2,7 +2,7 @@
 (issue 5) and the figure of the per-epoch curves.
 
 The counting lives in :mod:`spiking.monitor`, the numbers in :mod:`spiking.report` and the
-figures in :mod:`plots`; this module connects them to the engine's settings and output folder.
+figures in :mod:`training.plots`; this module connects them to the engine's settings and output folder.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-import plots
+from . import plots
 from spiking.monitor import SpikeMonitor, spiking_layer_names
 from spiking.report import format_table, summarize, write_json
 
