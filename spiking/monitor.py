@@ -284,7 +284,8 @@ class SpikeMonitor:
     @torch.no_grad()
     def _record_synapse(self, name: str, module: nn.Module, weighted: bool, spikes: Tensor,
                         output: Tensor) -> None:
-        """Count the ACs of ``spikes`` ``[T, B, ...]`` entering ``module`` (output ``[T, B, ...]``)."""
+        """Count the ACs of ``spikes`` ``[T, B, ...]`` entering ``module`` (output ``[T, B, ...]``).
+        """
         source = self._source_of(spikes, name)
         entry = self.synapses.get(name)
         if entry is None:

@@ -13,9 +13,9 @@ figures in it are per image, averaged over the images seen. Its fields:
   additions of the same modules in the equivalent ANN), ``op_ratio``
   (``snn_ac / (ann_mac + ann_ac)``), ``snn_energy_uj``, ``ann_energy_uj``.
 - ``totals``: the same sums for the whole network (``neurons``, ``spikes_per_image``,
-  ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``, ``snn_energy_uj``,
-  ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The input layer is
-  included in every total.
+  ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``,
+  ``snn_energy_uj``, ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The
+  input layer is included in every total.
 - ``raster``: None, or ``{"layer", "image", "time_steps", "neurons", "spike_times"}``: flat
   neuron indices (``[C, H, W]`` order) and, for each, the steps at which it spiked.
 - ``meta``: whatever the caller passed (architecture, checkpoint, ...).
@@ -35,14 +35,15 @@ __all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
            "format_table", "raster_sample", "summarize", "write_json"]
 
 ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
-                 "ISSCC 2014: 45 nm CMOS, 32-bit float, MAC = mult 3.7 pJ + add 0.9 pJ, AC = add 0.9 pJ")
+                 "ISSCC 2014: 45 nm CMOS, 32-bit float, "
+                 "MAC = mult 3.7 pJ + add 0.9 pJ, AC = add 0.9 pJ")
 
 SUMMARY_FIELDS = ("time_steps", "images", "energy_per_op_pj", "layers", "totals", "raster", "meta")
 LAYER_FIELDS = ("index", "name", "kind", "neurons", "spikes_per_image", "spikes_per_neuron",
                 "firing_rate", "targets", "snn_ac", "ann_mac", "ann_ac", "op_ratio",
                 "snn_energy_uj", "ann_energy_uj")
-TOTAL_FIELDS = ("neurons", "spikes_per_image", "spikes_per_neuron", "firing_rate", "snn_ac", "ann_mac", "ann_ac",
-                "op_ratio", "snn_energy_uj", "ann_energy_uj", "energy_ratio")
+TOTAL_FIELDS = ("neurons", "spikes_per_image", "spikes_per_neuron", "firing_rate", "snn_ac",
+                "ann_mac", "ann_ac", "op_ratio", "snn_energy_uj", "ann_energy_uj", "energy_ratio")
 
 _PJ_TO_UJ = 1e-6
 

@@ -133,7 +133,7 @@ class SpikingLinear(nn.Linear):
 
 
 class TimeFolded(nn.Module):
-    """Apply a stateless per-image module (e.g. ``nn.AvgPool2d``) to every step of ``[T, B, ...]``."""
+    """Apply a stateless per-image module (an ``nn.AvgPool2d``) to each step of ``[T, B, ...]``."""
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()

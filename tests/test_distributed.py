@@ -74,13 +74,6 @@ def ddp_run(tmp_path_factory):
     return ranks, out, result.stdout
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_two_ranks_match_each_other_and_one_process(ddp_run, tmp_path):
     (rank0, rank1), out, stdout = ddp_run

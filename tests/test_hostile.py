@@ -34,13 +34,6 @@ TINY = ["--synthetic", "--synthetic-size", "16", "-T", "2", "--width", "0.125", 
 TAG = "mnist_lenet_synthetic"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def previous(tmp_path, capsys) -> tuple[Path, dict[str, bytes]]:

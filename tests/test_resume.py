@@ -29,13 +29,6 @@ LENET = replace(mnist_LeNet.EXPERIMENT, **QUICK, momentum=0.9, milestones=(2,), 
 VGG9 = replace(cifar10_VGG9.EXPERIMENT, **QUICK, momentum=0.9, milestones=(1,), epochs=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _last(out: Path, settings) -> dict:
     return load_checkpoint(str(out / f"checkpointT1_{settings.tag}_synthetic.pth.tar"))

@@ -53,13 +53,6 @@ def _run_all(commands: dict[str, Sequence[str]]) -> dict[str, subprocess.Complet
     return results
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:

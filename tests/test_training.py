@@ -27,14 +27,6 @@ TINY = Experiment(tag="tiny", dataset="mnist", arch="lenet", time_steps=4, input
                   synthetic=True, synthetic_size=32, print_freq=1000, workers=0, seed=5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is faster, and results do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_accuracy_topk_and_average_meter():
     output = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.15, 0.05], [0.2, 0.3, 0.5], [0.5, 0.2, 0.3]])

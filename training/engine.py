@@ -28,8 +28,8 @@ from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, l
                          run_tag, save_checkpoint)
 from .cli import parse_settings
 from .data import DATASETS, build_datasets, make_loader
-from .distributed import (DistContext, ShardSampler, barrier, cleanup, init_distributed, is_main_process,
-                          per_rank_batch, process_device)
+from .distributed import (DistContext, ShardSampler, barrier, cleanup, init_distributed,
+                          is_main_process, per_rank_batch, process_device)
 from .errors import UsageError
 from .experiment import Experiment
 from .loop import EpochStats, EvalMonitor, NonFiniteLoss, evaluate, train_one_epoch

@@ -2,7 +2,8 @@
 (issue 5) and the figure of the per-epoch curves.
 
 The counting lives in :mod:`spiking.monitor`, the numbers in :mod:`spiking.report` and the
-figures in :mod:`training.plots`; this module connects them to the engine's settings and output folder.
+figures in :mod:`training.plots`; this module connects them to the engine's settings and output
+folder.
 """
 from __future__ import annotations
 
