@@ -49,12 +49,14 @@ from oracle import ARCHS, oracle_forward  # noqa: E402
 from spiking import PoissonEncoder  # noqa: E402
 
 __all__ = [
+    "PHASES",
     "VARIANTS",
     "DenseFloor",
     "PerStepPoissonSpikes",
     "Variant",
     "build_variants",
     "measure_memory",
+    "step_memory",
     "summarise",
     "time_variants",
 ]
@@ -184,8 +186,11 @@ def _sgd(params) -> torch.optim.Optimizer:
 
 def _synthetic_batch(arch: str, input_shape: tuple[int, ...], batch: int, classes: int,
                      device: torch.device) -> tuple[Tensor, Tensor]:
-    """Images ``[B, C, H, W]`` (MNIST-like in [0, 1) for LeNet, normalised-CIFAR-like N(0, 1)
-    otherwise) and their one-hot targets ``[B, classes]``; dense kernels do not care about values."""
+    """Images ``[B, C, H, W]`` and their one-hot targets ``[B, classes]``.
+
+    MNIST-like in [0, 1) for LeNet, normalised-CIFAR-like N(0, 1) otherwise: the dense kernels
+    that dominate every variant do not depend on the values.
+    """
     shape = (batch, *input_shape)
     images = torch.rand(shape) if arch == "lenet" else torch.randn(shape)
     labels = torch.randint(classes, (batch,))
