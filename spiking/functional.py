@@ -93,7 +93,7 @@ def leak_correction(spikes: Tensor, leak: float, dtype: torch.dtype = torch.floa
 
 
 def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor,
-                        scale: Tensor | None = None) -> Tensor:
+                        scale: Tensor | float | None = None) -> Tensor:
     """Carry spike gradients back to the currents that caused them (SPEC sections 1 and 2).
 
     Going backwards in time with ``delta_T = 0``: ``delta_t = scale * g_t`` where the neuron
