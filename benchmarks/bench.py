@@ -198,18 +198,22 @@ def _synthetic_batch(arch: str, input_shape: tuple[int, ...], batch: int, classe
 
 
 def _project_variant(model: models.SpikingNetwork, encoder: PoissonEncoder, images: Tensor,
-                     target: Tensor) -> Variant:
+                     target: Tensor, amp: bool) -> Variant:
+    """The project; with ``amp``, its synapses under bfloat16 autocast (what ``--amp`` runs)."""
     optimizer = _sgd(model.parameters())
+    precision = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp)
 
     def train_step() -> None:
         model.train()
         optimizer.zero_grad(set_to_none=True)
-        F.mse_loss(model(encoder(images)), target, reduction="sum").backward()
+        with precision:
+            output = model(encoder(images))
+        F.mse_loss(output.float(), target, reduction="sum").backward()
         optimizer.step()
 
     def eval_step() -> Tensor:
         model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), precision:
             return model(encoder(images)).argmax(1)
 
     return Variant("project", train_step, eval_step, optimizer)
@@ -267,12 +271,13 @@ def _ann_variant(arch: str, weights: Mapping[str, Tensor], images: Tensor, targe
 
 def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS,
-                   seed: int = 0) -> dict[str, Variant]:
+                   seed: int = 0, amp: bool = False) -> dict[str, Variant]:
     """Build the variants ``names`` from one ``models.get_model(arch, width=width)`` instance.
 
     All variants start from that instance's weights and share one synthetic batch of ``batch``
     images at the model's ``input_shape`` with one-hot targets. The seed makes a variant built
     alone (e.g. in a memory-measuring child process) identical to one built with the others.
+    ``amp`` runs the project's synapses under bfloat16 autocast; the other variants stay float32.
 
     Returns:
         ``{name: Variant}`` in the order of ``names``.
@@ -295,7 +300,7 @@ def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.d
 
     builders: dict[str, Callable[[], Variant]] = {
         "project": lambda: _project_variant(model, PoissonEncoder(time_steps, scale), images,
-                                            target),
+                                            target, amp),
         "authors": lambda: _authors_variant(arch, weights, model, images, target, time_steps,
                                             scale, probe.hidden_shapes),
         "ann": lambda: _ann_variant(arch, weights, images, target, time_steps, model.dropout),
@@ -396,7 +401,7 @@ def step_memory(variant: Variant, device: str | torch.device = "cpu") -> dict[st
 
 def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS, seed: int = 0,
-                   threads: int | None = None) -> dict[str, dict[str, int | bool]]:
+                   threads: int | None = None, amp: bool = False) -> dict[str, dict[str, int | bool]]:
     """Training-step peak memory of each variant (see :func:`step_memory`), in bytes.
 
     CUDA: in this process, one variant built at a time (the allocator's statistics are exact).
@@ -407,7 +412,8 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
     results = {}
     for name in names:
         if device.type == "cuda":
-            variant = build_variants(arch, time_steps, batch, device, width, [name], seed)[name]
+            variant = build_variants(arch, time_steps, batch, device, width, [name], seed,
+                                     amp)[name]
             results[name] = step_memory(variant, device)
             del variant
             torch.cuda.empty_cache()
@@ -415,6 +421,7 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
         command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name,
                    "--arch", arch, "-T", str(time_steps), "-b", str(batch), "--width", str(width),
                    "--seed", str(seed), "--threads", str(threads or torch.get_num_threads())]
+        command += ["--amp"] if amp else []
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
@@ -516,7 +523,8 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) 
     lines += [f"{key:8s}: {value}" for key, value in info.items()]
     lines.append(f"settings: arch {args.arch}, width {args.width}, T {args.time_steps}, "
                  f"batch {args.batch}, device {args.device}, repeats {args.repeats}, "
-                 f"warmup {args.warmup}, seed {args.seed}, variants {','.join(args.variants)}")
+                 f"warmup {args.warmup}, seed {args.seed}, variants {','.join(args.variants)}, "
+                 f"project precision {'bf16 autocast' if args.amp else 'float32'}")
     lines += ["", "step   variant   median ms     min ms     max ms"]
     for phase in PHASES:
         for name, phases in summary["time"].items():
@@ -566,6 +574,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="skip the peak-memory measurement")
     parser.add_argument("--json", type=Path, help="also write the results to this file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--amp", action="store_true",
+                        help="run the project's synapses under bfloat16 autocast, as --amp does")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
@@ -583,20 +593,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.memory_child:
         variant = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                                 [args.memory_child], args.seed)[args.memory_child]
+                                 [args.memory_child], args.seed, args.amp)[args.memory_child]
         print(json.dumps(step_memory(variant, device)))
         return
 
     info = machine_info(device)
     variants = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                              args.variants, args.seed)
+                              args.variants, args.seed, args.amp)
     samples = time_variants(variants, args.repeats, args.warmup, device)
     del variants
     memory, memory_error = None, None
     if args.memory:
         try:
             memory = measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
-                                    args.variants, args.seed, args.threads)
+                                    args.variants, args.seed, args.threads, args.amp)
         except RuntimeError as error:  # keep the timings of a long run when a child dies
             memory_error = str(error)
     summary = summarise(samples, memory)

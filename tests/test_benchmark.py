@@ -57,3 +57,23 @@ def test_per_step_spikes_follow_the_signed_rate_code():
     assert (step[..., 0] == -1).all() and (step[..., 4] == 1).all() and (step[..., 2] == 0).all()
     assert (step[..., 1] <= 0).all() and (step[..., 3] >= 0).all()
     assert 0.25 < step[..., 3].mean() < 0.55
+
+
+
+def test_amp_runs_the_project_synapses_under_bf16_autocast():
+    from spiking import LIFNeuron
+
+    currents = []
+
+    def record(module, args, output):
+        if isinstance(module, LIFNeuron):
+            currents.append(args[0].dtype)
+
+    variants = bench.build_variants("lenet", 2, 2, width=0.25, names=["project"], amp=True)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        variants["project"].train_step()
+        variants["project"].eval_step()
+    finally:
+        handle.remove()
+    assert currents and set(currents) == {torch.bfloat16}
