@@ -85,11 +85,12 @@ class _Meters:
     def update(self, output: Tensor, target: Tensor, loss: Tensor) -> tuple[float, float]:
         n = target.shape[0]
         top1, top5 = accuracy(output, target, (1, 5))
-        self.loss.update(loss.item() / n, n)
+        loss_per_image = loss.item() / n
+        self.loss.update(loss_per_image, n)
         self.ce.update(F.cross_entropy(output.detach().float(), target).item(), n)
         self.top1.update(top1, n)
         self.top5.update(top5, n)
-        return loss.item() / n, top1
+        return loss_per_image, top1
 
     def stats(self, device: torch.device) -> EpochStats:
         """Sample-weighted averages over all ranks (this process's alone when not distributed)."""
