@@ -271,13 +271,15 @@ def _ann_variant(arch: str, weights: Mapping[str, Tensor], images: Tensor, targe
 
 def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS,
-                   seed: int = 0, amp: bool = False) -> dict[str, Variant]:
+                   seed: int = 0, amp: bool = False,
+                   time_chunk: int | None = None) -> dict[str, Variant]:
     """Build the variants ``names`` from one ``models.get_model(arch, width=width)`` instance.
 
     All variants start from that instance's weights and share one synthetic batch of ``batch``
     images at the model's ``input_shape`` with one-hot targets. The seed makes a variant built
     alone (e.g. in a memory-measuring child process) identical to one built with the others.
     ``amp`` runs the project's synapses under bfloat16 autocast; the other variants stay float32.
+    ``time_chunk`` sets the project's time steps per chunk (None: the model's default).
 
     Returns:
         ``{name: Variant}`` in the order of ``names``.
@@ -289,6 +291,7 @@ def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.d
     arch = arch.lower()
     torch.manual_seed(seed)
     model = models.get_model(arch, width=width).to(device)
+    model.time_chunk = time_chunk
     weights = {name: w.detach().clone() for name, w in model.state_dict().items()}
     images, target = _synthetic_batch(arch, model.input_shape, batch, model.num_classes, device)
     scale = ENCODING_SCALE.get(arch, 1.0)
@@ -401,7 +404,8 @@ def step_memory(variant: Variant, device: str | torch.device = "cpu") -> dict[st
 
 def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS, seed: int = 0,
-                   threads: int | None = None, amp: bool = False) -> dict[str, dict[str, int | bool]]:
+                   threads: int | None = None, amp: bool = False,
+                   time_chunk: int | None = None) -> dict[str, dict[str, int | bool]]:
     """Training-step peak memory of each variant (see :func:`step_memory`), in bytes.
 
     CUDA: in this process, one variant built at a time (the allocator's statistics are exact).
@@ -413,7 +417,7 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
     for name in names:
         if device.type == "cuda":
             variant = build_variants(arch, time_steps, batch, device, width, [name], seed,
-                                     amp)[name]
+                                     amp, time_chunk)[name]
             results[name] = step_memory(variant, device)
             del variant
             torch.cuda.empty_cache()
@@ -422,6 +426,7 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
                    "--arch", arch, "-T", str(time_steps), "-b", str(batch), "--width", str(width),
                    "--seed", str(seed), "--threads", str(threads or torch.get_num_threads())]
         command += ["--amp"] if amp else []
+        command += ["--time-chunk", str(time_chunk)] if time_chunk else []
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
@@ -524,7 +529,8 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) 
     lines.append(f"settings: arch {args.arch}, width {args.width}, T {args.time_steps}, "
                  f"batch {args.batch}, device {args.device}, repeats {args.repeats}, "
                  f"warmup {args.warmup}, seed {args.seed}, variants {','.join(args.variants)}, "
-                 f"project precision {'bf16 autocast' if args.amp else 'float32'}")
+                 f"project precision {'bf16 autocast' if args.amp else 'float32'}, "
+                 f"project time chunk {args.time_chunk or 'default'}")
     lines += ["", "step   variant   median ms     min ms     max ms"]
     for phase in PHASES:
         for name, phases in summary["time"].items():
@@ -576,6 +582,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--amp", action="store_true",
                         help="run the project's synapses under bfloat16 autocast, as --amp does")
+    parser.add_argument("--time-chunk", type=int, default=None,
+                        help="the project's time steps per chunk (default: the model's choice)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
@@ -593,20 +601,22 @@ def main(argv: Sequence[str] | None = None) -> None:
     device = torch.device(args.device)
     if args.memory_child:
         variant = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                                 [args.memory_child], args.seed, args.amp)[args.memory_child]
+                                 [args.memory_child], args.seed, args.amp,
+                                 args.time_chunk)[args.memory_child]
         print(json.dumps(step_memory(variant, device)))
         return
 
     info = machine_info(device)
     variants = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                              args.variants, args.seed, args.amp)
+                              args.variants, args.seed, args.amp, args.time_chunk)
     samples = time_variants(variants, args.repeats, args.warmup, device)
     del variants
     memory, memory_error = None, None
     if args.memory:
         try:
             memory = measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
-                                    args.variants, args.seed, args.threads, args.amp)
+                                    args.variants, args.seed, args.threads, args.amp,
+                                    args.time_chunk)
         except RuntimeError as error:  # keep the timings of a long run when a child dies
             memory_error = str(error)
     summary = summarise(samples, memory)

@@ -4,9 +4,17 @@ from __future__ import annotations
 import math
 from typing import TypeVar
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from spiking import LIFNeuron, PoolingNeuron, SpikingConv2d, SpikingLinear, TimeHeldDropout
+from spiking import (
+    LIFNeuron,
+    PoolingNeuron,
+    SpikingConv2d,
+    SpikingLinear,
+    TimeHeldDropout,
+    reset_states,
+)
 
 __all__ = ["SpikingNetwork", "conv3x3", "scaled"]
 
@@ -22,11 +30,30 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> SpikingConv
     return SpikingConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
+# Images per chunk of time steps on the CPU: small enough that a layer's currents stay in cache
+# (measured in benchmarks/README.md), large enough to keep the per-chunk overhead small.
+CPU_CHUNK_IMAGES = 64
+
+
+def default_time_chunk(spikes: Tensor) -> int:
+    """Time steps per chunk for ``spikes`` ``[T, B, ...]``: about :data:`CPU_CHUNK_IMAGES`
+    images on the CPU; all T on other devices, where kernel launches rather than memory traffic
+    bound the step."""
+    time_steps, batch = spikes.shape[:2]
+    if spikes.device.type != "cpu":
+        return time_steps
+    return max(1, min(time_steps, CPU_CHUNK_IMAGES // batch))
+
+
 class SpikingNetwork(nn.Module):
     """Base class: ``forward(spikes [T, B, C, H, W]) -> output [B, num_classes]``.
 
     Subclasses set ``init_gain`` (k of SPEC section 7), build their layers with the factories
-    below and call :meth:`reset_parameters` last.
+    below, call :meth:`reset_parameters` last, and define :meth:`steps`: the layers from the
+    input spikes to the output layer's current, for any number of consecutive time steps.
+    :meth:`forward` runs it on chunks of ``time_chunk`` steps, the neurons carrying their
+    membranes from chunk to chunk, and integrates the output over all T. Chunking changes no
+    number, only speed and memory: every backward is the one over the whole sequence.
 
     Attributes:
         input_shape: ``(C, H, W)`` of the images the network expects.
@@ -34,6 +61,7 @@ class SpikingNetwork(nn.Module):
         leak, threshold: of every hidden LIF neuron (and the output integrator).
         pool_threshold: of every pooling neuron.
         dropout: p of the dropout after every hidden LIF layer (0 = none).
+        time_chunk: time steps per chunk; None chooses :func:`default_time_chunk`.
     """
 
     init_gain: float = 2.0
@@ -47,6 +75,24 @@ class SpikingNetwork(nn.Module):
         self.threshold = threshold
         self.pool_threshold = pool_threshold
         self.dropout = dropout
+        self.time_chunk: int | None = None
+
+    def steps(self, spikes: Tensor) -> Tensor:
+        """``[T', B, C, H, W]`` input spikes -> output-layer current ``[T', B, num_classes]``."""
+        raise NotImplementedError
+
+    def forward(self, spikes: Tensor) -> Tensor:
+        """``[T, B, C, H, W]`` input spikes -> ``[B, num_classes]``."""
+        chunk = self.time_chunk or default_time_chunk(spikes)
+        if chunk < 1:
+            raise ValueError(f"time_chunk must be a positive number of steps, got {chunk}")
+        reset_states(self)
+        try:
+            currents = [self.steps(part) for part in spikes.split(chunk)]
+        finally:
+            # the states hold the autograd graph and the dropout masks of this input
+            reset_states(self)
+        return self.output(torch.cat(currents))
 
     def lif(self) -> LIFNeuron:
         return LIFNeuron(self.threshold, self.leak, inplace=True)

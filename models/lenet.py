@@ -43,9 +43,8 @@ class LeNet(SpikingNetwork):
         self.output = OutputIntegrator(leak, threshold)
         self.reset_parameters()
 
-    def forward(self, spikes: Tensor) -> Tensor:
-        """``[T, B, C, H, W]`` input spikes -> ``[B, num_classes]``."""
+    def steps(self, spikes: Tensor) -> Tensor:
         x = self.pool1(self.lif1(self.cnn1(spikes)))
         x = self.pool2(self.lif2(self.cnn2(x)))
         x = self.lif_fc0(self.fc0(x.flatten(2)))
-        return self.output(self.fc1(x))
+        return self.fc1(x)

@@ -67,7 +67,7 @@ class ResNet11(SpikingNetwork):
         self.reset_parameters()
 
     def features(self, spikes: Tensor) -> Tensor:
-        """``[T, B, C, H, W]`` input spikes -> block 4's output spikes ``[T, B, 512, H/8, W/8]``."""
+        """``[T', B, C, H, W]`` input spikes -> block 4's output spikes ``[T', B, 512, H/8, W/8]``."""
         x = self.pool1(self.drop11(self.lif11(self.cnn11(spikes))))
         h = self.drop21(self.lif21(self.cnn21(x)))
         x = self.drop22(self.lif22(self.cnn22(h) + self.shortcut1(x)))
@@ -78,10 +78,9 @@ class ResNet11(SpikingNetwork):
         h = self.drop51(self.lif51(self.cnn51(x)))
         return self.drop52(self.lif52(self.cnn52(h) + self.shortcut4(x)))
 
-    def forward(self, spikes: Tensor) -> Tensor:
-        """``[T, B, C, H, W]`` input spikes -> ``[B, num_classes]``."""
+    def steps(self, spikes: Tensor) -> Tensor:
         x = self.drop_fc0(self.lif_fc0(self.fc0(self.features(spikes).flatten(2))))
-        return self.output(self.fc1(x))
+        return self.fc1(x)
 
 
 class ResNet13(ResNet11):

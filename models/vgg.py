@@ -51,8 +51,7 @@ class VGG9(SpikingNetwork):
         self.output = OutputIntegrator(leak, threshold)
         self.reset_parameters()
 
-    def forward(self, spikes: Tensor) -> Tensor:
-        """``[T, B, C, H, W]`` input spikes -> ``[B, num_classes]``."""
+    def steps(self, spikes: Tensor) -> Tensor:
         x = self.drop11(self.lif11(self.cnn11(spikes)))
         x = self.drop12(self.lif12(self.cnn12(x)))
         x = self.pool1(x)
@@ -64,4 +63,4 @@ class VGG9(SpikingNetwork):
         x = self.drop33(self.lif33(self.cnn33(x)))
         x = self.pool3(x)
         x = self.drop_fc0(self.lif_fc0(self.fc0(x.flatten(2))))
-        return self.output(self.fc1(x))
+        return self.fc1(x)

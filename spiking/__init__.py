@@ -12,7 +12,7 @@ from . import functional
 from .dropout import TimeHeldDropout
 from .encoding import PoissonEncoder
 from .monitor import SpikeMonitor
-from .neurons import LIFNeuron, OutputIntegrator, PoolingNeuron
+from .neurons import LIFNeuron, OutputIntegrator, PoolingNeuron, reset_states
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
 __all__ = [
@@ -26,4 +26,5 @@ __all__ = [
     "SpikingLinear",
     "TimeFolded",
     "TimeHeldDropout",
+    "reset_states",
 ]

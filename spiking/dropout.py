@@ -11,7 +11,8 @@ class TimeHeldDropout(nn.Module):
     """Multiply spikes ``[T, B, ...]`` by one mask ``[B, ...]`` of 0 or ``1/(1-p)`` for all T steps.
 
     Holding the mask over time keeps a dropped neuron silent for the whole presentation of an
-    image, as in the authors' scripts. Identity in eval mode or when ``p == 0``.
+    image, as in the authors' scripts. The mask drawn at the first call is kept for later chunks
+    of the same sequence until :meth:`reset_state`. Identity in eval mode or when ``p == 0``.
     """
 
     def __init__(self, p: float = 0.0) -> None:
@@ -19,6 +20,7 @@ class TimeHeldDropout(nn.Module):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
+        self.mask: Tensor | None = None
 
     def draw_mask(self, spikes: Tensor) -> Tensor:
         """Draw the ``[B, ...]`` mask for ``spikes`` ``[T, B, ...]`` (same device and dtype)."""
@@ -28,7 +30,12 @@ class TimeHeldDropout(nn.Module):
     def forward(self, spikes: Tensor) -> Tensor:
         if not self.training or self.p == 0.0:
             return spikes
-        return spikes * self.draw_mask(spikes)
+        if self.mask is None:
+            self.mask = self.draw_mask(spikes)
+        return spikes * self.mask
+
+    def reset_state(self) -> None:
+        self.mask = None
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -7,12 +7,15 @@ backward passes need only the boolean spike train, so no float membrane is kept 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "NeuronState",
     "lif_neuron",
     "if_neuron",
     "pooling_neuron",
@@ -24,17 +27,55 @@ __all__ = [
 ]
 
 
-def lif_scan(current: Tensor, threshold: float, leak: float, *, out: Tensor | None = None,
-             spikes_out: Tensor | None = None, membrane_out: Tensor | None = None) -> Tensor:
+@dataclass
+class NeuronState:
+    """What a layer of neurons carries from one chunk of time steps to the next.
+
+    A network may run its ``[T, B, ...]`` input in chunks of time steps (``[T', B, ...]`` each);
+    the neuron functions below continue from a state and update it, so the chunks give exactly
+    the spikes and gradients of one call over all T steps.
+
+    Attributes:
+        membrane: ``[B, ...]`` membrane ``m`` after the last step seen; None before the first.
+        spikes: the boolean spike train of every chunk so far, while autograd records: the
+            leak correction NG of the backward depends on the whole train.
+    """
+
+    membrane: Tensor | None = None
+    spikes: list[Tensor] = field(default_factory=list)
+    _correction: Tensor | None = field(default=None, repr=False)
+
+    def start(self, step_shape: torch.Size, like: Tensor) -> Tensor:
+        """The ``[B, ...]`` membrane to continue from: at rest (zeros) before the first chunk."""
+        if self.membrane is None:
+            return torch.zeros(step_shape, dtype=like.dtype, device=like.device)
+        if self.membrane.shape != step_shape:
+            raise ValueError(f"neuron state has shape {tuple(self.membrane.shape)} but the input "
+                             f"steps are {tuple(step_shape)}: reset the state between "
+                             "sequences (spiking.reset_states)")
+        return self.membrane
+
+    def leak_correction(self, leak: float, dtype: torch.dtype) -> Tensor:
+        """NG of :func:`leak_correction` over all chunks, computed once per forward."""
+        if self._correction is None:
+            self._correction = leak_correction(self.spikes, leak, dtype)
+        return self._correction
+
+
+def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor | None = None,
+             out: Tensor | None = None, spikes_out: Tensor | None = None,
+             membrane_out: Tensor | None = None) -> Tensor:
     """Run leaky integrate-and-fire neurons over time; return the spike train.
 
     Per step: ``u_t = m_{t-1} + I_t``; spike where ``u_t > threshold`` (strict); hard reset to 0
-    where it spiked; ``m_t = leak * r_t``. The membrane starts at 0.
+    where it spiked; ``m_t = leak * r_t``.
 
     Args:
         current: input currents ``[T, B, ...]``.
         threshold: firing threshold theta.
         leak: multiplicative leak l per step (1 means no leak).
+        membrane: ``[B, ...]`` membrane to start from, updated in place to the last step's
+            ``m``. Default: start at rest (0) and discard the final membrane.
         out: where to write the spikes; may be ``current`` itself, because each step's current
             is read before that step's spikes are written. Default: a new tensor.
         spikes_out: optional ``torch.bool`` ``[T, B, ...]`` that receives the spikes too (what a
@@ -46,7 +87,7 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, out: Tensor | No
         Spikes ``[T, B, ...]``, 0 or 1 in ``current.dtype`` (``out`` if given).
     """
     out = torch.empty_like(current) if out is None else out
-    membrane = torch.zeros_like(current[0])
+    membrane = torch.zeros_like(current[0]) if membrane is None else membrane
     for t in range(current.shape[0]):
         membrane.add_(current[t])
         spikes = torch.gt(membrane, threshold, out=out[t])
@@ -60,59 +101,57 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, out: Tensor | No
     return out
 
 
-def _scan_saving_spikes(current: Tensor, threshold: float, leak: float,
-                        inplace: bool) -> tuple[Tensor, Tensor]:
-    """:func:`lif_scan` that also returns the boolean spike train for a backward."""
-    spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
-    out = lif_scan(current, threshold, leak, out=current if inplace else None, spikes_out=spikes)
-    return out, spikes
-
-
-def leak_correction(spikes: Tensor, leak: float, dtype: torch.dtype = torch.float32) -> Tensor:
+def leak_correction(spikes: Tensor | Sequence[Tensor], leak: float,
+                    dtype: torch.dtype = torch.float32) -> Tensor:
     """The authors' per-neuron leak correction NG of SPEC section 1.
 
     ``LF = sum_t leak^(T-1-t) s_t`` (computed as the recurrence ``LF <- leak * LF + s_t``),
     ``N = sum_t s_t``, ``NG = [LF > 1e-3] + ln(leak) * LF / (N + [N < 1e-3])``.
 
     Args:
-        spikes: ``[T, B, ...]`` spike train (bool or 0/1 float).
+        spikes: ``[T, B, ...]`` spike train (bool or 0/1 float), or its consecutive chunks
+            ``[T', B, ...]`` in time order.
         leak: the neuron's leak l.
         dtype: dtype of the result.
 
     Returns:
         NG ``[B, ...]``: about 0.99 for a neuron that fired (l = 0.99, T = 100), 0 for a silent one.
     """
-    trace = torch.zeros(spikes.shape[1:], dtype=dtype, device=spikes.device)
+    chunks = [spikes] if isinstance(spikes, Tensor) else list(spikes)
+    trace = torch.zeros(chunks[0].shape[1:], dtype=dtype, device=chunks[0].device)
     count = torch.zeros_like(trace)
-    for t in range(spikes.shape[0]):
-        trace.mul_(leak).add_(spikes[t])
-        count.add_(spikes[t])
+    for chunk in chunks:
+        for step in chunk:
+            trace.mul_(leak).add_(step)
+            count.add_(step)
     fired = (trace > 1e-3).to(dtype)
     silent = (count < 1e-3).to(dtype)
     return fired + math.log(leak) * trace / (count + silent)
 
 
-def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor,
-                        scale: Tensor | float | None = None) -> Tensor:
+def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | float | None = None,
+                        carry: Tensor | None = None) -> Tensor:
     """Carry spike gradients back to the currents that caused them (SPEC sections 1 and 2).
 
-    Going backwards in time with ``delta_T = 0``: ``delta_t = scale * g_t`` where the neuron
-    spiked, else ``delta_{t+1}``. The leak is straight-through and the reset cuts the path, so
-    the current at step t is credited with the gradient of that neuron's next spike.
+    Going backwards in time from ``delta_T = carry`` (0 at the end of the sequence):
+    ``delta_t = scale * g_t`` where the neuron spiked, else ``delta_{t+1}``. The leak is
+    straight-through and the reset cuts the path, so the current at step t is credited with the
+    gradient of that neuron's next spike.
 
     Args:
         grad_spikes: ``g_t = dLoss/ds_t``, ``[T, B, ...]``.
         spikes: boolean spike train ``[T, B, ...]``.
         scale: optional factor at a spike: per neuron ``[B, ...]`` (NG / theta for the LIF
             neuron) or one number.
+        carry: ``[B, ...]`` delta of the step after this chunk (the first step of the next one).
 
     Returns:
-        ``dLoss/dI_t``, ``[T, B, ...]``.
+        ``dLoss/dI_t``, ``[T, B, ...]``; its step 0 is the carry for the chunk before.
     """
     grad_current = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype,
                                device=grad_spikes.device)
-    delta = torch.zeros_like(grad_current[0])
-    scaled = None if scale is None else torch.empty_like(delta)
+    delta = torch.zeros_like(grad_current[0]) if carry is None else carry
+    scaled = None if scale is None else torch.empty_like(grad_current[0])
     for t in range(grad_spikes.shape[0] - 1, -1, -1):
         grad = grad_spikes[t] if scale is None else torch.mul(grad_spikes[t], scale, out=scaled)
         torch.where(spikes[t], grad, delta, out=grad_current[t])
@@ -120,9 +159,9 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor,
     return grad_current
 
 
-def _needs_graph(*tensors: Tensor) -> bool:
+def _needs_graph(*tensors: Tensor | None) -> bool:
     """Whether autograd will record an op on ``tensors``; if not, skip saving for backward."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _float32_under_autocast(x: Tensor) -> Tensor:
@@ -133,42 +172,56 @@ def _float32_under_autocast(x: Tensor) -> Tensor:
     return x
 
 
-class _LIFNeuron(torch.autograd.Function):
-    """Hidden LIF neuron: exact forward, the authors' leak-aware approximate backward."""
+class _SpikingNeuron(torch.autograd.Function):
+    """Integrate-and-fire neurons over a chunk of steps: exact forward, approximate backward.
+
+    Inputs ``(current [T', B, ...], membrane [B, ...])``, outputs ``(spikes, membrane)``. The
+    membrane's gradient slot carries delta across chunk boundaries: the backward of a chunk
+    receives the next chunk's ``delta`` there and returns its own first step's.
+    """
 
     @staticmethod
-    def forward(ctx, current: Tensor, threshold: float, leak: float, inplace: bool) -> Tensor:
-        out, spikes = _scan_saving_spikes(current, threshold, leak, inplace)
+    def forward(ctx, current: Tensor, membrane: Tensor, threshold: float, leak: float,
+                inplace: bool, state: NeuronState | None) -> tuple[Tensor, Tensor]:
+        membrane = membrane.clone()
+        spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+        out = lif_scan(current, threshold, leak, membrane=membrane,
+                       out=current if inplace else None, spikes_out=spikes)
         if inplace:
             ctx.mark_dirty(current)
         ctx.save_for_backward(spikes)
-        ctx.threshold, ctx.leak = threshold, leak
-        return out
+        ctx.threshold, ctx.leak, ctx.state = threshold, leak, state
+        if state is not None:
+            state.spikes.append(spikes)
+        return out, membrane
 
     @staticmethod
-    def backward(ctx, grad_spikes: Tensor):
+    def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor):
         (spikes,) = ctx.saved_tensors
-        scale = leak_correction(spikes, ctx.leak, grad_spikes.dtype).div_(ctx.threshold)
-        return spike_gradient_scan(grad_spikes, spikes, scale), None, None, None
+        scale = None
+        if ctx.state is not None:  # the LIF neuron: NG / theta at a spike
+            scale = ctx.state.leak_correction(ctx.leak, grad_spikes.dtype) / ctx.threshold
+        grad_current = spike_gradient_scan(grad_spikes, spikes, scale, carry=grad_membrane)
+        return grad_current, grad_current[0], None, None, None, None
 
 
-class _IFNeuron(torch.autograd.Function):
-    """Non-leaky integrate-and-fire neuron: the gradient passes at spikes as it is."""
-
-    @staticmethod
-    def forward(ctx, current: Tensor, threshold: float) -> Tensor:
-        out, spikes = _scan_saving_spikes(current, threshold, 1.0, inplace=False)
-        ctx.save_for_backward(spikes)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_spikes: Tensor):
-        (spikes,) = ctx.saved_tensors
-        return spike_gradient_scan(grad_spikes, spikes), None
+def _run_neuron(current: Tensor, threshold: float, leak: float, inplace: bool,
+                state: NeuronState | None, leak_corrected: bool) -> Tensor:
+    current = _float32_under_autocast(current)
+    state = NeuronState() if state is None else state
+    membrane = state.start(current.shape[1:], current)
+    if not _needs_graph(current, membrane):
+        out = lif_scan(current, threshold, leak, membrane=membrane,
+                       out=current if inplace else None)
+    else:
+        out, membrane = _SpikingNeuron.apply(current, membrane, threshold, leak, inplace,
+                                             state if leak_corrected else None)
+    state.membrane = membrane
+    return out
 
 
 def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99,
-               inplace: bool = False) -> Tensor:
+               inplace: bool = False, state: NeuronState | None = None) -> Tensor:
     """Hidden LIF neurons over time (SPEC section 1).
 
     Args:
@@ -177,79 +230,93 @@ def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99,
         leak: leak l per step.
         inplace: write the spikes over ``current`` (as ``F.relu(x, inplace=True)``), saving a
             ``[T, B, ...]`` float buffer; for currents nothing else reads afterwards.
+        state: continue from this state (``current`` being the steps after the ones it has
+            seen) and update it; default: one whole sequence from rest.
 
     Returns:
         Spikes ``[T, B, ...]`` with values 0 or 1 in ``current.dtype``. Their gradient is the
         authors' approximation: ``dLoss/dI_t = (NG / theta) g_t`` at a spike, else the next
-        spike's, with NG from :func:`leak_correction`.
+        spike's, with NG from :func:`leak_correction` over the whole sequence.
     """
-    current = _float32_under_autocast(current)
-    if not _needs_graph(current):
-        return lif_scan(current, threshold, leak, out=current if inplace else None)
-    return _LIFNeuron.apply(current, threshold, leak, inplace)
+    return _run_neuron(current, threshold, leak, inplace, state, leak_corrected=True)
 
 
-def if_neuron(current: Tensor, threshold: float = 0.75) -> Tensor:
+def if_neuron(current: Tensor, threshold: float = 0.75, state: NeuronState | None = None) -> Tensor:
     """Integrate-and-fire neurons without leak (the spatial-pooling neuron, SPEC section 2).
 
     Args:
         current: ``[T, B, ...]`` input currents (average-pooled spikes).
         threshold: firing threshold (0.75 in the authors' scripts).
+        state: as for :func:`lif_neuron`.
 
     Returns:
         Spikes ``[T, B, ...]`` (0 or 1); gradient ``dLoss/dI_t = g_t`` at a spike, else the next
         spike's.
     """
-    current = _float32_under_autocast(current)
-    if not _needs_graph(current):
-        return lif_scan(current, threshold, leak=1.0)
-    return _IFNeuron.apply(current, threshold)
+    return _run_neuron(current, threshold, 1.0, False, state, leak_corrected=False)
 
 
 class _PoolingNeuron(torch.autograd.Function):
-    """Average pooling of spikes into non-leaky IF neurons, with a fused backward."""
+    """Average pooling of spikes into non-leaky IF neurons, with a fused backward.
+
+    Inputs and outputs as :class:`_SpikingNeuron`, the membrane at the pooled resolution.
+    """
 
     @staticmethod
-    def forward(ctx, spikes: Tensor, threshold: float, kernel_size: int) -> Tensor:
+    def forward(ctx, spikes: Tensor, membrane: Tensor, threshold: float,
+                kernel_size: int) -> tuple[Tensor, Tensor]:
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-        out, pooled = _scan_saving_spikes(current, threshold, 1.0, inplace=True)
+        membrane = membrane.clone()
+        pooled = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+        out = lif_scan(current, threshold, 1.0, membrane=membrane, out=current,
+                       spikes_out=pooled)
         ctx.save_for_backward(pooled)
         ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
-        return out
+        return out, membrane
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor):
+    def backward(ctx, grad_pooled: Tensor, grad_membrane: Tensor):
         (pooled,) = ctx.saved_tensors
         k = ctx.kernel_size
         # Average pooling's gradient is nearest-neighbour upsampling divided by k*k; the division
         # rides along in the scan and the upsampling is one write, not autograd's fill + scatter.
-        delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k))
+        delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k), carry=grad_membrane)
         *batch, height, width = delta.shape
         grad = delta[..., None, :, None].expand(*batch, height, k, width, k)
         grad = grad.reshape(*batch, height * k, width * k)
         pad_h, pad_w = ctx.input_hw[0] - height * k, ctx.input_hw[1] - width * k
         if pad_h or pad_w:
             grad = F.pad(grad, (0, pad_w, 0, pad_h))
-        return grad, None, None
+        return grad, delta[0], None, None
 
 
-def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2) -> Tensor:
+def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2,
+                   state: NeuronState | None = None) -> Tensor:
     """Spatial-pooling neurons (SPEC section 2): ``AvgPool2d(k)`` of spikes into IF neurons.
 
     Args:
         spikes: ``[T, B, C, H, W]`` spikes of the layer below.
         threshold: IF threshold (0.75 in the authors' scripts).
         kernel_size: pooling window and stride k.
+        state: as for :func:`lif_neuron`.
 
     Returns:
         Spikes ``[T, B, C, H // k, W // k]`` (0 or 1), with the gradient of
         :func:`if_neuron` carried back through the average pooling.
     """
     spikes = _float32_under_autocast(spikes)
-    if not _needs_graph(spikes):
+    state = NeuronState() if state is None else state
+    if not _needs_graph(spikes, state.membrane):
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-        return lif_scan(current, threshold, leak=1.0, out=current)
-    return _PoolingNeuron.apply(spikes, threshold, kernel_size)
+        membrane = state.start(current.shape[1:], current)
+        out = lif_scan(current, threshold, 1.0, membrane=membrane, out=current)
+    else:
+        *batch, height, width = spikes.shape[1:]
+        pooled_shape = torch.Size((*batch, height // kernel_size, width // kernel_size))
+        membrane = state.start(pooled_shape, spikes)
+        out, membrane = _PoolingNeuron.apply(spikes, membrane, threshold, kernel_size)
+    state.membrane = membrane
+    return out
 
 
 class _OutputIntegrator(torch.autograd.Function):

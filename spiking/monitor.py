@@ -33,6 +33,10 @@ Synaptic operations, attributed to the spiking layer whose spikes cause them:
     the output integrator, and additions made outside a module, such as ResNet13's identity
     shortcut ``+ x`` (one addition per spike of block 4's output, unseen by hooks).
 
+A network may run its T steps in chunks (``SpikingNetwork.time_chunk``), calling each layer once
+per chunk: counts add up over the chunks, images are counted once per layer and forward pass,
+and the raster joins the chunks of the first pass in time order.
+
 Which layer produced a synapse's input is found from tensor storage: each spiking layer's
 output storage is registered (weakly) as it is produced, and a synapse's input, or any view of
 it such as ``x.flatten(2)``, is looked up by its storage. Dropout outputs in training mode inherit
@@ -176,6 +180,9 @@ class SpikeMonitor:
         # storage data_ptr -> (weak reference to that storage, spiking layer name)
         self._sources: dict[int, tuple[weakref.ref, str]] = {}
         self._cover_cache: dict[tuple, Tensor] = {}
+        # names of the layers and synapses already counted in the current forward pass
+        self._seen_this_pass: set[str] = set()
+        self._raster_done = False
 
     # ------------------------------------------------------------------ hooks on and off
 
@@ -227,6 +234,7 @@ class SpikeMonitor:
         self.layers.clear()
         self.synapses.clear()
         self.raster = None
+        self._raster_done = False
 
     def _hook(self, module: nn.Module, hook) -> None:
         self._handles.append(module.register_forward_hook(hook))
@@ -236,6 +244,8 @@ class SpikeMonitor:
     def _on_model_input(self, module: nn.Module, args: tuple) -> None:
         # A new forward pass: storages of the previous one may be reused.
         self._sources.clear()
+        self._seen_this_pass.clear()
+        self._raster_done = self.raster is not None
         self._record_layer(INPUT, "input", args[0])
 
     def _layer_hook(self, name: str, kind: str):
@@ -254,13 +264,22 @@ class SpikeMonitor:
         layer = self.layers.get(name)
         if layer is None:
             layer = self.layers[name] = LayerCounts(name, kind, spikes[0, 0].numel())
-        layer.time_steps = time_steps
-        layer.images += batch
+        if self._first_call_this_pass(name):
+            layer.time_steps = 0
+            layer.images += batch
+        layer.time_steps += time_steps
         layer.spikes += int(torch.count_nonzero(spikes))
         layer.neuron_steps += spikes.numel()
-        if name == self.raster_layer and self.raster is None and self.raster_image < batch:
-            self.raster = (spikes[:, self.raster_image].reshape(time_steps, -1) != 0).cpu()
+        if name == self.raster_layer and not self._raster_done and self.raster_image < batch:
+            steps = (spikes[:, self.raster_image].reshape(time_steps, -1) != 0).cpu()
+            self.raster = steps if self.raster is None else torch.cat([self.raster, steps])
         self._register_source(spikes, name)
+
+    def _first_call_this_pass(self, name: str) -> bool:
+        """True once per forward pass for each layer or synapse: it may be called per chunk."""
+        first = name not in self._seen_this_pass
+        self._seen_this_pass.add(name)
+        return first
 
     def _register_source(self, spikes: Tensor, name: str) -> None:
         storage = spikes.untyped_storage()
@@ -291,7 +310,8 @@ class SpikeMonitor:
         if entry is None:
             entry = self.synapses[name] = SynapseCounts(
                 name, source, weighted, self._ann_ops_per_image(module, output))
-        entry.images += spikes.shape[1]
+        if self._first_call_this_pass("synapse " + name):
+            entry.images += spikes.shape[1]
         if isinstance(module, SpikingLinear):
             entry.snn_ac += int(torch.count_nonzero(spikes)) * module.out_features
             return

@@ -1,7 +1,9 @@
 """Thin ``nn.Module`` wrappers around the neuron dynamics of :mod:`spiking.functional`.
 
-Neurons hold no state between calls: each forward runs the whole ``[T, B, ...]`` sequence with
-membranes starting at zero, as the authors' scripts reset them for every mini-batch.
+A neuron layer carries its membrane from one call to the next, so a network can feed a sequence
+in chunks of time steps; :func:`reset_states` puts every layer of a model back at rest, as the
+authors' scripts reset the membranes for every mini-batch. ``SpikingNetwork.forward`` does this
+before and after each input.
 """
 from __future__ import annotations
 
@@ -9,7 +11,15 @@ from torch import Tensor, nn
 
 from . import functional as SF
 
-__all__ = ["LIFNeuron", "PoolingNeuron", "OutputIntegrator"]
+__all__ = ["LIFNeuron", "PoolingNeuron", "OutputIntegrator", "reset_states"]
+
+
+def reset_states(model: nn.Module) -> None:
+    """Put every stateful layer in ``model`` back at rest (neurons, held dropout masks)."""
+    for module in model.modules():
+        reset = getattr(module, "reset_state", None)
+        if callable(reset):
+            reset()
 
 
 class LIFNeuron(nn.Module):
@@ -27,9 +37,13 @@ class LIFNeuron(nn.Module):
         self.threshold = threshold
         self.leak = leak
         self.inplace = inplace
+        self.state = SF.NeuronState()
 
     def forward(self, current: Tensor) -> Tensor:
-        return SF.lif_neuron(current, self.threshold, self.leak, self.inplace)
+        return SF.lif_neuron(current, self.threshold, self.leak, self.inplace, self.state)
+
+    def reset_state(self) -> None:
+        self.state = SF.NeuronState()
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, leak={self.leak}, inplace={self.inplace}"
@@ -45,9 +59,13 @@ class PoolingNeuron(nn.Module):
         super().__init__()
         self.threshold = threshold
         self.kernel_size = kernel_size
+        self.state = SF.NeuronState()
 
     def forward(self, spikes: Tensor) -> Tensor:
-        return SF.pooling_neuron(spikes, self.threshold, self.kernel_size)
+        return SF.pooling_neuron(spikes, self.threshold, self.kernel_size, self.state)
+
+    def reset_state(self) -> None:
+        self.state = SF.NeuronState()
 
     def extra_repr(self) -> str:
         return f"threshold={self.threshold}, kernel_size={self.kernel_size}"

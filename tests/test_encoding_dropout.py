@@ -49,6 +49,16 @@ def test_dropout_mask_is_held_over_time_and_scaled():
     assert abs((out[0] == 0).float().mean().item() - 0.25) < 0.03  # 2048 draws, std 0.01
 
 
+def test_dropout_mask_is_held_across_chunks_until_reset():
+    torch.manual_seed(0)
+    drop = TimeHeldDropout(0.5).train()
+    spikes = torch.ones(2, 4, 64)
+    first, second = drop(spikes), drop(spikes)
+    assert torch.equal(first, second)  # a later chunk of the same sequence: the same mask
+    drop.reset_state()
+    assert not torch.equal(drop(spikes), first)  # a new sequence: a new mask
+
+
 def test_dropout_is_identity_in_eval_and_for_p_zero():
     spikes = torch.rand(3, 2, 4)
     assert TimeHeldDropout(0.5).eval()(spikes) is spikes

@@ -152,3 +152,41 @@ def test_inplace_neuron_gives_the_same_spikes_and_gradients():
     untouched = current.clone()
     SF.lif_neuron(untouched, 1.0, 0.95)
     assert torch.equal(untouched, current)
+
+
+@pytest.mark.parametrize("neuron", ["lif", "if", "pool"])
+def test_chunks_with_a_state_equal_one_call_over_all_steps(neuron):
+    # Membranes, NG (LIF) and the backward's delta carry over chunk boundaries: spikes and
+    # gradients equal one call over the whole sequence, bit for bit.
+    torch.manual_seed(4)
+    shape = (9, 2, 3, 4, 4)
+    current = torch.rand(shape, dtype=f64) * (1.0 if neuron == "pool" else 0.7)
+    if neuron == "pool":
+        current = (current > 0.5).to(f64)  # the pooling neuron's input is spikes
+
+    def run(x, state=None):
+        if neuron == "lif":
+            return SF.lif_neuron(x, 1.0, 0.95, state=state)
+        if neuron == "if":
+            return SF.if_neuron(x, 0.75, state=state)
+        return SF.pooling_neuron(x, 0.75, 2, state=state)
+
+    grad = torch.randn(run(current).shape, dtype=f64)
+    results = []
+    for sizes in ([9], [4, 4, 1], [1] * 9):
+        leaf = current.clone().requires_grad_()
+        state = SF.NeuronState()
+        spikes = torch.cat([run(part, state) for part in leaf.split(sizes)])
+        spikes.backward(grad)
+        results.append((spikes.detach(), leaf.grad))
+    whole = results[0]
+    assert whole[0].any() and whole[1].abs().sum() > 0
+    for spikes, grad_current in results[1:]:
+        assert torch.equal(spikes, whole[0]) and torch.equal(grad_current, whole[1])
+
+
+def test_state_of_another_shape_is_an_error():
+    state = SF.NeuronState()
+    SF.lif_neuron(torch.rand(2, 3, 4), state=state)
+    with pytest.raises(ValueError, match="reset the state"):
+        SF.lif_neuron(torch.rand(2, 5, 4), state=state)

@@ -231,3 +231,29 @@ def test_every_layer_and_synapse_of_the_networks_is_seen(arch):
     weighted = {name for name, m in model.named_modules()
                 if isinstance(m, (SpikingConv2d, SpikingLinear))}
     assert {n for n, s in monitor.synapses.items() if s.weighted} == weighted
+
+
+def test_counts_and_raster_do_not_depend_on_time_chunks():
+    # The network calls each layer once per chunk of time steps; the counts, the images and
+    # the raster must be those of one call over all T steps.
+    torch.manual_seed(3)
+    model = get_model("lenet", width=0.2).eval()
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.05)  # drive spikes through every layer within a few steps
+    spikes = PoissonEncoder(6, 0.5, torch.Generator().manual_seed(1))(torch.rand(3, 1, 28, 28))
+    results = []
+    for time_chunk in (6, 4, 1):
+        model.time_chunk = time_chunk
+        with torch.no_grad(), SpikeMonitor(model, raster_layer="lif2", raster_image=1) as monitor:
+            model(spikes)
+            model(spikes[:, :2])
+        results.append(monitor)
+    whole = results[0]
+    assert whole.layers["lif_fc0"].spikes > 0 and whole.raster.any()
+    for chunked in results[1:]:
+        assert chunked.layers == whole.layers
+        assert chunked.synapses == whole.synapses
+        assert torch.equal(chunked.raster, whole.raster)
+    assert whole.layers["lif2"].images == 5 and whole.layers["lif2"].time_steps == 6
+    assert whole.synapses["cnn2"].images == 5 and whole.raster.shape[0] == 6

@@ -1,7 +1,9 @@
 """The fast time-folded models equal the per-step port of the authors' loop (tests/oracle.py).
 
 Same weights, same input spikes, same dropout masks, float64: outputs and every parameter
-gradient agree to a relative error of 1e-9, in training mode (masks) and evaluation mode.
+gradient agree to a relative error of 1e-9, in training mode (masks) and evaluation mode, and
+whether the model runs the T steps at once or in chunks (the neurons carrying their membranes,
+NG and the backward's delta across chunk boundaries).
 Weights get a positive mean so spikes reach the deepest layers within a few steps; threshold 1.25
 and leak 0.95 make the 1/threshold and NG factors visible.
 """
@@ -81,11 +83,13 @@ def assert_close(actual, expected, what):
 
 @pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_outputs_and_gradients_equal_the_authors_loop(arch, training):
+@pytest.mark.parametrize("time_chunk", [5, 2, 1], ids=["whole", "chunks-2-2-1", "per-step"])
+def test_outputs_and_gradients_equal_the_authors_loop(arch, training, time_chunk):
     model, gen = build(arch, seed=1)
     weights = oracle_weights(model)
-    spikes = input_spikes(arch, gen)
+    spikes = input_spikes(arch, gen, time_steps=5)
     model.train(training)
+    model.time_chunk = time_chunk
     masks = fix_dropout_masks(model, gen)
 
     out = model(spikes)

@@ -132,6 +132,11 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
                       help="mixed precision: convolutions and linear layers in bfloat16 (float16 "
                            "with a grad scaler on GPUs without bf16), spiking scans in float32; "
                            "also runs (bf16) on the CPU")
+    ours.add_argument("--time-chunk", metavar="STEPS", type=integer("time chunk", at_least_0),
+                      default=defaults.time_chunk,
+                      help=shown("time steps the network runs at once; 0 = about 64 images' "
+                                 "worth on the CPU, all T on a GPU (speed and memory only: the "
+                                 "results are the same)"))
     ours.add_argument("--deterministic", action="store_true", default=defaults.deterministic,
                       help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
     if defaults.dataset == "svhn":

@@ -114,7 +114,9 @@ def build_model(settings: Experiment) -> models.SpikingNetwork:
                                   input_shape=info.input_shape)
     if _has_dropout(settings.arch):
         kwargs["dropout"] = settings.dropout
-    return models.get_model(settings.arch, **kwargs)
+    model = models.get_model(settings.arch, **kwargs)
+    model.time_chunk = settings.time_chunk or None
+    return model
 
 
 def _has_dropout(arch: str) -> bool:

@@ -50,6 +50,8 @@ class Experiment:
             (``input``, ``lif1``, ``pool1``, ...); empty = the first hidden layer.
         amp: autocast the synapses (bf16, or fp16 with a grad scaler on GPUs without bf16);
             the spiking scans stay float32.
+        time_chunk: time steps the network runs at once (``SpikingNetwork.time_chunk``);
+            0 = its default. Changes speed and memory, not results.
         deterministic: deterministic cuDNN/cuBLAS kernels (CUDA); the CPU is deterministic
             already with ``workers`` 0.
     """
@@ -95,6 +97,7 @@ class Experiment:
     ac_energy: float = 0.9
     raster_layer: str = ""
     amp: bool = False
+    time_chunk: int = 0
     deterministic: bool = False
 
     def to_dict(self) -> dict[str, Any]:
