@@ -1,8 +1,9 @@
 """Pure spiking dynamics and their approximate gradients (SPEC sections 1, 2, 3, 5).
 
-Every function here works on a whole time-major sequence ``[T, B, ...]`` at once and allocates on
-its input's device and dtype. The forward passes run the membrane recurrences step by step; the
-backward passes need only the boolean spike train, so no float membrane is kept for autograd.
+Every function here works on a time-major sequence ``[T, B, ...]`` (a whole one, or one chunk of
+consecutive steps continuing from a :class:`NeuronState`) and allocates on its input's device and
+dtype. The forward passes run the membrane recurrences step by step; the backward passes need only
+the boolean spike train, so no float membrane is kept for autograd.
 """
 from __future__ import annotations
 
