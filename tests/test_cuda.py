@@ -10,7 +10,8 @@ pytestmark = [pytest.mark.cuda,
 
 
 @pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
-def test_cuda_matches_cpu_in_float64(arch):
+@pytest.mark.parametrize("gpu_time_chunk", [None, 2], ids=["gpu-whole", "gpu-chunks-of-2"])
+def test_cuda_matches_cpu_in_float64(arch, gpu_time_chunk):
     model, gen = build(arch, seed=2)
     spikes = input_spikes(arch, gen)
     masks = fix_dropout_masks(model, gen)
@@ -20,6 +21,7 @@ def test_cuda_matches_cpu_in_float64(arch):
 
     model.zero_grad()
     model.cuda()
+    model.time_chunk = gpu_time_chunk
     for name, module in model.named_modules():
         if isinstance(module, TimeHeldDropout) and module.p > 0:
             module.draw_mask = lambda spikes, mask=masks[masked_layer(name)]: mask.cuda()
