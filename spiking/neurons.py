@@ -30,6 +30,9 @@ class LIFNeuron(nn.Module):
         leak: leak l per step.
         inplace: write the spikes over the input currents, as ``nn.ReLU(inplace=True)``; the
             networks use it, since nothing else reads a layer's current afterwards.
+
+    A call continues from the membrane the previous call left (the next chunk of the same
+    sequence) until :meth:`reset_state`; call it, or :func:`reset_states`, between sequences.
     """
 
     def __init__(self, threshold: float = 1.0, leak: float = 0.99, inplace: bool = False) -> None:
@@ -52,7 +55,8 @@ class LIFNeuron(nn.Module):
 class PoolingNeuron(nn.Module):
     """2x2 average pooling of spikes feeding non-leaky IF neurons (SPEC section 2).
 
-    ``[T, B, C, H, W]`` spikes -> ``[T, B, C, H/2, W/2]`` spikes.
+    ``[T, B, C, H, W]`` spikes -> ``[T, B, C, H/2, W/2]`` spikes. Carries its membrane from call
+    to call until :meth:`reset_state`, as :class:`LIFNeuron`.
     """
 
     def __init__(self, threshold: float = 0.75, kernel_size: int = 2) -> None:
