@@ -44,7 +44,7 @@ class NeuronState:
 
     membrane: Tensor | None = None
     spikes: list[Tensor] = field(default_factory=list)
-    _correction: Tensor | None = field(default=None, repr=False)
+    _spike_scale: Tensor | None = field(default=None, repr=False)
 
     def start(self, step_shape: torch.Size, like: Tensor) -> Tensor:
         """The ``[B, ...]`` membrane to continue from: at rest (zeros) before the first chunk."""
@@ -56,11 +56,12 @@ class NeuronState:
                              "sequences (spiking.reset_states)")
         return self.membrane
 
-    def leak_correction(self, leak: float, dtype: torch.dtype) -> Tensor:
-        """NG of :func:`leak_correction` over all chunks, computed once per forward."""
-        if self._correction is None:
-            self._correction = leak_correction(self.spikes, leak, dtype)
-        return self._correction
+    def spike_scale(self, leak: float, threshold: float, dtype: torch.dtype) -> Tensor:
+        """NG / theta, the LIF backward's factor at a spike, with NG of :func:`leak_correction`
+        over all chunks; computed once per forward, shared by every chunk's backward."""
+        if self._spike_scale is None:
+            self._spike_scale = leak_correction(self.spikes, leak, dtype).div_(threshold)
+        return self._spike_scale
 
 
 def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor | None = None,
@@ -173,6 +174,17 @@ def _float32_under_autocast(x: Tensor) -> Tensor:
     return x
 
 
+def _scan_saving_spikes(current: Tensor, threshold: float, leak: float, membrane: Tensor,
+                        inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`lif_scan` from a copy of ``membrane`` that also returns the boolean spike train
+    for a backward: ``(spikes, bool spikes, final membrane)``."""
+    membrane = membrane.clone()
+    spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+    out = lif_scan(current, threshold, leak, membrane=membrane,
+                   out=current if inplace else None, spikes_out=spikes)
+    return out, spikes, membrane
+
+
 class _SpikingNeuron(torch.autograd.Function):
     """Integrate-and-fire neurons over a chunk of steps: exact forward, approximate backward.
 
@@ -184,10 +196,7 @@ class _SpikingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, threshold: float, leak: float,
                 inplace: bool, state: NeuronState | None) -> tuple[Tensor, Tensor]:
-        membrane = membrane.clone()
-        spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
-        out = lif_scan(current, threshold, leak, membrane=membrane,
-                       out=current if inplace else None, spikes_out=spikes)
+        out, spikes, membrane = _scan_saving_spikes(current, threshold, leak, membrane, inplace)
         if inplace:
             ctx.mark_dirty(current)
         ctx.save_for_backward(spikes)
@@ -201,7 +210,7 @@ class _SpikingNeuron(torch.autograd.Function):
         (spikes,) = ctx.saved_tensors
         scale = None
         if ctx.state is not None:  # the LIF neuron: NG / theta at a spike
-            scale = ctx.state.leak_correction(ctx.leak, grad_spikes.dtype) / ctx.threshold
+            scale = ctx.state.spike_scale(ctx.leak, ctx.threshold, grad_spikes.dtype)
         grad_current = spike_gradient_scan(grad_spikes, spikes, scale, carry=grad_membrane)
         return grad_current, grad_current[0], None, None, None, None
 
@@ -267,10 +276,8 @@ class _PoolingNeuron(torch.autograd.Function):
     def forward(ctx, spikes: Tensor, membrane: Tensor, threshold: float,
                 kernel_size: int) -> tuple[Tensor, Tensor]:
         current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-        membrane = membrane.clone()
-        pooled = torch.empty(current.shape, dtype=torch.bool, device=current.device)
-        out = lif_scan(current, threshold, 1.0, membrane=membrane, out=current,
-                       spikes_out=pooled)
+        out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
+                                                    inplace=True)
         ctx.save_for_backward(pooled)
         ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
         return out, membrane
