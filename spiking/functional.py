@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import cpu_kernels
+
 __all__ = [
     "NeuronState",
     "lif_neuron",
@@ -38,12 +40,14 @@ class NeuronState:
 
     Attributes:
         membrane: ``[B, ...]`` membrane ``m`` after the last step seen; None before the first.
-        spikes: the boolean spike train of every chunk so far, while autograd records: the
-            leak correction NG of the backward depends on the whole train.
+        trace, count: ``[B, ...]`` sums over the steps so far of a LIF layer's spikes, leak-
+            weighted (LF) and plain (N), while autograd records: the leak correction NG of
+            the backward depends on the whole train. None until the first such chunk.
     """
 
     membrane: Tensor | None = None
-    spikes: list[Tensor] = field(default_factory=list)
+    trace: Tensor | None = None
+    count: Tensor | None = None
     _spike_scale: Tensor | None = field(default=None, repr=False)
 
     def start(self, step_shape: torch.Size, like: Tensor) -> Tensor:
@@ -56,21 +60,31 @@ class NeuronState:
                              "sequences (spiking.reset_states)")
         return self.membrane
 
-    def spike_scale(self, leak: float, threshold: float, dtype: torch.dtype) -> Tensor:
+    def spike_sums(self, like: Tensor) -> tuple[Tensor, Tensor]:
+        """``(trace, count)`` for a scan to update in place: zeros like the ``[B, ...]``
+        membrane ``like`` before the first chunk."""
+        if self.trace is None or self.count is None:
+            self.trace, self.count = torch.zeros_like(like), torch.zeros_like(like)
+        return self.trace, self.count
+
+    def spike_scale(self, leak: float, threshold: float) -> Tensor:
         """NG / theta, the LIF backward's factor at a spike, with NG of :func:`leak_correction`
         over all chunks; computed once per forward, shared by every chunk's backward."""
         if self._spike_scale is None:
-            self._spike_scale = leak_correction(self.spikes, leak, dtype).div_(threshold)
+            self._spike_scale = _leak_correction_of_sums(self.trace, self.count, leak)
+            self._spike_scale.div_(threshold)
         return self._spike_scale
 
 
 def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor | None = None,
              out: Tensor | None = None, spikes_out: Tensor | None = None,
-             membrane_out: Tensor | None = None) -> Tensor:
+             membrane_out: Tensor | None = None,
+             spike_sums: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Run leaky integrate-and-fire neurons over time; return the spike train.
 
     Per step: ``u_t = m_{t-1} + I_t``; spike where ``u_t > threshold`` (strict); hard reset to 0
-    where it spiked; ``m_t = leak * r_t``.
+    where it spiked; ``m_t = leak * r_t``. Contiguous float32/float64 CPU tensors go through the
+    fused kernel of :mod:`spiking.cpu_kernels` (same bits), others through a PyTorch loop.
 
     Args:
         current: input currents ``[T, B, ...]``.
@@ -84,12 +98,22 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
             backward keeps: one byte per neuron and step).
         membrane_out: optional ``[T, B, ...]`` that receives ``m_t`` (after reset and leak), for
             inspection and tests.
+        spike_sums: optional ``(trace, count)``, ``[B, ...]`` each, updated in place by
+            ``trace <- leak * trace + s_t`` and ``count <- count + s_t`` at every step: the
+            sums :func:`leak_correction` needs.
 
     Returns:
         Spikes ``[T, B, ...]``, 0 or 1 in ``current.dtype`` (``out`` if given).
     """
-    out = torch.empty_like(current) if out is None else out
     membrane = torch.zeros_like(current[0]) if membrane is None else membrane
+    trace, count = (None, None) if spike_sums is None else spike_sums
+    if membrane_out is None and cpu_kernels.usable(current, membrane, out, spikes_out, trace):
+        if out is None:
+            out = current.clone()
+        elif out is not current:
+            out.copy_(current)
+        return cpu_kernels.lif_scan(out, threshold, leak, membrane, spikes_out, trace, count)
+    out = torch.empty_like(current) if out is None else out
     for t in range(current.shape[0]):
         membrane.add_(current[t])
         spikes = torch.gt(membrane, threshold, out=out[t])
@@ -100,6 +124,9 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
             spikes_out[t].copy_(spikes)
         if membrane_out is not None:
             membrane_out[t] = membrane
+        if trace is not None and count is not None:
+            trace.mul_(leak).add_(spikes)
+            count.add_(spikes)
     return out
 
 
@@ -126,8 +153,13 @@ def leak_correction(spikes: Tensor | Sequence[Tensor], leak: float,
         for step in chunk:
             trace.mul_(leak).add_(step)
             count.add_(step)
-    fired = (trace > 1e-3).to(dtype)
-    silent = (count < 1e-3).to(dtype)
+    return _leak_correction_of_sums(trace, count, leak)
+
+
+def _leak_correction_of_sums(trace: Tensor, count: Tensor, leak: float) -> Tensor:
+    """NG from ``trace = LF`` and ``count = N`` (see :func:`leak_correction`)."""
+    fired = (trace > 1e-3).to(trace.dtype)
+    silent = (count < 1e-3).to(trace.dtype)
     return fired + math.log(leak) * trace / (count + silent)
 
 
@@ -150,6 +182,12 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
     Returns:
         ``dLoss/dI_t``, ``[T, B, ...]``; its step 0 is the carry for the chunk before.
     """
+    if cpu_kernels.usable(grad_spikes, spikes, carry, *([scale] if isinstance(scale, Tensor) else [])):
+        step = grad_spikes[0]
+        if not isinstance(scale, Tensor):
+            scale = torch.full_like(step, 1.0 if scale is None else scale)
+        carry = torch.zeros_like(step) if carry is None else carry
+        return cpu_kernels.gradient_scan(grad_spikes, spikes, scale.expand_as(step).contiguous(), carry)
     grad_current = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype,
                                device=grad_spikes.device)
     delta = torch.zeros_like(grad_current[0]) if carry is None else carry
@@ -175,13 +213,14 @@ def _float32_under_autocast(x: Tensor) -> Tensor:
 
 
 def _scan_saving_spikes(current: Tensor, threshold: float, leak: float, membrane: Tensor,
-                        inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+                        inplace: bool, spike_sums: tuple[Tensor, Tensor] | None = None
+                        ) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`lif_scan` from a copy of ``membrane`` that also returns the boolean spike train
     for a backward: ``(spikes, bool spikes, final membrane)``."""
     membrane = membrane.clone()
     spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
     out = lif_scan(current, threshold, leak, membrane=membrane,
-                   out=current if inplace else None, spikes_out=spikes)
+                   out=current if inplace else None, spikes_out=spikes, spike_sums=spike_sums)
     return out, spikes, membrane
 
 
@@ -196,13 +235,13 @@ class _SpikingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, threshold: float, leak: float,
                 inplace: bool, state: NeuronState | None) -> tuple[Tensor, Tensor]:
-        out, spikes, membrane = _scan_saving_spikes(current, threshold, leak, membrane, inplace)
+        spike_sums = None if state is None else state.spike_sums(membrane)
+        out, spikes, membrane = _scan_saving_spikes(current, threshold, leak, membrane, inplace,
+                                                    spike_sums)
         if inplace:
             ctx.mark_dirty(current)
         ctx.save_for_backward(spikes)
         ctx.threshold, ctx.leak, ctx.state = threshold, leak, state
-        if state is not None:
-            state.spikes.append(spikes)
         return out, membrane
 
     @staticmethod
@@ -210,7 +249,7 @@ class _SpikingNeuron(torch.autograd.Function):
         (spikes,) = ctx.saved_tensors
         scale = None
         if ctx.state is not None:  # the LIF neuron: NG / theta at a spike
-            scale = ctx.state.spike_scale(ctx.leak, ctx.threshold, grad_spikes.dtype)
+            scale = ctx.state.spike_scale(ctx.leak, ctx.threshold)
         grad_current = spike_gradient_scan(grad_spikes, spikes, scale, carry=grad_membrane)
         return grad_current, grad_current[0], None, None, None, None
 

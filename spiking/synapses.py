@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import cpu_kernels
 from .functional import _needs_graph
 
 __all__ = ["SpikingConv2d", "SpikingLinear", "TimeFolded", "compact_spikes", "expand_spikes"]
@@ -21,8 +22,12 @@ def compact_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
 
     With ``c = max |x|`` and ``codes = trunc(x / c)``, a nonzero x becomes a nonzero code exactly
     when ``|x| = c``, so equal nonzero counts prove the packing lossless. Costs a few passes over
-    ``x``, far fewer than the float copy autograd would otherwise keep until backward.
+    ``x`` (one, with the fused CPU kernel), far cheaper than the float copy autograd would
+    otherwise keep until backward.
     """
+    if cpu_kernels.usable(x):
+        packed = cpu_kernels.pack_spikes(x)
+        return packed if packed is not None else (x, None)
     low, high = torch.aminmax(x)
     scale = torch.maximum(high, -low)
     if scale == 0:
@@ -37,7 +42,7 @@ def expand_spikes(packed: Tensor, scale: Tensor | None, dtype: torch.dtype) -> T
     """Inverse of :func:`compact_spikes`."""
     if scale is None:
         return packed
-    return packed.to(dtype) if scale == 1 else packed.to(dtype) * scale
+    return packed.to(dtype) if scale == 1 else torch.mul(packed, scale.to(dtype))
 
 
 class _SpikeInputConv2d(torch.autograd.Function):

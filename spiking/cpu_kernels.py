@@ -1,0 +1,151 @@
+"""Fused CPU kernels for the neuron scans and the packing of spikes, compiled from
+``csrc/scans.c`` at first use.
+
+A PyTorch scan costs a few elementwise ops per time step, each a pass over the layer's
+neurons; the C kernels walk each block of neurons through all steps of a chunk in one pass, and
+pack a synapse's input spikes in one pass instead of five. They give identical bits
+(``tests/test_cpu_kernels.py`` compares them with the PyTorch code). They
+need a C compiler (``$CC``, default ``cc``) the first time; the library is cached under
+``$SPIKING_KERNEL_CACHE`` (default ``~/.cache/spiking-kernels``). Without a compiler, or with
+``SPIKING_CPU_KERNELS=0`` in the environment, or after ``set_enabled(False)``, the neuron
+functions use their PyTorch loops, with the same results.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import subprocess
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["available", "gradient_scan", "lif_scan", "pack_spikes", "set_enabled", "usable"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "scans.c"
+_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
+          "-fno-trapping-math"]
+# A thread gets at least this many neuron-steps (starting one costs about as much as a scan
+# of 10^4 of them) and this many neurons (a block of the kernels).
+_WORK_PER_THREAD = 65536
+_NEURONS_PER_THREAD = 1024
+
+_enabled = os.environ.get("SPIKING_CPU_KERNELS", "1") != "0"
+
+
+def _cache_dir() -> Path:
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spiking-kernels"
+    return Path(os.environ.get("SPIKING_KERNEL_CACHE", default))
+
+
+def _compile(target: Path) -> None:
+    """Build the library into ``target`` atomically: processes that compile at once (DDP ranks)
+    each write their own temporary file, and a reader never sees a partial library."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    compiler = os.environ.get("CC", "cc")
+    with tempfile.TemporaryDirectory(dir=target.parent) as build:
+        partial = Path(build) / target.name
+        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(partial)], check=True,
+                       capture_output=True, text=True, timeout=120)
+        os.replace(partial, target)
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None (with one warning) when they cannot be built."""
+    source = _SOURCE.read_bytes()
+    key = hashlib.sha256(source + " ".join(_FLAGS).encode()).hexdigest()[:16]
+    target = _cache_dir() / f"scans-{key}.so"
+    try:
+        if not target.exists():
+            _compile(target)
+        library = ctypes.CDLL(str(target))
+    except (OSError, subprocess.SubprocessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        warnings.warn(f"spiking: could not build the fused CPU scan kernels ({detail}); "
+                      "using the PyTorch loops, which give the same results more slowly",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    pointer, int64, double = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+    library.lif_scan.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer,
+                                 int64, int64, double, double, ctypes.c_int]
+    library.gradient_scan.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer,
+                                      int64, int64, ctypes.c_int]
+    library.pack_spikes.argtypes = [ctypes.c_int, pointer, pointer, int64, ctypes.c_int,
+                                    ctypes.POINTER(double)]
+    library.lif_scan.restype = library.gradient_scan.restype = None
+    library.pack_spikes.restype = ctypes.c_int
+    return library
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use the fused kernels where they apply (the default) or always the PyTorch loops."""
+    global _enabled
+    _enabled = enabled
+
+
+def available() -> bool:
+    """Whether the kernels are enabled and built (building them if needed)."""
+    return _enabled and _library() is not None
+
+
+def usable(*tensors: Tensor | None) -> bool:
+    """Whether the kernels can run on ``tensors``: contiguous float32/float64 CPU tensors (bool
+    for spike trains) of one float dtype, and the kernels available."""
+    present = [t for t in tensors if t is not None]
+    floats = {t.dtype for t in present if t.dtype != torch.bool}
+    return (_enabled and len(floats) == 1 and floats <= {torch.float32, torch.float64}
+            and all(t.device.type == "cpu" and t.is_contiguous() for t in present)
+            and available())
+
+
+def _pointer(tensor: Tensor | None) -> int | None:
+    return None if tensor is None else tensor.data_ptr()
+
+
+def _threads(steps: int, neurons: int) -> int:
+    return max(1, min(torch.get_num_threads(), steps * neurons // _WORK_PER_THREAD,
+                      neurons // _NEURONS_PER_THREAD))
+
+
+def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
+             spikes_out: Tensor | None = None, trace: Tensor | None = None,
+             count: Tensor | None = None) -> Tensor:
+    """The loop of :func:`spiking.functional.lif_scan`, in place: ``values`` ``[T, B, ...]``
+    holds the currents and receives the spikes; ``membrane``, ``trace`` and ``count``
+    (``[B, ...]``; the leak-weighted spike sum and the spike count, both or neither) are
+    updated; ``spikes_out`` (bool ``[T, B, ...]``) receives the spikes too. Check :func:`usable`
+    first."""
+    steps, neurons = values.shape[0], membrane.numel()
+    _library().lif_scan(values.dtype == torch.float64, _pointer(values), _pointer(spikes_out),
+                        _pointer(membrane), _pointer(trace), _pointer(count), steps, neurons,
+                        threshold, leak, _threads(steps, neurons))
+    return values
+
+
+def gradient_scan(grad: Tensor, spikes: Tensor, scale: Tensor, carry: Tensor) -> Tensor:
+    """The loop of :func:`spiking.functional.spike_gradient_scan` with a ``[B, ...]`` scale and
+    carry; returns the new ``[T, B, ...]`` gradient of the currents. Check :func:`usable`
+    first."""
+    out = torch.empty_like(grad)
+    steps, neurons = grad.shape[0], carry.numel()
+    _library().gradient_scan(grad.dtype == torch.float64, _pointer(grad), _pointer(spikes),
+                             _pointer(scale), _pointer(carry), _pointer(out), steps, neurons,
+                             _threads(steps, neurons))
+    return out
+
+
+def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor] | None:
+    """``(int8 codes, scale)`` with ``x == codes * scale`` if ``x`` holds only ``-c, 0, c``
+    for one c (then ``scale`` is c, a 0-dim tensor of ``x.dtype``), else None: the check and
+    the packing of :func:`spiking.synapses.compact_spikes` in one pass. Check :func:`usable`
+    first."""
+    codes = torch.empty(x.shape, dtype=torch.int8)
+    scale = ctypes.c_double()
+    packed = _library().pack_spikes(x.dtype == torch.float64, _pointer(x), _pointer(codes),
+                                    x.numel(), _threads(1, x.numel()), ctypes.byref(scale))
+    return (codes, torch.tensor(scale.value, dtype=x.dtype)) if packed else None

@@ -1,0 +1,175 @@
+/* Fused CPU kernels for spiking/functional.py (the neuron scans) and spiking/synapses.py (the
+ * packing of a synapse's input spikes).
+ *
+ * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
+ * memory. These kernels walk each block of neurons through all steps of a chunk while its
+ * membrane (or delta) stays in the L1 cache: one read and one write of the [steps, neurons]
+ * data. The packing checks and converts in one pass instead of five. Every value is computed
+ * with the same float operations in the same order as the PyTorch code, so both give identical
+ * bits (tests/test_cpu_kernels.py). Build flags: -ffp-contract=off keeps a*b+c from becoming a
+ * fused multiply-add (different rounding); -fno-trapping-math lets the compiler turn the
+ * selects into vector blends.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+enum { BLOCK = 1024 };
+
+#define MIN(a, b) ((a) < (b) ? (a) : (b))
+
+/* The arguments of every kernel; each thread gets a copy with its own [begin, end) range of
+ * neurons (the last dimension of the [steps, neurons] arrays). */
+typedef struct {
+    int64_t steps, neurons, begin, end;
+    /* lif_scan */
+    void *values;          /* [steps, neurons] currents in, spikes (0 or 1) out */
+    uint8_t *spikes;       /* [steps, neurons] bool copy of the spikes, or NULL */
+    void *membrane;        /* [neurons], updated to the last step's membrane */
+    void *trace, *count;   /* [neurons] sums for the leak correction NG, or NULL */
+    double threshold, leak;
+    /* gradient_scan */
+    const void *grad;      /* [steps, neurons] dLoss/dspikes */
+    const uint8_t *fired;  /* [steps, neurons] bool spikes */
+    const void *scale;     /* [neurons] factor at a spike */
+    const void *carry;     /* [neurons] delta of the step after the chunk */
+    void *grad_current;    /* [steps, neurons] dLoss/dcurrent */
+    /* pack_spikes (steps = 1) */
+    const void *x;         /* [neurons] values, -c, 0 or c if spikes */
+    double c;
+    int8_t *codes;         /* [neurons] x / c */
+    int other_values;      /* out: x holds a value other than -c, 0, c */
+} Args;
+
+/* u = m + I; spike where u > threshold; m = 0 where it spiked, else leak * u. */
+#define DEFINE_LIF_SCAN(NAME, T)                                                           \
+    static void NAME(Args *a) {                                                            \
+        const T threshold = (T)a->threshold, leak = (T)a->leak;                           \
+        const int64_t steps = a->steps, neurons = a->neurons, end = a->end;                \
+        for (int64_t b0 = a->begin; b0 < end; b0 += BLOCK) {                                \
+            const int64_t len = MIN(BLOCK, end - b0);                                      \
+            T *restrict m = (T *)a->membrane + b0;                                          \
+            for (int64_t t = 0; t < steps; ++t) {                                           \
+                T *restrict x = (T *)a->values + t * neurons + b0;                          \
+                for (int64_t i = 0; i < len; ++i) {                                         \
+                    const T u = m[i] + x[i];                                                \
+                    x[i] = u > threshold ? (T)1 : (T)0;                                     \
+                    m[i] = u > threshold ? (T)0 : u * leak;                                 \
+                }                                                                           \
+                if (a->spikes) {                                                            \
+                    uint8_t *restrict s = a->spikes + t * neurons + b0;                     \
+                    for (int64_t i = 0; i < len; ++i) s[i] = x[i] != (T)0;                  \
+                }                                                                           \
+                if (a->trace) {                                                             \
+                    T *restrict trace = (T *)a->trace + b0;                                 \
+                    T *restrict count = (T *)a->count + b0;                                 \
+                    for (int64_t i = 0; i < len; ++i) {                                     \
+                        trace[i] = trace[i] * leak + x[i];                                  \
+                        count[i] = count[i] + x[i];                                         \
+                    }                                                                       \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* Backwards in time: delta_t = scale * g_t where the neuron spiked, else delta_{t+1}. */
+#define DEFINE_GRADIENT_SCAN(NAME, T)                                                      \
+    static void NAME(Args *a) {                                                            \
+        int32_t spiked[BLOCK];                                                              \
+        const int64_t steps = a->steps, neurons = a->neurons, end = a->end;                \
+        for (int64_t b0 = a->begin; b0 < end; b0 += BLOCK) {                                \
+            const int64_t len = MIN(BLOCK, end - b0);                                      \
+            const T *restrict scale = (const T *)a->scale + b0;                             \
+            for (int64_t t = steps - 1; t >= 0; --t) {                                      \
+                const int64_t at = t * neurons + b0;                                        \
+                const T *restrict g = (const T *)a->grad + at;                              \
+                const uint8_t *restrict s = a->fired + at;                                  \
+                T *restrict out = (T *)a->grad_current + at;                                \
+                const T *restrict next = t == steps - 1 ? (const T *)a->carry + b0          \
+                                                        : out + neurons;                    \
+                for (int64_t i = 0; i < len; ++i) spiked[i] = s[i];                         \
+                for (int64_t i = 0; i < len; ++i) {                                         \
+                    const T scaled = g[i] * scale[i], waiting = next[i];                    \
+                    out[i] = spiked[i] ? scaled : waiting;                                  \
+                }                                                                           \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* codes = x / c for x in {-c, 0, c}, c > 0; flags any other value. */
+#define DEFINE_PACK_SPIKES(NAME, T)                                                        \
+    static void NAME(Args *a) {                                                            \
+        const T c = (T)a->c;                                                                \
+        const T *restrict x = (const T *)a->x;                                              \
+        int8_t *restrict codes = a->codes;                                                  \
+        const int64_t end = a->end;                                                         \
+        int other = 0;                                                                      \
+        for (int64_t i = a->begin; i < end; ++i) {                                          \
+            const int8_t code = (int8_t)((x[i] == c) - (x[i] == -c));                       \
+            codes[i] = code;                                                                \
+            other |= (code == 0) & (x[i] != (T)0);                                          \
+        }                                                                                   \
+        a->other_values = other;                                                            \
+    }                                                                                       \
+    static double NAME##_magnitude(const void *values, int64_t n) {                         \
+        const T *x = (const T *)values;                                                     \
+        for (int64_t i = 0; i < n; ++i)                                                     \
+            if (x[i] != (T)0) return fabs((double)x[i]);                                    \
+        return 0.0;                                                                         \
+    }
+
+DEFINE_LIF_SCAN(lif_scan_f32, float)
+DEFINE_LIF_SCAN(lif_scan_f64, double)
+DEFINE_GRADIENT_SCAN(gradient_scan_f32, float)
+DEFINE_GRADIENT_SCAN(gradient_scan_f64, double)
+DEFINE_PACK_SPIKES(pack_spikes_f32, float)
+DEFINE_PACK_SPIKES(pack_spikes_f64, double)
+
+/* Split the neurons into `threads` contiguous ranges, one per OpenMP thread (the runtime
+ * PyTorch has loaded, so its thread pool is shared, not competed with); return whether any
+ * range found other values (pack_spikes). */
+static int run_parallel(void (*kernel)(Args *), Args args, int threads) {
+    int other_values = 0;
+    threads = threads < 1 ? 1 : threads;
+#pragma omp parallel for num_threads(threads) reduction(| : other_values)
+    for (int k = 0; k < threads; ++k) {
+        Args range = args;
+        range.begin = args.neurons * k / threads;
+        range.end = args.neurons * (k + 1) / threads;
+        kernel(&range);
+        other_values |= range.other_values;
+    }
+    return other_values;
+}
+
+void lif_scan(int is_double, void *values, uint8_t *spikes, void *membrane, void *trace,
+              void *count, int64_t steps, int64_t neurons, double threshold, double leak,
+              int threads) {
+    Args a = {.steps = steps, .neurons = neurons, .values = values, .spikes = spikes,
+              .membrane = membrane, .trace = trace, .count = count, .threshold = threshold,
+              .leak = leak};
+    run_parallel(is_double ? lif_scan_f64 : lif_scan_f32, a, threads);
+}
+
+void gradient_scan(int is_double, const void *grad, const uint8_t *fired, const void *scale,
+                   const void *carry, void *grad_current, int64_t steps, int64_t neurons,
+                   int threads) {
+    Args a = {.steps = steps, .neurons = neurons, .grad = grad, .fired = fired, .scale = scale,
+              .carry = carry, .grad_current = grad_current};
+    run_parallel(is_double ? gradient_scan_f64 : gradient_scan_f32, a, threads);
+}
+
+/* 1 if x holds only -c, 0 and c for one finite c >= 0 (the magnitude of its first nonzero),
+ * with the codes x / c written and c stored in *scale; else 0. */
+int pack_spikes(int is_double, const void *x, int8_t *codes, int64_t n, int threads,
+                double *scale) {
+    const double c = is_double ? pack_spikes_f64_magnitude(x, n) : pack_spikes_f32_magnitude(x, n);
+    *scale = c;
+    if (!isfinite(c)) return 0;
+    if (c == 0.0) {
+        memset(codes, 0, (size_t)n);
+        return 1;
+    }
+    Args a = {.steps = 1, .neurons = n, .x = x, .c = c, .codes = codes};
+    return !run_parallel(is_double ? pack_spikes_f64 : pack_spikes_f32, a, threads);
+}

@@ -1,0 +1,170 @@
+"""The fused CPU kernels give the PyTorch loops' bits: neuron scans, spike packing, whole models.
+
+Each comparison runs the same call with the kernels on and off (``cpu_kernels.set_enabled``).
+"""
+import contextlib
+import warnings
+
+import pytest
+import torch
+from test_parity import build, input_spikes
+
+from spiking import cpu_kernels
+from spiking import functional as SF
+from spiking.synapses import compact_spikes, expand_spikes
+
+pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
+                                reason="no C compiler: the fused CPU kernels cannot be built")
+
+DTYPES = [torch.float32, torch.float64]
+
+
+@contextlib.contextmanager
+def kernels(enabled: bool):
+    cpu_kernels.set_enabled(enabled)
+    try:
+        yield
+    finally:
+        cpu_kernels.set_enabled(True)
+
+
+def both(fn):
+    """``fn()`` with the fused kernels, then with the PyTorch loops."""
+    with kernels(True):
+        fused = fn()
+    with kernels(False):
+        loops = fn()
+    return fused, loops
+
+
+def assert_identical(fused, loops):
+    for a, b in zip(fused, loops, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b)
+
+
+# 3 steps of 5 x 7001 neurons: several blocks of 1024 and a ragged end; 4 x 40000 neuron-steps
+# go to two threads.
+SHAPES = [(3, 5, 7001), (4, 40000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_lif_scan_with_membrane_and_spike_sums(dtype, shape):
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(0)
+    current = torch.rand(shape, generator=gen, dtype=dtype) * 0.8
+    current[1, ..., ::7] = 1.0 - current[0, ..., ::7]  # u exactly at the threshold: no spike
+    start = torch.rand(shape[1:], generator=gen, dtype=dtype) * 0.5
+
+    def run():
+        membrane, trace, count = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
+        spikes = torch.empty(shape, dtype=torch.bool)
+        out = SF.lif_scan(current, 1.0, 0.97, membrane=membrane, spikes_out=spikes,
+                          spike_sums=(trace, count))
+        return out, spikes, membrane, trace, count
+
+    fused, loops = both(run)
+    assert_identical(fused, loops)
+    assert 0 < fused[1].sum() < fused[1].numel() and torch.equal(fused[1], fused[0].bool())
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+def test_lif_scan_writes_where_asked(inplace):
+    current = torch.rand(4, 3, 50, dtype=torch.float64)
+
+    def run():
+        x = current.clone()
+        out = SF.lif_scan(x, 0.6, 1.0, out=x if inplace else None)
+        assert (out.data_ptr() == x.data_ptr()) == inplace
+        assert inplace or torch.equal(x, current)
+        return (out,)
+
+    assert_identical(*both(run))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", ["neurons", "number", "none"])
+def test_gradient_scan(dtype, shape, scale):
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(1)
+    grad = torch.randn(shape, generator=gen, dtype=dtype)
+    spikes = torch.rand(shape, generator=gen) < 0.3
+    carry = torch.randn(shape[1:], generator=gen, dtype=dtype)
+    factor = {"neurons": torch.rand(shape[1:], generator=gen, dtype=dtype) + 0.5,
+              "number": 0.25, "none": None}[scale]
+    fused, loops = both(lambda: (SF.spike_gradient_scan(grad, spikes, factor, carry),
+                                 SF.spike_gradient_scan(grad, spikes, factor)))
+    assert_identical(fused, loops)
+    silent = ~spikes.any(0)
+    assert torch.equal(fused[0][:, silent], carry[silent].expand(shape[0], -1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("values", "packs"), [
+    ((-1.0, 1.0), True), ((1.25,), True), ((-0.5,), True), ((), True),
+    ((0.5, 1.0), False), ((1.0, -2.0), False), ((1.0, float("nan")), False),
+    ((float("inf"),), False)])
+def test_pack_spikes(dtype, values, packs):
+    gen = torch.Generator().manual_seed(2)
+    x = torch.zeros(6, 3, 9000, dtype=dtype)
+    for value in values:
+        x[torch.rand(x.shape, generator=gen) < 0.1] = value
+    fused, loops = both(lambda: compact_spikes(x))
+    if packs:
+        assert fused[0].dtype == torch.int8 and torch.equal(fused[0], loops[0])
+        assert torch.equal(fused[1], loops[1]) and fused[1].dtype == dtype
+        assert torch.equal(expand_spikes(*fused, dtype), x)
+    else:
+        assert fused[1] is None and loops[1] is None and fused[0] is x
+
+
+def test_layouts_and_dtypes_the_kernels_do_not_take_use_the_loops():
+    x = torch.rand(4, 6, 5, dtype=torch.float64)
+    assert cpu_kernels.usable(x, x[0])
+    assert not cpu_kernels.usable(x.transpose(1, 2))
+    assert not cpu_kernels.usable(x.half())
+    assert not cpu_kernels.usable(x, x[0].float())  # two float dtypes
+    spikes = SF.lif_scan(x.transpose(1, 2), 0.5, 0.9)
+    with kernels(False):
+        assert torch.equal(spikes, SF.lif_scan(x.transpose(1, 2).contiguous(), 0.5, 0.9))
+
+
+def test_without_a_compiler_the_loops_run_with_a_warning(monkeypatch, tmp_path):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SPIKING_KERNEL_CACHE", str(tmp_path / "cache"))
+    cpu_kernels._library.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="could not build the fused CPU scan kernels"):
+            assert not cpu_kernels.available()
+        current = torch.rand(3, 4, dtype=torch.float64)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # warned once, not at every call
+            spikes = SF.lif_scan(current, 0.5, 0.9)
+        assert not list((tmp_path / "cache").glob("*.so"))
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._library.cache_clear()
+    assert cpu_kernels.available()
+    assert torch.equal(spikes, SF.lif_scan(current, 0.5, 0.9))
+
+
+@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
+def test_models_train_identically_with_and_without_the_kernels(arch):
+    # float32, as the networks train: same outputs and weight gradients, bit for bit.
+    model, gen = build(arch, seed=3)
+    model = model.float()
+    model.time_chunk = 2
+    spikes = input_spikes(arch, gen).float()
+
+    def step():
+        torch.manual_seed(4)  # the same dropout masks
+        model.zero_grad()
+        out = model(spikes)
+        out.square().sum().backward()
+        return [out.detach()] + [p.grad.clone() for p in model.parameters()]
+
+    fused, loops = both(step)
+    assert fused[0].abs().sum() > 0 and all(g.abs().sum() > 0 for g in fused[1:])
+    assert_identical(fused, loops)
