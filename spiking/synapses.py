@@ -39,9 +39,9 @@ def compact_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
 
 
 def expand_spikes(packed: Tensor, scale: Tensor | None, dtype: torch.dtype) -> Tensor:
-    """Inverse of :func:`compact_spikes`."""
+    """Inverse of :func:`compact_spikes`, in ``dtype``."""
     if scale is None:
-        return packed
+        return packed.to(dtype)
     return packed.to(dtype) if scale == 1 else torch.mul(packed, scale.to(dtype))
 
 
@@ -55,7 +55,7 @@ class _SpikeInputConv2d(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             ctx.packed_input = compact_spikes(spikes)
         ctx.save_for_backward(weight)
-        current = F.conv2d(spikes.flatten(0, 1), weight, None, stride, padding)
+        current = F.conv2d(spikes.flatten(0, 1).to(weight.dtype), weight, None, stride, padding)
         # detach() drops the view relation to the folded result: autograd forbids in-place
         # writes to views made inside a custom Function, and the LIF neuron writes its spikes
         # over this current.
@@ -83,7 +83,7 @@ class _SpikeInputLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             ctx.packed_input = compact_spikes(x)
         ctx.save_for_backward(weight)
-        return F.linear(x, weight)
+        return F.linear(x.to(weight.dtype), weight)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
@@ -96,14 +96,14 @@ class _SpikeInputLinear(torch.autograd.Function):
         return grad_x, grad_w
 
 
-def _autocast_operands(spikes: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
-    """Under autocast, cast both operands to its dtype (spikes are exact in bf16 and fp16), so
-    the custom backward sees one dtype; the weight's cast carries its gradient back to float32."""
+def _autocast_weight(spikes: Tensor, weight: Tensor) -> Tensor:
+    """Under autocast, the weight in its dtype; its cast carries the gradient back to float32.
+    The spikes are cast inside the layer's Function (exactly: they are -c, 0 or c), after
+    being packed from their float32 values."""
     device = spikes.device.type
     if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        return spikes.to(dtype), weight.to(dtype)
-    return spikes, weight
+        return weight.to(torch.get_autocast_dtype(device))
+    return weight
 
 
 class SpikingConv2d(nn.Conv2d):
@@ -117,10 +117,11 @@ class SpikingConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        spikes, weight = _autocast_operands(spikes, self.weight)
+        weight = _autocast_weight(spikes, self.weight)
         if _needs_graph(spikes, weight):
             return _SpikeInputConv2d.apply(spikes, weight, self.stride, self.padding)
-        current = F.conv2d(spikes.flatten(0, 1), weight, None, self.stride, self.padding)
+        current = F.conv2d(spikes.flatten(0, 1).to(weight.dtype), weight, None, self.stride,
+                           self.padding)
         return current.unflatten(0, spikes.shape[:2])
 
 
@@ -131,10 +132,10 @@ class SpikingLinear(nn.Linear):
         super().__init__(in_features, out_features, bias=False)
 
     def forward(self, spikes: Tensor) -> Tensor:
-        spikes, weight = _autocast_operands(spikes, self.weight)
+        weight = _autocast_weight(spikes, self.weight)
         if _needs_graph(spikes, weight):
             return _SpikeInputLinear.apply(spikes, weight)
-        return F.linear(spikes, weight)
+        return F.linear(spikes.to(weight.dtype), weight)
 
 
 class TimeFolded(nn.Module):
