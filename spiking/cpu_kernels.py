@@ -16,6 +16,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import subprocess
 import tempfile
 import warnings
@@ -27,8 +28,10 @@ from torch import Tensor
 __all__ = ["available", "gradient_scan", "lif_scan", "pack_spikes", "set_enabled", "usable"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "scans.c"
-_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-fopenmp", "-ffp-contract=off",
-          "-fno-trapping-math"]
+_FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
+# OpenMP shares the thread pool of the runtime PyTorch has loaded; a compiler without it (Apple
+# clang) builds single-threaded kernels.
+_FLAG_SETS = ([*_FLAGS, "-fopenmp"], _FLAGS)
 # A thread gets at least this many neuron-steps (starting one costs about as much as a scan
 # of 10^4 of them) and this many neurons (a block of the kernels).
 _WORK_PER_THREAD = 65536
@@ -42,28 +45,38 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SPIKING_KERNEL_CACHE", default))
 
 
-def _compile(target: Path) -> None:
+def _compile(flags: list[str], target: Path) -> None:
     """Build the library into ``target`` atomically: processes that compile at once (DDP ranks)
     each write their own temporary file, and a reader never sees a partial library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     compiler = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory(dir=target.parent) as build:
         partial = Path(build) / target.name
-        subprocess.run([compiler, *_FLAGS, str(_SOURCE), "-o", str(partial)], check=True,
+        subprocess.run([compiler, *flags, str(_SOURCE), "-o", str(partial)], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
+
+
+def _build() -> Path:
+    """The cached library, built first if needed, with the first flag set that compiles."""
+    failures: list[Exception] = []
+    for flags in _FLAG_SETS:
+        key = f"{_SOURCE.read_text()}{flags}{platform.machine()}".encode()
+        target = _cache_dir() / f"scans-{hashlib.sha256(key).hexdigest()[:16]}.so"
+        try:
+            if not target.exists():
+                _compile(flags, target)
+            return target
+        except (OSError, subprocess.SubprocessError) as error:
+            failures.append(error)
+    raise failures[0]
 
 
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     """The compiled kernels, or None (with one warning) when they cannot be built."""
-    source = _SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    target = _cache_dir() / f"scans-{key}.so"
     try:
-        if not target.exists():
-            _compile(target)
-        library = ctypes.CDLL(str(target))
+        library = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
         warnings.warn(f"spiking: could not build the fused CPU scan kernels ({detail}); "
@@ -107,6 +120,17 @@ def _pointer(tensor: Tensor | None) -> int | None:
     return None if tensor is None else tensor.data_ptr()
 
 
+def _check(tensor: Tensor | None, shape: torch.Size, name: str,
+           dtype: torch.dtype | None = None) -> None:
+    """The C code trusts its arguments: anything else would read or write past a buffer."""
+    if tensor is None:
+        return
+    if tensor.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    if dtype is not None and tensor.dtype != dtype:
+        raise ValueError(f"{name} has dtype {tensor.dtype}, expected {dtype}")
+
+
 def _threads(steps: int, neurons: int) -> int:
     return max(1, min(torch.get_num_threads(), steps * neurons // _WORK_PER_THREAD,
                       neurons // _NEURONS_PER_THREAD))
@@ -121,6 +145,12 @@ def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
     updated; ``spikes_out`` (bool ``[T, B, ...]``) receives the spikes too. Check :func:`usable`
     first."""
     steps, neurons = values.shape[0], membrane.numel()
+    _check(membrane, values.shape[1:], "membrane")
+    _check(spikes_out, values.shape, "spikes_out", torch.bool)
+    _check(trace, membrane.shape, "trace")
+    _check(count, membrane.shape, "count")
+    if (trace is None) != (count is None):
+        raise ValueError("trace and count go together")
     _library().lif_scan(values.dtype == torch.float64, _pointer(values), _pointer(spikes_out),
                         _pointer(membrane), _pointer(trace), _pointer(count), steps, neurons,
                         threshold, leak, _threads(steps, neurons))
@@ -131,6 +161,9 @@ def gradient_scan(grad: Tensor, spikes: Tensor, scale: Tensor, carry: Tensor) ->
     """The loop of :func:`spiking.functional.spike_gradient_scan` with a ``[B, ...]`` scale and
     carry; returns the new ``[T, B, ...]`` gradient of the currents. Check :func:`usable`
     first."""
+    _check(spikes, grad.shape, "spikes", torch.bool)
+    _check(scale, grad.shape[1:], "scale")
+    _check(carry, grad.shape[1:], "carry")
     out = torch.empty_like(grad)
     steps, neurons = grad.shape[0], carry.numel()
     _library().gradient_scan(grad.dtype == torch.float64, _pointer(grad), _pointer(spikes),

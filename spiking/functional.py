@@ -107,7 +107,8 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
     """
     membrane = torch.zeros_like(current[0]) if membrane is None else membrane
     trace, count = (None, None) if spike_sums is None else spike_sums
-    if membrane_out is None and cpu_kernels.usable(current, membrane, out, spikes_out, trace):
+    if membrane_out is None and cpu_kernels.usable(current, membrane, out, spikes_out, trace,
+                                                   count):
         if out is None:
             out = current.clone()
         elif out is not current:
@@ -182,12 +183,14 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
     Returns:
         ``dLoss/dI_t``, ``[T, B, ...]``; its step 0 is the carry for the chunk before.
     """
-    if cpu_kernels.usable(grad_spikes, spikes, carry, *([scale] if isinstance(scale, Tensor) else [])):
+    per_neuron = scale if isinstance(scale, Tensor) else None
+    if cpu_kernels.usable(grad_spikes, spikes, carry, per_neuron):
         step = grad_spikes[0]
-        if not isinstance(scale, Tensor):
-            scale = torch.full_like(step, 1.0 if scale is None else scale)
+        if per_neuron is None:
+            per_neuron = torch.full_like(step, 1.0 if scale is None else scale)
         carry = torch.zeros_like(step) if carry is None else carry
-        return cpu_kernels.gradient_scan(grad_spikes, spikes, scale.expand_as(step).contiguous(), carry)
+        per_neuron = per_neuron.expand_as(step).contiguous()
+        return cpu_kernels.gradient_scan(grad_spikes, spikes, per_neuron, carry)
     grad_current = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype,
                                device=grad_spikes.device)
     delta = torch.zeros_like(grad_current[0]) if carry is None else carry

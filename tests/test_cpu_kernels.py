@@ -131,6 +131,16 @@ def test_layouts_and_dtypes_the_kernels_do_not_take_use_the_loops():
         assert torch.equal(spikes, SF.lif_scan(x.transpose(1, 2).contiguous(), 0.5, 0.9))
 
 
+def test_arguments_that_would_overrun_a_buffer_are_refused():
+    current = torch.rand(3, 4, 5)
+    with pytest.raises(ValueError, match="membrane has shape"):
+        SF.lif_scan(current, 0.5, 0.9, membrane=torch.zeros(4, 6))
+    with pytest.raises(ValueError, match="spikes has dtype"):
+        SF.spike_gradient_scan(current, (current > 0.5).float(), None, torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="carry has shape"):
+        SF.spike_gradient_scan(current, current > 0.5, None, torch.zeros(5))
+
+
 def test_without_a_compiler_the_loops_run_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("SPIKING_KERNEL_CACHE", str(tmp_path / "cache"))
@@ -148,6 +158,28 @@ def test_without_a_compiler_the_loops_run_with_a_warning(monkeypatch, tmp_path):
         cpu_kernels._library.cache_clear()
     assert cpu_kernels.available()
     assert torch.equal(spikes, SF.lif_scan(current, 0.5, 0.9))
+
+
+def test_a_compiler_without_openmp_builds_single_threaded_kernels(monkeypatch, tmp_path):
+    compiler = tmp_path / "cc-without-openmp"
+    compiler.write_text('#!/bin/sh\ncase " $* " in *" -fopenmp "*) exit 1;; esac\nexec cc "$@"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+    monkeypatch.setenv("SPIKING_KERNEL_CACHE", str(tmp_path / "cache"))
+    cpu_kernels._library.cache_clear()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert cpu_kernels.available()
+        assert len(list((tmp_path / "cache").glob("*.so"))) == 1
+        torch.set_num_threads(2)
+        shape = SHAPES[1]
+        current = torch.rand(shape, dtype=torch.float64)
+        fused, loops = both(lambda: (SF.lif_scan(current, 0.7, 0.9),))
+        assert_identical(fused, loops)
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._library.cache_clear()
 
 
 @pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
