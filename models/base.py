@@ -30,21 +30,6 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> SpikingConv
     return SpikingConv2d(in_channels, out_channels, 3, stride=stride, padding=1)
 
 
-# Images per chunk of time steps on the CPU: small enough that a layer's currents stay in cache
-# (measured in benchmarks/README.md), large enough to keep the per-chunk overhead small.
-CPU_CHUNK_IMAGES = 64
-
-
-def default_time_chunk(spikes: Tensor) -> int:
-    """Time steps per chunk for ``spikes`` ``[T, B, ...]``: about :data:`CPU_CHUNK_IMAGES`
-    images on the CPU; all T on other devices, where kernel launches rather than memory traffic
-    bound the step."""
-    time_steps, batch = spikes.shape[:2]
-    if spikes.device.type != "cpu":
-        return time_steps
-    return max(1, min(time_steps, CPU_CHUNK_IMAGES // batch))
-
-
 class SpikingNetwork(nn.Module):
     """Base class: ``forward(spikes [T, B, C, H, W]) -> output [B, num_classes]``.
 
@@ -61,10 +46,14 @@ class SpikingNetwork(nn.Module):
         leak, threshold: of every hidden LIF neuron (and the output integrator).
         pool_threshold: of every pooling neuron.
         dropout: p of the dropout after every hidden LIF layer (0 = none).
-        time_chunk: time steps per chunk; None chooses :func:`default_time_chunk`.
+        time_chunk: time steps per chunk; None chooses :meth:`default_time_chunk`.
     """
 
     init_gain: float = 2.0
+    # Images per chunk of time steps on the CPU: few enough that a layer's currents stay in
+    # the caches, enough to keep the convolutions efficient and the per-chunk overhead small
+    # (measured per network in benchmarks/README.md).
+    cpu_chunk_images: int = 64
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, leak: float,
                  threshold: float, pool_threshold: float, dropout: float) -> None:
@@ -81,9 +70,18 @@ class SpikingNetwork(nn.Module):
         """``[T', B, C, H, W]`` input spikes -> output-layer current ``[T', B, num_classes]``."""
         raise NotImplementedError
 
+    def default_time_chunk(self, spikes: Tensor) -> int:
+        """Time steps per chunk for ``spikes`` ``[T, B, ...]``: about :attr:`cpu_chunk_images`
+        images on the CPU; all T on other devices, where kernel launches rather than memory
+        traffic bound the step."""
+        time_steps, batch = spikes.shape[:2]
+        if spikes.device.type != "cpu":
+            return time_steps
+        return max(1, min(time_steps, self.cpu_chunk_images // batch))
+
     def forward(self, spikes: Tensor) -> Tensor:
         """``[T, B, C, H, W]`` input spikes -> ``[B, num_classes]``."""
-        chunk = self.time_chunk or default_time_chunk(spikes)
+        chunk = self.time_chunk or self.default_time_chunk(spikes)
         if chunk < 1:
             raise ValueError(f"time_chunk must be a positive number of steps, got {chunk}")
         reset_states(self)

@@ -23,6 +23,7 @@ class LeNet(SpikingNetwork):
     """
 
     init_gain = 2.0
+    cpu_chunk_images = 128  # its layers are small: 4 steps at batch 32 beat 2 by 8 %
 
     def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
                  pool_threshold: float = 0.75, width: float = 1.0,

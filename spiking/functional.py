@@ -308,6 +308,13 @@ def if_neuron(current: Tensor, threshold: float = 0.75, state: NeuronState | Non
     return _run_neuron(current, threshold, 1.0, False, state, leak_corrected=False)
 
 
+def _average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
+    """``[T, B, C, H, W]`` -> ``[T, B, C, H // k, W // k]``: the window means of each image."""
+    if cpu_kernels.usable(spikes):
+        return cpu_kernels.avg_pool(spikes, kernel_size)
+    return F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+
+
 class _PoolingNeuron(torch.autograd.Function):
     """Average pooling of spikes into non-leaky IF neurons, with a fused backward.
 
@@ -317,7 +324,7 @@ class _PoolingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes: Tensor, membrane: Tensor, threshold: float,
                 kernel_size: int) -> tuple[Tensor, Tensor]:
-        current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+        current = _average_pool(spikes, kernel_size)
         out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
                                                     inplace=True)
         ctx.save_for_backward(pooled)
@@ -357,7 +364,7 @@ def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2
     spikes = _float32_under_autocast(spikes)
     state = NeuronState() if state is None else state
     if not _needs_graph(spikes, state.membrane):
-        current = F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+        current = _average_pool(spikes, kernel_size)
         membrane = state.start(current.shape[1:], current)
         out = lif_scan(current, threshold, 1.0, membrane=membrane, out=current)
     else:

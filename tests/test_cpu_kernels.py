@@ -120,6 +120,18 @@ def test_pack_spikes(dtype, values, packs):
         assert fused[1] is None and loops[1] is None and fused[0] is x
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "kernel_size"), [((3, 4, 20, 24, 24), 2), ((2, 3, 5, 13, 11), 2),
+                                                    ((2, 1, 4, 9, 10), 3)])
+def test_average_pool_equals_torch(dtype, shape, kernel_size):
+    # Any values, not only spikes: the same sums in the same order as F.avg_pool2d.
+    torch.set_num_threads(2)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5), dtype=dtype)
+    fused = cpu_kernels.avg_pool(x, kernel_size)
+    expected = torch.nn.functional.avg_pool2d(x.flatten(0, 1), kernel_size)
+    assert torch.equal(fused, expected.unflatten(0, shape[:2]))
+
+
 def test_layouts_and_dtypes_the_kernels_do_not_take_use_the_loops():
     x = torch.rand(4, 6, 5, dtype=torch.float64)
     assert cpu_kernels.usable(x, x[0])

@@ -87,3 +87,12 @@ def test_autocast_runs_synapses_in_bf16_and_scans_in_float32():
     assert seen == [(torch.bfloat16, torch.float32)] and out.dtype == torch.float32
     out.square().sum().backward()
     assert all(p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_default_time_chunk_holds_about_cpu_chunk_images_images():
+    lenet, vgg = models.get_model("lenet", width=0.1), models.get_model("vgg9", width=0.05)
+    assert (lenet.cpu_chunk_images, vgg.cpu_chunk_images) == (128, 64)
+    assert lenet.default_time_chunk(torch.zeros(100, 32, 1)) == 4
+    assert vgg.default_time_chunk(torch.zeros(100, 16, 1)) == 4
+    assert vgg.default_time_chunk(torch.zeros(3, 16, 1)) == 3  # never more than T
+    assert vgg.default_time_chunk(torch.zeros(100, 256, 1)) == 1  # at least one step

@@ -135,8 +135,8 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
     ours.add_argument("--time-chunk", metavar="STEPS", type=integer("time chunk", at_least_0),
                       default=defaults.time_chunk,
                       help=shown("time steps the network runs at once; 0 = about 64 images' "
-                                 "worth on the CPU, all T on a GPU (speed and memory only: the "
-                                 "results are the same)"))
+                                 "worth on the CPU (128 for LeNet), all T on a GPU (speed and "
+                                 "memory only: the results are the same)"))
     ours.add_argument("--deterministic", action="store_true", default=defaults.deterministic,
                       help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
     if defaults.dataset == "svhn":

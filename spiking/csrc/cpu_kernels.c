@@ -1,14 +1,16 @@
-/* Fused CPU kernels for spiking/functional.py (the neuron scans) and spiking/synapses.py (the
- * packing of a synapse's input spikes).
+/* Fused CPU kernels for spiking/functional.py (the neuron scans, the pooling neuron's average
+ * pool) and spiking/synapses.py (the packing of a synapse's input spikes); loaded by
+ * spiking/cpu_kernels.py.
  *
  * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
  * memory. These kernels walk each block of neurons through all steps of a chunk while its
  * membrane (or delta) stays in the L1 cache: one read and one write of the [steps, neurons]
- * data. The packing checks and converts in one pass instead of five. Every value is computed
- * with the same float operations in the same order as the PyTorch code, so both give identical
- * bits (tests/test_cpu_kernels.py). Build flags: -ffp-contract=off keeps a*b+c from becoming a
- * fused multiply-add (different rounding); -fno-trapping-math lets the compiler turn the
- * selects into vector blends.
+ * data. The packing checks and converts in one pass instead of five; the average pool is
+ * PyTorch's loop (same summation order), vectorised. Every value is computed with the same float
+ * operations in the same order as the PyTorch code, so both give identical bits
+ * (tests/test_cpu_kernels.py). Build flags: -ffp-contract=off keeps a*b+c from becoming a fused
+ * multiply-add (different rounding); -fno-trapping-math lets the compiler turn the selects into
+ * vector blends.
  */
 #include <math.h>
 #include <stdint.h>
@@ -39,6 +41,10 @@ typedef struct {
     double c;
     int8_t *codes;         /* [neurons] x / c */
     int other_values;      /* out: x holds a value other than -c, 0, c */
+    /* avg_pool (neurons = planes) */
+    const void *image;     /* [planes, height, width] */
+    void *pooled;          /* [planes, height / k, width / k] */
+    int64_t height, width, k;
 } Args;
 
 /* u = m + I; spike where u > threshold; m = 0 where it spiked, else leak * u. */
@@ -118,12 +124,35 @@ typedef struct {
         return 0.0;                                                                         \
     }
 
+/* Mean of each k x k window (stride k, the last rows and columns dropped if H or W is not a
+ * multiple of k), summed row by row from 0 and divided by k * k, as PyTorch's avg_pool2d. */
+#define DEFINE_AVG_POOL(NAME, T)                                                           \
+    static void NAME(Args *a) {                                                            \
+        const int64_t k = a->k, width = a->width, rows = a->height / k, cols = width / k;  \
+        const T divisor = (T)(k * k);                                                       \
+        for (int64_t p = a->begin; p < a->end; ++p) {                                       \
+            const T *restrict image = (const T *)a->image + p * a->height * width;          \
+            for (int64_t r = 0; r < rows; ++r) {                                            \
+                T *restrict out = (T *)a->pooled + (p * rows + r) * cols;                   \
+                for (int64_t c = 0; c < cols; ++c) out[c] = (T)0;                           \
+                for (int64_t i = r * k; i < r * k + k; ++i) {                               \
+                    const T *restrict line = image + i * width;                             \
+                    for (int64_t c = 0; c < cols; ++c)                                      \
+                        for (int64_t j = 0; j < k; ++j) out[c] += line[c * k + j];          \
+                }                                                                           \
+                for (int64_t c = 0; c < cols; ++c) out[c] = out[c] / divisor;               \
+            }                                                                               \
+        }                                                                                   \
+    }
+
 DEFINE_LIF_SCAN(lif_scan_f32, float)
 DEFINE_LIF_SCAN(lif_scan_f64, double)
 DEFINE_GRADIENT_SCAN(gradient_scan_f32, float)
 DEFINE_GRADIENT_SCAN(gradient_scan_f64, double)
 DEFINE_PACK_SPIKES(pack_spikes_f32, float)
 DEFINE_PACK_SPIKES(pack_spikes_f64, double)
+DEFINE_AVG_POOL(avg_pool_f32, float)
+DEFINE_AVG_POOL(avg_pool_f64, double)
 
 /* Split the neurons into `threads` contiguous ranges, one per OpenMP thread (the runtime
  * PyTorch has loaded, so its thread pool is shared, not competed with); return whether any
@@ -172,4 +201,11 @@ int pack_spikes(int is_double, const void *x, int8_t *codes, int64_t n, int thre
     }
     Args a = {.steps = 1, .neurons = n, .x = x, .c = c, .codes = codes};
     return !run_parallel(is_double ? pack_spikes_f64 : pack_spikes_f32, a, threads);
+}
+
+void avg_pool(int is_double, const void *image, void *pooled, int64_t planes, int64_t height,
+              int64_t width, int64_t k, int threads) {
+    Args a = {.neurons = planes, .image = image, .pooled = pooled, .height = height,
+              .width = width, .k = k};
+    run_parallel(is_double ? avg_pool_f64 : avg_pool_f32, a, threads);
 }
