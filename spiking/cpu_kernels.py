@@ -4,7 +4,7 @@ spikes, compiled from ``csrc/cpu_kernels.c`` at first use.
 A PyTorch scan costs a few elementwise ops per time step, each a pass over the layer's
 neurons; the C kernels walk each block of neurons through all steps of a chunk in one pass,
 pack a synapse's input spikes in one pass instead of five, and average-pool three times as fast
-as ``F.avg_pool2d`` on this layout. They give identical bits (``tests/test_cpu_kernels.py``
+as ``F.avg_pool2d`` on this layout (the pool's gradient, spread back over its windows, 1.5x). They give identical bits (``tests/test_cpu_kernels.py``
 compares them with the PyTorch code). They
 need a C compiler (``$CC``, default ``cc``) the first time; the library is cached under
 ``$SPIKING_KERNEL_CACHE`` (default ``~/.cache/spiking-kernels``). Without a compiler, or with
@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "pack_spikes", "set_enabled",
-           "usable"]
+           "upsample", "usable"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
@@ -93,10 +93,10 @@ def _library() -> ctypes.CDLL | None:
     library.pack_spikes.argtypes = [ctypes.c_int, pointer, pointer, int64, ctypes.c_int,
                                     ctypes.POINTER(double)]
     library.lif_scan.restype = library.gradient_scan.restype = None
-    library.avg_pool.argtypes = [ctypes.c_int, pointer, pointer, int64, int64, int64, int64,
-                                 ctypes.c_int]
+    library.avg_pool.argtypes = library.upsample.argtypes = [
+        ctypes.c_int, pointer, pointer, int64, int64, int64, int64, ctypes.c_int]
     library.pack_spikes.restype = ctypes.c_int
-    library.avg_pool.restype = None
+    library.avg_pool.restype = library.upsample.restype = None
     return library
 
 
@@ -200,3 +200,17 @@ def avg_pool(x: Tensor, kernel_size: int) -> Tensor:
     _library().avg_pool(x.dtype == torch.float64, _pointer(x), _pointer(pooled), count, height,
                         width, kernel_size, _threads(1, x.numel()))
     return pooled
+
+
+def upsample(pooled: Tensor, kernel_size: int, height: int, width: int) -> Tensor:
+    """The gradient layout of :func:`avg_pool`: ``pooled`` ``[..., H // k, W // k]`` copied to
+    every pixel of its window in a new ``[..., height, width]``, zeros in the rows and columns
+    the pool dropped. Check :func:`usable` first."""
+    *planes, rows, cols = pooled.shape
+    if kernel_size < 1 or (rows, cols) != (height // kernel_size, width // kernel_size):
+        raise ValueError(f"cannot upsample {rows}x{cols} by {kernel_size} to {height}x{width}")
+    image = pooled.new_empty((*planes, height, width))
+    count = image[..., 0, 0].numel()
+    _library().upsample(pooled.dtype == torch.float64, _pointer(pooled), _pointer(image), count,
+                        height, width, kernel_size, _threads(1, image.numel()))
+    return image

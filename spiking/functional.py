@@ -338,6 +338,8 @@ class _PoolingNeuron(torch.autograd.Function):
         # Average pooling's gradient is nearest-neighbour upsampling divided by k*k; the division
         # rides along in the scan and the upsampling is one write, not autograd's fill + scatter.
         delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k), carry=grad_membrane)
+        if cpu_kernels.usable(delta):
+            return cpu_kernels.upsample(delta, k, *ctx.input_hw), delta[0], None, None
         *batch, height, width = delta.shape
         grad = delta[..., None, :, None].expand(*batch, height, k, width, k)
         grad = grad.reshape(*batch, height * k, width * k)

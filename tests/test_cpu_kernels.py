@@ -132,6 +132,29 @@ def test_average_pool_equals_torch(dtype, shape, kernel_size):
     assert torch.equal(fused, expected.unflatten(0, shape[:2]))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "kernel_size"), [((3, 4, 20, 24, 24), 2), ((2, 3, 5, 13, 11), 2),
+                                                    ((2, 1, 4, 9, 10), 3)])
+def test_pooling_neuron_gradient_equals_torch(dtype, shape, kernel_size):
+    # The backward's upsampling to the input's size, odd sizes zero-padded.
+    torch.set_num_threads(2)
+    gen = torch.Generator().manual_seed(6)
+    spikes = (torch.rand(shape, generator=gen) < 0.4).to(dtype)
+    pooled_shape = (*shape[:-2], shape[-2] // kernel_size, shape[-1] // kernel_size)
+    grad = torch.randn(pooled_shape, generator=gen, dtype=dtype)
+
+    def run():
+        leaf = spikes.clone().requires_grad_()
+        out = SF.pooling_neuron(leaf, 0.6, kernel_size)
+        out.backward(grad)
+        return out.detach(), leaf.grad
+
+    fused, loops = both(run)
+    assert_identical(fused, loops)
+    assert fused[1].abs().sum() > 0 and (fused[1][..., shape[-2] // kernel_size * kernel_size:, :]
+                                         == 0).all()
+
+
 def test_layouts_and_dtypes_the_kernels_do_not_take_use_the_loops():
     x = torch.rand(4, 6, 5, dtype=torch.float64)
     assert cpu_kernels.usable(x, x[0])

@@ -1,6 +1,6 @@
 /* Fused CPU kernels for spiking/functional.py (the neuron scans, the pooling neuron's average
- * pool) and spiking/synapses.py (the packing of a synapse's input spikes); loaded by
- * spiking/cpu_kernels.py.
+ * pool and its gradient) and spiking/synapses.py (the packing of a synapse's input spikes);
+ * loaded by spiking/cpu_kernels.py.
  *
  * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
  * memory. These kernels walk each block of neurons through all steps of a chunk while its
@@ -41,9 +41,10 @@ typedef struct {
     double c;
     int8_t *codes;         /* [neurons] x / c */
     int other_values;      /* out: x holds a value other than -c, 0, c */
-    /* avg_pool (neurons = planes) */
-    const void *image;     /* [planes, height, width] */
-    void *pooled;          /* [planes, height / k, width / k] */
+    /* avg_pool: [planes, height, width] -> [planes, height / k, width / k]; upsample: the
+     * reverse (neurons = planes) */
+    const void *from;
+    void *to;
     int64_t height, width, k;
 } Args;
 
@@ -131,9 +132,9 @@ typedef struct {
         const int64_t k = a->k, width = a->width, rows = a->height / k, cols = width / k;  \
         const T divisor = (T)(k * k);                                                       \
         for (int64_t p = a->begin; p < a->end; ++p) {                                       \
-            const T *restrict image = (const T *)a->image + p * a->height * width;          \
+            const T *restrict image = (const T *)a->from + p * a->height * width;          \
             for (int64_t r = 0; r < rows; ++r) {                                            \
-                T *restrict out = (T *)a->pooled + (p * rows + r) * cols;                   \
+                T *restrict out = (T *)a->to + (p * rows + r) * cols;                   \
                 for (int64_t c = 0; c < cols; ++c) out[c] = (T)0;                           \
                 for (int64_t i = r * k; i < r * k + k; ++i) {                               \
                     const T *restrict line = image + i * width;                             \
@@ -141,6 +142,28 @@ typedef struct {
                         for (int64_t j = 0; j < k; ++j) out[c] += line[c * k + j];          \
                 }                                                                           \
                 for (int64_t c = 0; c < cols; ++c) out[c] = out[c] / divisor;               \
+            }                                                                               \
+        }                                                                                   \
+    }
+
+/* The reverse: each pooled value to every pixel of its window, 0 to the dropped rows and
+ * columns (PyTorch: nearest-neighbour upsampling and padding). */
+#define DEFINE_UPSAMPLE(NAME, T)                                                           \
+    static void NAME(Args *a) {                                                            \
+        const int64_t k = a->k, height = a->height, width = a->width;                      \
+        const int64_t rows = height / k, cols = width / k;                                  \
+        for (int64_t p = a->begin; p < a->end; ++p) {                                       \
+            const T *restrict pooled = (const T *)a->from + p * rows * cols;              \
+            for (int64_t i = 0; i < height; ++i) {                                          \
+                T *restrict line = (T *)a->to + (p * height + i) * width;                \
+                int64_t j = 0;                                                              \
+                if (i < rows * k) {                                                         \
+                    const T *restrict source = pooled + (i / k) * cols;                     \
+                    for (int64_t c = 0; c < cols; ++c)                                      \
+                        for (int64_t jj = 0; jj < k; ++jj) line[c * k + jj] = source[c];    \
+                    j = cols * k;                                                           \
+                }                                                                           \
+                for (; j < width; ++j) line[j] = (T)0;                                      \
             }                                                                               \
         }                                                                                   \
     }
@@ -153,6 +176,8 @@ DEFINE_PACK_SPIKES(pack_spikes_f32, float)
 DEFINE_PACK_SPIKES(pack_spikes_f64, double)
 DEFINE_AVG_POOL(avg_pool_f32, float)
 DEFINE_AVG_POOL(avg_pool_f64, double)
+DEFINE_UPSAMPLE(upsample_f32, float)
+DEFINE_UPSAMPLE(upsample_f64, double)
 
 /* Split the neurons into `threads` contiguous ranges, one per OpenMP thread (the runtime
  * PyTorch has loaded, so its thread pool is shared, not competed with); return whether any
@@ -205,7 +230,14 @@ int pack_spikes(int is_double, const void *x, int8_t *codes, int64_t n, int thre
 
 void avg_pool(int is_double, const void *image, void *pooled, int64_t planes, int64_t height,
               int64_t width, int64_t k, int threads) {
-    Args a = {.neurons = planes, .image = image, .pooled = pooled, .height = height,
-              .width = width, .k = k};
+    Args a = {.neurons = planes, .from = image, .to = pooled, .height = height, .width = width,
+              .k = k};
     run_parallel(is_double ? avg_pool_f64 : avg_pool_f32, a, threads);
+}
+
+void upsample(int is_double, const void *pooled, void *image, int64_t planes, int64_t height,
+              int64_t width, int64_t k, int threads) {
+    Args a = {.neurons = planes, .from = pooled, .to = image, .height = height, .width = width,
+              .k = k};
+    run_parallel(is_double ? upsample_f64 : upsample_f32, a, threads);
 }
