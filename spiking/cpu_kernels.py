@@ -82,7 +82,8 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
         warnings.warn(f"spiking: could not build the fused CPU scan kernels ({detail}); "
-                      "using the PyTorch loops, which give the same results more slowly",
+                      "using the PyTorch loops, which give the same results more slowly (set CC "
+                      "to a C compiler, or SPIKING_KERNEL_CACHE to a writable folder)",
                       RuntimeWarning, stacklevel=3)
         return None
     pointer, int64, double = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double

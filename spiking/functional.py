@@ -171,7 +171,8 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
     Going backwards in time from ``delta_T = carry`` (0 at the end of the sequence):
     ``delta_t = scale * g_t`` where the neuron spiked, else ``delta_{t+1}``. The leak is
     straight-through and the reset cuts the path, so the current at step t is credited with the
-    gradient of that neuron's next spike.
+    gradient of that neuron's next spike. Contiguous float32/float64 CPU tensors go through the
+    fused kernel of :mod:`spiking.cpu_kernels` (same bits), others through a PyTorch loop.
 
     Args:
         grad_spikes: ``g_t = dLoss/ds_t``, ``[T, B, ...]``.
