@@ -54,8 +54,8 @@ def test_lif_scan_with_membrane_and_spike_sums(dtype, shape):
     torch.set_num_threads(2)
     gen = torch.Generator().manual_seed(0)
     current = torch.rand(shape, generator=gen, dtype=dtype) * 0.8
-    current[1, ..., ::7] = 1.0 - current[0, ..., ::7]  # u exactly at the threshold: no spike
     start = torch.rand(shape[1:], generator=gen, dtype=dtype) * 0.5
+    start[..., ::7], current[0, ..., ::7] = 0.0, 1.0  # u exactly at the threshold: no spike
 
     def run():
         membrane, trace, count = start.clone(), torch.zeros_like(start), torch.zeros_like(start)
@@ -67,6 +67,7 @@ def test_lif_scan_with_membrane_and_spike_sums(dtype, shape):
     fused, loops = both(run)
     assert_identical(fused, loops)
     assert 0 < fused[1].sum() < fused[1].numel() and torch.equal(fused[1], fused[0].bool())
+    assert not fused[1][0, ..., ::7].any()
 
 
 @pytest.mark.parametrize("inplace", [False, True])
