@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -197,9 +198,8 @@ def avg_pool(x: Tensor, kernel_size: int) -> Tensor:
         raise ValueError(f"kernel_size must be at least 1, got {kernel_size}")
     *planes, height, width = x.shape
     pooled = x.new_empty((*planes, height // kernel_size, width // kernel_size))
-    count = pooled[..., 0, 0].numel()
-    _library().avg_pool(x.dtype == torch.float64, _pointer(x), _pointer(pooled), count, height,
-                        width, kernel_size, _threads(1, x.numel()))
+    _library().avg_pool(x.dtype == torch.float64, _pointer(x), _pointer(pooled),
+                        math.prod(planes), height, width, kernel_size, _threads(1, x.numel()))
     return pooled
 
 
@@ -211,7 +211,6 @@ def upsample(pooled: Tensor, kernel_size: int, height: int, width: int) -> Tenso
     if kernel_size < 1 or (rows, cols) != (height // kernel_size, width // kernel_size):
         raise ValueError(f"cannot upsample {rows}x{cols} by {kernel_size} to {height}x{width}")
     image = pooled.new_empty((*planes, height, width))
-    count = image[..., 0, 0].numel()
-    _library().upsample(pooled.dtype == torch.float64, _pointer(pooled), _pointer(image), count,
-                        height, width, kernel_size, _threads(1, image.numel()))
+    _library().upsample(pooled.dtype == torch.float64, _pointer(pooled), _pointer(image),
+                        math.prod(planes), height, width, kernel_size, _threads(1, image.numel()))
     return image
