@@ -46,7 +46,7 @@ for _path in (ROOT, ROOT / "tests"):
 
 import models  # noqa: E402
 from oracle import ARCHS, oracle_forward  # noqa: E402
-from spiking import PoissonEncoder, cpu_kernels  # noqa: E402
+from spiking import PoissonEncoder, backend  # noqa: E402
 
 __all__ = [
     "PHASES",
@@ -511,9 +511,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
         info["load"] = "1/5/15-min load average %.2f %.2f %.2f before the run" % os.getloadavg()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    else:
-        info["scans"] = ("fused CPU kernels (spiking.cpu_kernels)" if cpu_kernels.available()
-                         else "PyTorch loops (SPIKING_CPU_KERNELS=0, or no C compiler)")
+    info["backend"] = backend.describe(device)
     return info
 
 

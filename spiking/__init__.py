@@ -1,5 +1,6 @@
 """Spiking building blocks for spike-based BPTT (Lee et al. 2020), time-major ``[T, B, ...]``.
 
+- :mod:`spiking.backend`: the one place that chooses which implementation runs the layers.
 - :mod:`spiking.functional`: pure neuron dynamics and their custom approximate gradients.
 - :mod:`spiking.neurons`: LIF, pooling IF and output-integrator modules.
 - :mod:`spiking.synapses`: time-folded convolution and linear layers.
@@ -8,7 +9,7 @@
 - :mod:`spiking.monitor`: spike and synaptic-operation counting for inference analysis.
 - :mod:`spiking.report`: per-layer summary, energy estimate, table and JSON of those counts.
 """
-from . import functional
+from . import backend, functional
 from .dropout import TimeHeldDropout
 from .encoding import PoissonEncoder
 from .monitor import SpikeMonitor
@@ -16,6 +17,7 @@ from .neurons import LIFNeuron, OutputIntegrator, PoolingNeuron, reset_states
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
 __all__ = [
+    "backend",
     "functional",
     "LIFNeuron",
     "OutputIntegrator",

@@ -7,9 +7,9 @@ pack a synapse's input spikes in one pass instead of five, and average-pool thre
 as ``F.avg_pool2d`` on this layout (the pool's gradient, spread back over its windows, 1.5x). They give identical bits (``tests/test_cpu_kernels.py``
 compares them with the PyTorch code). They
 need a C compiler (``$CC``, default ``cc``) the first time; the library is cached under
-``$SPIKING_KERNEL_CACHE`` (default ``~/.cache/spiking-kernels``). Without a compiler, or with
-``SPIKING_CPU_KERNELS=0`` in the environment, or after ``set_enabled(False)``, the neuron
-functions use their PyTorch loops, with the same results.
+``$SPIKING_KERNEL_CACHE`` (default ``~/.cache/spiking-kernels``). They run where
+:mod:`spiking.backend` chooses the ``cpu`` backend (the default for CPU tensors); without a
+compiler the neuron functions use their PyTorch loops, with the same results, after one warning.
 """
 from __future__ import annotations
 
@@ -21,14 +21,15 @@ import os
 import platform
 import subprocess
 import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-__all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "pack_spikes", "set_enabled",
-           "upsample", "usable"]
+from .backend import backend_for
+
+__all__ = ["available", "avg_pool", "build_error", "gradient_scan", "lif_scan", "pack_spikes", "upsample",
+           "usable"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
@@ -39,9 +40,6 @@ _FLAG_SETS = ([*_FLAGS, "-fopenmp"], _FLAGS)
 # of 10^4 of them) and this many neurons (a block of the kernels).
 _WORK_PER_THREAD = 65536
 _NEURONS_PER_THREAD = 1024
-
-_enabled = os.environ.get("SPIKING_CPU_KERNELS", "1") != "0"
-
 
 def _cache_dir() -> Path:
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spiking-kernels"
@@ -75,17 +73,19 @@ def _build() -> Path:
     raise failures[0]
 
 
+_build_error: list[str] = []
+
+
 @functools.cache
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernels, or None (with one warning) when they cannot be built."""
+    """The compiled kernels, or None when they cannot be built (:func:`build_error` says why)."""
+    _build_error.clear()
     try:
         library = ctypes.CDLL(str(_build()))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
-        warnings.warn(f"spiking: could not build the fused CPU scan kernels ({detail}); "
-                      "using the PyTorch loops, which give the same results more slowly (set CC "
-                      "to a C compiler, or SPIKING_KERNEL_CACHE to a writable folder)",
-                      RuntimeWarning, stacklevel=3)
+        _build_error.append(str(detail).strip().splitlines()[-1] if str(detail).strip() else
+                            type(error).__name__)
         return None
     pointer, int64, double = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
     library.lif_scan.argtypes = [ctypes.c_int, pointer, pointer, pointer, pointer, pointer,
@@ -102,25 +102,26 @@ def _library() -> ctypes.CDLL | None:
     return library
 
 
-def set_enabled(enabled: bool) -> None:
-    """Use the fused kernels where they apply (the default) or always the PyTorch loops."""
-    global _enabled
-    _enabled = enabled
-
-
 def available() -> bool:
-    """Whether the kernels are enabled and built (building them if needed)."""
-    return _enabled and _library() is not None
+    """Whether the kernels are built (building them if needed)."""
+    return _library() is not None
+
+
+def build_error() -> str:
+    """Why the kernels could not be built (the compiler's last line), or ``""``."""
+    _library()
+    return _build_error[0] if _build_error else ""
 
 
 def usable(*tensors: Tensor | None) -> bool:
-    """Whether the kernels can run on ``tensors``: contiguous float32/float64 CPU tensors (bool
-    for spike trains) of one float dtype, and the kernels available."""
+    """Whether the kernels run on ``tensors``: the ``cpu`` backend is chosen
+    (:func:`spiking.backend.backend_for`) and they are contiguous float32/float64 CPU tensors
+    (bool for spike trains) of one float dtype."""
     present = [t for t in tensors if t is not None]
     floats = {t.dtype for t in present if t.dtype != torch.bool}
-    return (_enabled and len(floats) == 1 and floats <= {torch.float32, torch.float64}
+    return (len(floats) == 1 and floats <= {torch.float32, torch.float64}
             and all(t.device.type == "cpu" and t.is_contiguous() for t in present)
-            and available())
+            and backend_for(present[0].device) == "cpu")
 
 
 def _pointer(tensor: Tensor | None) -> int | None:

@@ -1,15 +1,15 @@
 """The fused CPU kernels give the PyTorch loops' bits: neuron scans, spike packing, whole models.
 
-Each comparison runs the same call with the kernels on and off (``cpu_kernels.set_enabled``).
+Each comparison runs the same call with the ``cpu`` backend and with the ``torch`` backend
+(``spiking.backend.use_backend``).
 """
-import contextlib
 import warnings
 
 import pytest
 import torch
 from test_parity import build, input_spikes
 
-from spiking import cpu_kernels
+from spiking import backend, cpu_kernels
 from spiking import functional as SF
 from spiking.synapses import compact_spikes, expand_spikes
 
@@ -19,13 +19,8 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
 DTYPES = [torch.float32, torch.float64]
 
 
-@contextlib.contextmanager
 def kernels(enabled: bool):
-    cpu_kernels.set_enabled(enabled)
-    try:
-        yield
-    finally:
-        cpu_kernels.set_enabled(True)
+    return backend.use_backend("cpu" if enabled else "torch")
 
 
 def both(fn):
@@ -181,13 +176,17 @@ def test_without_a_compiler_the_loops_run_with_a_warning(monkeypatch, tmp_path):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("SPIKING_KERNEL_CACHE", str(tmp_path / "cache"))
     cpu_kernels._library.cache_clear()
+    monkeypatch.setattr(backend, "_warned", set())
     try:
-        with pytest.warns(RuntimeWarning, match="could not build the fused CPU scan kernels"):
-            assert not cpu_kernels.available()
+        assert not cpu_kernels.available()
+        assert "no-such-compiler" in cpu_kernels.build_error()
         current = torch.rand(3, 4, dtype=torch.float64)
+        with pytest.warns(RuntimeWarning, match="backend 'cpu' cannot run here .*could not be "
+                                                "built.*no-such-compiler"):
+            spikes = SF.lif_scan(current, 0.5, 0.9)
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # warned once, not at every call
-            spikes = SF.lif_scan(current, 0.5, 0.9)
+            assert torch.equal(spikes, SF.lif_scan(current, 0.5, 0.9))
         assert not list((tmp_path / "cache").glob("*.so"))
     finally:
         monkeypatch.undo()
