@@ -31,6 +31,32 @@ __all__ = [
 
 
 @dataclass
+class LeakSums:
+    """A LIF layer's running spike sums, ``[B, ...]`` each, over the steps seen so far: the
+    leak-weighted ``trace`` (LF) and the ``count`` (N). The leak correction NG of the backward
+    depends on the whole spike train, so every chunk's backward reads them once the forward has
+    seen all T steps.
+
+    The backward keeps this object, not the :class:`NeuronState`: the state also holds the
+    membrane, an output of the autograd Function, and a Function that kept its own output
+    would form a reference cycle through autograd's C++ graph that Python's garbage collector
+    cannot free (every training step's graph would leak).
+    """
+
+    trace: Tensor
+    count: Tensor
+    _spike_scale: Tensor | None = field(default=None, repr=False)
+
+    def spike_scale(self, leak: float, threshold: float) -> Tensor:
+        """NG / theta, the LIF backward's factor at a spike, with NG of :func:`leak_correction`
+        over all chunks; computed once per forward, shared by every chunk's backward."""
+        if self._spike_scale is None:
+            self._spike_scale = _leak_correction_of_sums(self.trace, self.count, leak)
+            self._spike_scale.div_(threshold)
+        return self._spike_scale
+
+
+@dataclass
 class NeuronState:
     """What a layer of neurons carries from one chunk of time steps to the next.
 
@@ -40,15 +66,12 @@ class NeuronState:
 
     Attributes:
         membrane: ``[B, ...]`` membrane ``m`` after the last step seen; None before the first.
-        trace, count: ``[B, ...]`` sums over the steps so far of a LIF layer's spikes, leak-
-            weighted (LF) and plain (N), while autograd records: the leak correction NG of
-            the backward depends on the whole train. None until the first such chunk.
+        sums: a LIF layer's :class:`LeakSums` while autograd records; None until the first
+            such chunk.
     """
 
     membrane: Tensor | None = None
-    trace: Tensor | None = None
-    count: Tensor | None = None
-    _spike_scale: Tensor | None = field(default=None, repr=False)
+    sums: LeakSums | None = None
 
     def start(self, step_shape: torch.Size, like: Tensor) -> Tensor:
         """The ``[B, ...]`` membrane to continue from: at rest (zeros) before the first chunk."""
@@ -60,20 +83,12 @@ class NeuronState:
                              "sequences (spiking.reset_states)")
         return self.membrane
 
-    def spike_sums(self, like: Tensor) -> tuple[Tensor, Tensor]:
-        """``(trace, count)`` for a scan to update in place: zeros like the ``[B, ...]``
+    def leak_sums(self, like: Tensor) -> LeakSums:
+        """The :class:`LeakSums` for a scan to update in place: zeros like the ``[B, ...]``
         membrane ``like`` before the first chunk."""
-        if self.trace is None or self.count is None:
-            self.trace, self.count = torch.zeros_like(like), torch.zeros_like(like)
-        return self.trace, self.count
-
-    def spike_scale(self, leak: float, threshold: float) -> Tensor:
-        """NG / theta, the LIF backward's factor at a spike, with NG of :func:`leak_correction`
-        over all chunks; computed once per forward, shared by every chunk's backward."""
-        if self._spike_scale is None:
-            self._spike_scale = _leak_correction_of_sums(self.trace, self.count, leak)
-            self._spike_scale.div_(threshold)
-        return self._spike_scale
+        if self.sums is None:
+            self.sums = LeakSums(torch.zeros_like(like), torch.zeros_like(like))
+        return self.sums
 
 
 def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor | None = None,
@@ -238,22 +253,22 @@ class _SpikingNeuron(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, threshold: float, leak: float,
-                inplace: bool, state: NeuronState | None) -> tuple[Tensor, Tensor]:
-        spike_sums = None if state is None else state.spike_sums(membrane)
+                inplace: bool, sums: LeakSums | None) -> tuple[Tensor, Tensor]:
+        spike_sums = None if sums is None else (sums.trace, sums.count)
         out, spikes, membrane = _scan_saving_spikes(current, threshold, leak, membrane, inplace,
                                                     spike_sums)
         if inplace:
             ctx.mark_dirty(current)
         ctx.save_for_backward(spikes)
-        ctx.threshold, ctx.leak, ctx.state = threshold, leak, state
+        ctx.threshold, ctx.leak, ctx.sums = threshold, leak, sums
         return out, membrane
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor):
         (spikes,) = ctx.saved_tensors
         scale = None
-        if ctx.state is not None:  # the LIF neuron: NG / theta at a spike
-            scale = ctx.state.spike_scale(ctx.leak, ctx.threshold)
+        if ctx.sums is not None:  # the LIF neuron: NG / theta at a spike
+            scale = ctx.sums.spike_scale(ctx.leak, ctx.threshold)
         grad_current = spike_gradient_scan(grad_spikes, spikes, scale, carry=grad_membrane)
         return grad_current, grad_current[0], None, None, None, None
 
@@ -267,8 +282,8 @@ def _run_neuron(current: Tensor, threshold: float, leak: float, inplace: bool,
         out = lif_scan(current, threshold, leak, membrane=membrane,
                        out=current if inplace else None)
     else:
-        out, membrane = _SpikingNeuron.apply(current, membrane, threshold, leak, inplace,
-                                             state if leak_corrected else None)
+        sums = state.leak_sums(membrane) if leak_corrected else None
+        out, membrane = _SpikingNeuron.apply(current, membrane, threshold, leak, inplace, sums)
     state.membrane = membrane
     return out
 

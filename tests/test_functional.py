@@ -190,3 +190,23 @@ def test_state_of_another_shape_is_an_error():
     SF.lif_neuron(torch.rand(2, 3, 4), state=state)
     with pytest.raises(ValueError, match="reset the state"):
         SF.lif_neuron(torch.rand(2, 5, 4), state=state)
+
+
+def test_a_training_step_frees_its_graph_and_neuron_states():
+    # The backward must not keep the neuron state (which holds the membrane, an output of the
+    # same autograd node): that reference cycle runs through C++ and is never collected, so
+    # every training step would leak its whole graph.
+    import gc
+    import weakref
+
+    import models
+
+    torch.manual_seed(0)
+    model = models.get_model("lenet", width=0.1)
+    model.time_chunk = 2
+    states = []
+    model.lif1.register_forward_hook(lambda module, *_: states.append(weakref.ref(module.state)))
+    spikes = (torch.rand(4, 2, 1, 28, 28) < 0.3).float()
+    model(spikes).square().sum().backward()
+    gc.collect()
+    assert len(states) == 2 and all(ref() is None for ref in states)
