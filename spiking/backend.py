@@ -5,7 +5,7 @@ they differ in speed, memory and where they run:
 
 | name        | what runs                                                    | tensors     |
 |-------------|--------------------------------------------------------------|-------------|
-| ``reference`` | the algorithm one time step at a time, autograd through every step (:mod:`spiking.reference`); slowest, clearest | any device |
+| ``reference`` | the algorithm step by step, slowest and clearest (:mod:`spiking.reference`) | any device |
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
 | ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
 
