@@ -1,7 +1,9 @@
 """Spiking building blocks for spike-based BPTT (Lee et al. 2020), time-major ``[T, B, ...]``.
 
 - :mod:`spiking.backend`: the one place that chooses which implementation runs the layers.
-- :mod:`spiking.functional`: pure neuron dynamics and their custom approximate gradients.
+- :mod:`spiking.reference`: the algorithm one time step at a time (docs/algorithm.md); the
+  readable reference every other implementation is tested against.
+- :mod:`spiking.functional`: neuron dynamics over whole sequences and their approximate gradients.
 - :mod:`spiking.neurons`: LIF, pooling IF and output-integrator modules.
 - :mod:`spiking.synapses`: time-folded convolution and linear layers.
 - :mod:`spiking.dropout`: dropout held over time.

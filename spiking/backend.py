@@ -5,6 +5,7 @@ they differ in speed, memory and where they run:
 
 | name        | what runs                                                    | tensors     |
 |-------------|--------------------------------------------------------------|-------------|
+| ``reference`` | the algorithm step by step, slowest and clearest (:mod:`spiking.reference`) | any device |
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
 | ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
 
@@ -43,6 +44,7 @@ def _runs_anywhere(device: torch.device) -> str | None:
 
 # name -> (what it is, why it cannot run on a device: None when it can)
 BACKENDS: dict[str, tuple[str, Callable[[torch.device], str | None]]] = {
+    "reference": ("the algorithm step by step (spiking.reference)", _runs_anywhere),
     "torch": ("PyTorch loops over time-folded layers (spiking.functional)", _runs_anywhere),
     "cpu": ("fused C kernels (spiking.cpu_kernels)", _cpu_unavailable),
 }

@@ -1,4 +1,5 @@
-"""Dropout whose mask is drawn once per forward and held over all time steps (SPEC section 6)."""
+"""Dropout whose mask is drawn once per forward and held over all time steps (docs/algorithm.md,
+*Dropout*)."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Input encoding module (SPEC section 5)."""
+"""Input encoding module (docs/algorithm.md, *Input encoding*)."""
 from __future__ import annotations
 
 import torch
@@ -14,7 +14,7 @@ class PoissonEncoder(nn.Module):
 
     Args:
         time_steps: T, the number of steps each image is presented for.
-        scale: the factor a of SPEC section 5 (1 for CIFAR-10/SVHN, 0.5 for MNIST).
+        scale: the factor a of the rate code (1 for CIFAR-10/SVHN, 0.5 for MNIST).
         generator: optional ``torch.Generator`` for reproducible draws.
     """
 

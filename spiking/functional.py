@@ -1,9 +1,13 @@
-"""Pure spiking dynamics and their approximate gradients (SPEC sections 1, 2, 3, 5).
+"""Spiking dynamics and their approximate gradients, over whole sequences of time steps.
 
-Every function here works on a time-major sequence ``[T, B, ...]`` (a whole one, or one chunk of
-consecutive steps continuing from a :class:`NeuronState`) and allocates on its input's device and
-dtype. The forward passes run the membrane recurrences step by step; the backward passes need only
-the boolean spike train, so no float membrane is kept for autograd.
+The algorithm is described in docs/algorithm.md (*Hidden LIF neuron*, *Pooling neuron*,
+*Output layer*, *Approximate backward*, *Input encoding*) and written one step at a time in
+:mod:`spiking.reference`; this module computes the same numbers faster. Every function here works
+on a time-major sequence ``[T, B, ...]`` (a whole one, or one chunk of consecutive steps
+continuing from a :class:`NeuronState`) and allocates on its input's device and dtype. The
+forward passes run the membrane recurrences step by step; the backward passes need only the
+boolean spike train, so no float membrane is kept for autograd. Where :mod:`spiking.backend`
+chooses the ``reference`` backend, the neuron functions hand over to :mod:`spiking.reference`.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import cpu_kernels
+from . import cpu_kernels, reference
 
 __all__ = [
     "NeuronState",
@@ -148,7 +152,7 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
 
 def leak_correction(spikes: Tensor | Sequence[Tensor], leak: float,
                     dtype: torch.dtype = torch.float32) -> Tensor:
-    """The authors' per-neuron leak correction NG of SPEC section 1.
+    """The authors' per-neuron leak correction NG (docs/algorithm.md, *Approximate backward*).
 
     ``LF = sum_t leak^(T-1-t) s_t`` (computed as the recurrence ``LF <- leak * LF + s_t``),
     ``N = sum_t s_t``, ``NG = [LF > 1e-3] + ln(leak) * LF / (N + [N < 1e-3])``.
@@ -181,7 +185,8 @@ def _leak_correction_of_sums(trace: Tensor, count: Tensor, leak: float) -> Tenso
 
 def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | float | None = None,
                         carry: Tensor | None = None) -> Tensor:
-    """Carry spike gradients back to the currents that caused them (SPEC sections 1 and 2).
+    """Carry spike gradients back to the currents that caused them (docs/algorithm.md,
+    *Approximate backward*).
 
     Going backwards in time from ``delta_T = carry`` (0 at the end of the sequence):
     ``delta_t = scale * g_t`` where the neuron spiked, else ``delta_{t+1}``. The leak is
@@ -248,7 +253,10 @@ class _SpikingNeuron(torch.autograd.Function):
 
     Inputs ``(current [T', B, ...], membrane [B, ...])``, outputs ``(spikes, membrane)``. The
     membrane's gradient slot carries delta across chunk boundaries: the backward of a chunk
-    receives the next chunk's ``delta`` there and returns its own first step's.
+    receives the next chunk's ``delta`` there and returns its own first step's. Given a
+    :class:`LeakSums` (the hidden LIF neuron) the forward adds the chunk's spikes to its LF
+    and N and the backward scales a spike's gradient by NG / theta; given None (the pooling IF
+    neuron) a spike passes its gradient unscaled.
     """
 
     @staticmethod
@@ -290,7 +298,7 @@ def _run_neuron(current: Tensor, threshold: float, leak: float, inplace: bool,
 
 def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99,
                inplace: bool = False, state: NeuronState | None = None) -> Tensor:
-    """Hidden LIF neurons over time (SPEC section 1).
+    """Hidden LIF neurons over time (docs/algorithm.md, *Hidden LIF neuron*).
 
     Args:
         current: ``[T, B, ...]`` input currents.
@@ -306,11 +314,14 @@ def lif_neuron(current: Tensor, threshold: float = 1.0, leak: float = 0.99,
         authors' approximation: ``dLoss/dI_t = (NG / theta) g_t`` at a spike, else the next
         spike's, with NG from :func:`leak_correction` over the whole sequence.
     """
+    if reference.chosen(current):
+        return reference.lif_neuron(_float32_under_autocast(current), threshold, leak, inplace,
+                                    state)
     return _run_neuron(current, threshold, leak, inplace, state, leak_corrected=True)
 
 
 def if_neuron(current: Tensor, threshold: float = 0.75, state: NeuronState | None = None) -> Tensor:
-    """Integrate-and-fire neurons without leak (the spatial-pooling neuron, SPEC section 2).
+    """Integrate-and-fire neurons without leak (docs/algorithm.md, *Pooling neuron*).
 
     Args:
         current: ``[T, B, ...]`` input currents (average-pooled spikes).
@@ -321,6 +332,8 @@ def if_neuron(current: Tensor, threshold: float = 0.75, state: NeuronState | Non
         Spikes ``[T, B, ...]`` (0 or 1); gradient ``dLoss/dI_t = g_t`` at a spike, else the next
         spike's.
     """
+    if reference.chosen(current):
+        return reference.if_neuron(_float32_under_autocast(current), threshold, state)
     return _run_neuron(current, threshold, 1.0, False, state, leak_corrected=False)
 
 
@@ -367,7 +380,8 @@ class _PoolingNeuron(torch.autograd.Function):
 
 def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2,
                    state: NeuronState | None = None) -> Tensor:
-    """Spatial-pooling neurons (SPEC section 2): ``AvgPool2d(k)`` of spikes into IF neurons.
+    """Spatial-pooling neurons (docs/algorithm.md, *Pooling neuron*): ``AvgPool2d(k)`` of
+    spikes into IF neurons.
 
     Args:
         spikes: ``[T, B, C, H, W]`` spikes of the layer below.
@@ -380,6 +394,8 @@ def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2
         :func:`if_neuron` carried back through the average pooling.
     """
     spikes = _float32_under_autocast(spikes)
+    if reference.chosen(spikes):
+        return reference.pooling_neuron(spikes, threshold, kernel_size, state)
     state = NeuronState() if state is None else state
     if not _needs_graph(spikes, state.membrane):
         current = _average_pool(spikes, kernel_size)
@@ -410,7 +426,7 @@ class _OutputIntegrator(torch.autograd.Function):
 
 
 def output_integrator(current: Tensor, leak: float = 0.99, threshold: float = 1.0) -> Tensor:
-    """Non-spiking output layer (SPEC section 3).
+    """Non-spiking output layer (docs/algorithm.md, *Output layer*).
 
     The membrane accumulates ``M <- leak * (M + I_t)`` over the T steps; the output is
     ``M_T / (threshold * T)``. The gradient treats the leak as straight-through: every step's
@@ -422,12 +438,16 @@ def output_integrator(current: Tensor, leak: float = 0.99, threshold: float = 1.
     Returns:
         ``[B, K]`` network output.
     """
-    return _OutputIntegrator.apply(_float32_under_autocast(current), leak, threshold)
+    current = _float32_under_autocast(current)
+    if reference.chosen(current):
+        return reference.output_integrator(current, leak, threshold)
+    return _OutputIntegrator.apply(current, leak, threshold)
 
 
 def poisson_encode(images: Tensor, time_steps: int, scale: float = 1.0,
                    generator: torch.Generator | None = None) -> Tensor:
-    """Signed Bernoulli ("Poisson") rate code with fresh draws at every step (SPEC section 5).
+    """Signed Bernoulli ("Poisson") rate code with fresh draws at every step (docs/algorithm.md,
+    *Input encoding*).
 
     ``x_t = [|scale * x| > U(0, 1)] * sign(x)``. No gradient flows into ``images``.
 

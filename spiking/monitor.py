@@ -1,4 +1,4 @@
-"""Count spikes and synaptic operations of a spiking network during inference (issue 5).
+"""Count spikes and synaptic operations of a spiking network during inference.
 
 :class:`SpikeMonitor` is a context manager over a model: it registers forward hooks on entry and
 removes them on exit, so a model outside the ``with`` block runs exactly as without it.
@@ -11,7 +11,8 @@ Spiking layers (the rows of the report), in the order they first fire:
     - every :class:`~spiking.LIFNeuron` (conv and fc0 layers) and every
       :class:`~spiking.PoolingNeuron`, by their module names.
     For each: neurons per image, spikes (nonzero outputs), time steps and images. Spikes are
-    counted at the neuron's output, before dropout (SPEC 6: statistics on unmasked spikes).
+    counted at the neuron's output, before dropout (statistics on unmasked spikes, as
+    docs/algorithm.md, *Dropout*, says).
 
 Synaptic operations, attributed to the spiking layer whose spikes cause them:
     - SNN accumulates (AC): for every spike entering a synapse module, the number of synapses

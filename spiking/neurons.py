@@ -53,7 +53,8 @@ class LIFNeuron(nn.Module):
 
 
 class PoolingNeuron(nn.Module):
-    """2x2 average pooling of spikes feeding non-leaky IF neurons (SPEC section 2).
+    """2x2 average pooling of spikes feeding non-leaky IF neurons (docs/algorithm.md,
+    *Pooling neuron*).
 
     ``[T, B, C, H, W]`` spikes -> ``[T, B, C, H/2, W/2]`` spikes. Carries its membrane from call
     to call until :meth:`reset_state`, as :class:`LIFNeuron`.
@@ -76,7 +77,8 @@ class PoolingNeuron(nn.Module):
 
 
 class OutputIntegrator(nn.Module):
-    """Non-spiking output layer: currents ``[T, B, K]`` -> output ``[B, K]`` (SPEC section 3)."""
+    """Non-spiking output layer: currents ``[T, B, K]`` -> output ``[B, K]`` (docs/algorithm.md,
+    *Output layer*)."""
 
     def __init__(self, leak: float = 0.99, threshold: float = 1.0) -> None:
         super().__init__()

@@ -1,7 +1,8 @@
-"""Builds checkpoints the way the authors' PyTorch 0.3.1 / Python 2.7 release did (SPEC section 10):
-legacy (non-zip) serialisation, pickle protocol 2, Python 2 byte strings, tensors rebuilt with
-``torch._utils._rebuild_tensor`` (0.3's form, before ``_rebuild_tensor_v2``), and optionally the
-``module.`` prefix DataParallel added to every weight name."""
+"""Builds checkpoints the way the authors' PyTorch 0.3.1 / Python 2.7 release did
+(docs/algorithm.md, *Checkpoints*): legacy (non-zip) serialisation, pickle protocol 2, Python 2
+byte strings, tensors rebuilt with ``torch._utils._rebuild_tensor`` (0.3's form, before
+``_rebuild_tensor_v2``), and optionally the ``module.`` prefix DataParallel added to every weight
+name."""
 from __future__ import annotations
 
 import pickle

@@ -1,9 +1,9 @@
 """Test oracle: a literal, per-time-step port of the authors' PyTorch 0.3 training loop.
 
 Lee, Sarwar, Panda, Srinivasan, Roy (2020), "Enabling Spike-Based Backpropagation for Training Deep
-Neural Network Architectures" -- see ``shared/SPEC.md`` sections 1-8, which this file follows to the
-letter. It is deliberately slow and simple: one ``conv2d``/``linear`` call per layer per time step, the
-backward pass is plain autograd through the authors' own mechanisms:
+Neural Network Architectures". docs/algorithm.md describes the algorithm; this file follows the
+authors' code to the letter. It is deliberately slow and simple: one ``conv2d``/``linear`` call per
+layer per time step, the backward pass is plain autograd through the authors' own mechanisms:
 
 * ``SpikeFn`` (their ``SpikingNN``): forward ``input > 0``; backward passes the gradient where
   ``input > 0``.
@@ -17,8 +17,8 @@ backward pass is plain autograd through the authors' own mechanisms:
   output by ``NG``, computed from the *final* ``LF`` and ``N`` after the whole forward pass.
 
 Two deliberate, value-only deviations from the authors' literal expressions, so that the oracle's
-forward values are exactly those of SPEC (``m_t = l * r_t`` and ``s_t`` in {0, 1}) rather than off by
-one rounding step: the detach tricks are written ``l * m.detach() + (m - m.detach())`` and
+forward values are exactly those of docs/algorithm.md (``m_t = l * r_t``, ``s_t`` in {0, 1})
+rather than off by one rounding step: the detach tricks are written ``l * m.detach() + (m - m.detach())`` and
 ``s.detach() + (s / theta - (s / theta).detach())``. The authors wrote them without the parentheses,
 ``(l * m.detach() + m) - m.detach()``, whose value differs from ``l * m`` in the last bit for about half
 of all ``m`` in float64. Gradients are identical either way.
@@ -64,7 +64,7 @@ class SpikeFn(torch.autograd.Function):
 
 
 def lif_step(mem: Tensor, current: Tensor, threshold: float, leak: float) -> tuple[Tensor, Tensor]:
-    """One time step of a hidden LIF neuron layer (SPEC 1; the authors' ``LIF_sNeuron``).
+    """One time step of a hidden LIF neuron layer (the authors' ``LIF_sNeuron``).
 
     Args:
         mem: membrane ``m_{t-1}`` after the previous step's reset and leak, shape ``[B, ...]``
@@ -90,7 +90,7 @@ def lif_step(mem: Tensor, current: Tensor, threshold: float, leak: float) -> tup
 
 
 def pool_step(mem: Tensor, spikes: Tensor, pool_threshold: float = 0.75) -> tuple[Tensor, Tensor]:
-    """One time step of a spatial-pooling IF neuron layer (SPEC 2; the authors' ``Pooling_sNeuron``).
+    """One time step of a spatial-pooling IF neuron layer (the authors' ``Pooling_sNeuron``).
 
     Args:
         mem: membrane ``[B, C, H/2, W/2]`` (zeros at ``t = 0``).
@@ -109,7 +109,7 @@ def pool_step(mem: Tensor, spikes: Tensor, pool_threshold: float = 0.75) -> tupl
 
 
 def output_step(mem: Tensor, x: Tensor, weight: Tensor, leak: float) -> Tensor:
-    """One time step of the non-spiking output layer fc1 (SPEC 3).
+    """One time step of the non-spiking output layer fc1.
 
     Args:
         mem: output membrane ``[B, classes]`` (zeros at ``t = 0``).
@@ -125,7 +125,7 @@ def output_step(mem: Tensor, x: Tensor, weight: Tensor, leak: float) -> Tensor:
 
 
 class LeakCorrection:
-    """Leak-correction counters and NG gradient hooks of every hidden LIF layer (SPEC 1).
+    """Leak-correction counters and NG gradient hooks of every hidden LIF layer.
 
     Per layer ``name`` and step, :meth:`record` updates ``LF <- leak * LF + s_t`` and ``N <- N + s_t``
     (on detached, unmasked spikes, so the counters carry no gradient) and registers a hook on that
@@ -250,7 +250,7 @@ def _vgg9_step(n: _Net, x: Tensor) -> None:
 
 
 def _resnet_step(n: _Net, x: Tensor, extra_block: bool) -> None:
-    """ResNet11 (SPEC 8); with ``extra_block`` the ResNet13 block cnn61/cnn62 (identity shortcut).
+    """ResNet11; with ``extra_block`` the ResNet13 block cnn61/cnn62 (identity shortcut).
 
     The shortcut current is added to the input current of the block's second conv neuron; the
     shortcut input is the block's input spikes (unmasked pooled spikes for block 1, the previous
@@ -293,7 +293,7 @@ def oracle_forward(arch: str, weights: dict[str, Tensor], spikes: Tensor,
 
     Args:
         arch: ``"lenet"``, ``"vgg9"``, ``"resnet11"`` or ``"resnet13"``.
-        weights: ``"<layer>.weight"`` tensors under the authors' state_dict names (SPEC 8); widths are
+        weights: ``"<layer>.weight"`` tensors under the authors' state_dict names; widths are
             read from their shapes. No biases.
         spikes: encoded input spike train ``[T, B, C, H, W]`` (values in {-1, 0, 1}); step ``t`` uses
             ``spikes[t]``. Its dtype/device is used for all membranes.

@@ -1,4 +1,4 @@
-"""The benchmark of issue 4 (benchmarks/bench.py) runs end to end in seconds at toy sizes.
+"""The benchmark (benchmarks/bench.py) runs end to end in seconds at toy sizes.
 
 Only that it works is tested here; speed and memory are ratios the script reports, never asserted.
 """

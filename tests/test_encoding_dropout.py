@@ -1,4 +1,4 @@
-"""Poisson encoding (SPEC 5) and dropout held over time (SPEC 6)."""
+"""Poisson encoding and dropout held over time (docs/algorithm.md, *Input encoding*, *Dropout*)."""
 import pytest
 import torch
 

@@ -1,4 +1,5 @@
-"""Golden values of the neuron dynamics and their gradients, worked out by hand (SPEC 1-3).
+"""Golden values of the neuron dynamics and their gradients, worked out by hand (docs/algorithm.md, *Hidden LIF
+neuron*, *Pooling neuron*, *Output layer*, *Approximate backward*).
 
 Leak 0.5 keeps every membrane an exact binary fraction, so forward values compare exactly.
 """

@@ -1,4 +1,4 @@
-"""Architecture facts of SPEC sections 7 and 8: names, shapes, defaults, initialisation."""
+"""Architecture facts (docs/algorithm.md, *Initialisation* and *Architectures*): names, shapes, defaults, initialisation."""
 import math
 
 import pytest

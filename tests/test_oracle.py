@@ -1,5 +1,5 @@
 """Self-checks of the test oracle (tests/oracle.py) in float64: hand-worked single neurons, the NG delta
-rule of SPEC 1 checked end to end inside a real network, the output scaling, and every arch's
+rule (docs/algorithm.md, *Approximate backward*) checked end to end inside a real network, the output scaling, and every arch's
 forward + backward with and without dropout masks. Tiny widths, T = 3..5, batch 2: a few seconds."""
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def _loss(out: torch.Tensor) -> torch.Tensor:
 
 
 def _ng(spike_train: torch.Tensor, leak: float) -> torch.Tensor:
-    """NG of SPEC 1 from a [T, ...] 0/1 spike train, via the closed-form sum (not the recurrence)."""
+    """NG from a [T, ...] 0/1 spike train, via the closed-form sum (not the recurrence)."""
     T = spike_train.shape[0]
     powers = torch.tensor([leak ** (T - 1 - t) for t in range(T)], dtype=DT)
     lf = (powers.view(-1, *([1] * (spike_train.dim() - 1))) * spike_train).sum(0)
@@ -97,7 +97,7 @@ def _ng(spike_train: torch.Tensor, leak: float) -> torch.Tensor:
 
 
 def _delta_rule(g: torch.Tensor, s: torch.Tensor, scale: torch.Tensor | float) -> torch.Tensor:
-    """dLoss/dI_t from g_t (= dLoss/ds_t) [T, ...] and spikes s [T, ...] by SPEC 1's backward recursion."""
+    """dLoss/dI_t from g_t (= dLoss/ds_t) [T, ...] and spikes s [T, ...] by the backward's delta recursion."""
     delta = torch.zeros_like(g[0])
     res = torch.zeros_like(g)
     for t in reversed(range(g.shape[0])):

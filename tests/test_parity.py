@@ -1,12 +1,19 @@
-"""The fast time-folded models equal the per-step port of the authors' loop (tests/oracle.py).
+"""Every implementation of the networks computes the same numbers.
 
-Same weights, same input spikes, same dropout masks, float64: outputs and every parameter
-gradient agree to a relative error of 1e-9, in training mode (masks) and evaluation mode, and
-whether the model runs the T steps at once or in chunks (the neurons carrying their membranes,
-NG and the backward's delta across chunk boundaries).
+Two oracles: the readable step-by-step reference (spiking/reference.py, the ``reference``
+backend) and the literal port of the authors' loop (tests/oracle.py). The reference equals the
+authors' loop, and every other backend of spiking.backend equals the reference: same weights,
+same input spikes, same dropout masks, float64, outputs and every parameter gradient to a
+relative error of 1e-9, in training mode (masks) and evaluation mode, and whether the model runs
+the T steps at once or in chunks (the neurons carrying their membranes, NG and the backward's
+delta across chunk boundaries).
+
+A new backend joins by adding its row to ``spiking.backend.BACKENDS``: ``FAST_BACKENDS`` lists
+every backend but the reference, and a backend that cannot run on a device is skipped there.
 Weights get a positive mean so spikes reach the deepest layers within a few steps; threshold 1.25
 and leak 0.95 make the 1/threshold and NG factors visible.
 """
+import functools
 import math
 
 import pytest
@@ -14,7 +21,7 @@ import torch
 
 import models
 from oracle import oracle_forward
-from spiking import TimeHeldDropout
+from spiking import TimeHeldDropout, backend
 
 F64 = torch.float64
 INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
@@ -22,6 +29,9 @@ INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
 DRIVE = {"lenet": (2.0, 0.3), "vgg9": (3.0, 0.4), "resnet11": (1.0, 0.3), "resnet13": (1.0, 0.3)}
 WIDTH = {"lenet": 0.2, "vgg9": 0.08, "resnet11": 0.06, "resnet13": 0.06}
 LEAK, THRESHOLD = 0.95, 1.25
+ARCHS = ["lenet", "vgg9", "resnet11", "resnet13"]
+FAST_BACKENDS = [name for name in backend.BACKENDS if name != "reference"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def build(arch: str, seed: int, dropout: float = 0.25):
@@ -62,7 +72,7 @@ def fix_dropout_masks(model, gen) -> dict[str, torch.Tensor]:
             def draw(spikes, module=module, layer=layer):
                 masks[layer] = (torch.rand(spikes.shape[1:], generator=gen, dtype=F64)
                                 > module.p).to(F64) / (1 - module.p)
-                return masks[layer]
+                return masks[layer].to(spikes.device)
 
             module.draw_mask = draw
     return masks
@@ -81,26 +91,65 @@ def assert_close(actual, expected, what):
     assert error <= 1e-9, f"{what}: relative error {error:.2e}"
 
 
-@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("time_chunk", [5, 2, 1], ids=["whole", "chunks-2-2-1", "per-step"])
-def test_outputs_and_gradients_equal_the_authors_loop(arch, training, time_chunk):
+def hidden_layers(weights) -> set[str]:
+    return {k.removesuffix(".weight") for k in weights if not k.startswith(("fc1", "shortcut"))}
+
+
+def run_network(arch: str, backend_name: str, training: bool, time_chunk: int,
+                device: str = "cpu"):
+    """One forward and backward of the seeded test network with ``backend_name``:
+    ``(output, {parameter name: gradient}, {layer: dropout mask}, oracle weights, spikes)``."""
     model, gen = build(arch, seed=1)
     weights = oracle_weights(model)
     spikes = input_spikes(arch, gen, time_steps=5)
     model.train(training)
     model.time_chunk = time_chunk
     masks = fix_dropout_masks(model, gen)
+    model.to(device)
+    with backend.use_backend(backend_name):
+        out = model(spikes.to(device))
+        mse_sum(out, spikes.shape[1]).backward()
+    grads = {name: param.grad.cpu() for name, param in model.named_parameters()}
+    return out.detach().cpu(), grads, masks, weights, spikes
 
-    out = model(spikes)
-    mse_sum(out, spikes.shape[1]).backward()
+
+@functools.cache
+def reference_run(arch: str, training: bool):
+    """The reference backend's output, gradients and masks over all T steps at once."""
+    out, grads, masks, _, _ = run_network(arch, "reference", training, time_chunk=5)
+    return out, grads, masks
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("time_chunk", [5, 2, 1], ids=["whole", "chunks-2-2-1", "per-step"])
+def test_the_reference_equals_the_authors_loop(arch, training, time_chunk):
+    out, grads, masks, weights, spikes = run_network(arch, "reference", training, time_chunk)
     expected = oracle_forward(arch, weights, spikes, masks if training else None,
                               leak=LEAK, threshold=THRESHOLD)
     mse_sum(expected, spikes.shape[1]).backward()
 
-    hidden_layers = {k.removesuffix(".weight") for k in weights
-                     if not k.startswith(("fc1", "shortcut"))}
-    assert set(masks) == (hidden_layers if training and arch != "lenet" else set())
+    assert set(masks) == (hidden_layers(weights) if training and arch != "lenet" else set())
     assert_close(out, expected, "output")
-    for name, param in model.named_parameters():
-        assert_close(param.grad, weights[name].grad, f"grad of {name}")
+    for name, grad in grads.items():
+        assert_close(grad, weights[name].grad, f"grad of {name}")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend_name", FAST_BACKENDS)
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("training,time_chunk", [(True, 5), (True, 2), (True, 1), (False, 5)],
+                         ids=["train-whole", "train-chunks-2-2-1", "train-per-step", "eval"])
+def test_every_backend_equals_the_reference(backend_name, device, arch, training, time_chunk):
+    reason = backend.BACKENDS[backend_name][1](torch.device(device))
+    if reason is not None:
+        pytest.skip(f"backend {backend_name} cannot run on {device}: {reason}")
+    expected_out, expected_grads, expected_masks = reference_run(arch, training)
+    out, grads, masks, _, _ = run_network(arch, backend_name, training, time_chunk, device)
+
+    assert masks.keys() == expected_masks.keys()
+    assert all(torch.equal(masks[k], expected_masks[k]) for k in masks)
+    assert_close(out, expected_out, "output")
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert_close(grad, expected_grads[name], f"grad of {name}")
