@@ -7,11 +7,13 @@ they differ in speed, memory and where they run:
 |-------------|--------------------------------------------------------------|-------------|
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
 | ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
+| ``triton``    | fused Triton kernels, the time loop inside (:mod:`spiking.triton_kernels`) | CUDA; CPU under ``TRITON_INTERPRET=1`` (tests) |
 
-``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere. Choose another with
+``auto``, the default, takes ``cpu`` for CPU tensors, ``triton`` for CUDA tensors and ``torch``
+elsewhere; ``triton`` runs on CPU tensors only when asked for by name. Choose another with
 the environment variable ``SPIKING_BACKEND=<name>``, :func:`set_backend` or the context manager
 :func:`use_backend`. A fast backend that cannot run on a tensor's device (no C compiler, a CUDA
-tensor for ``cpu``) falls back to ``torch`` with one warning, never silently.
+tensor for ``cpu``, no triton) falls back to ``torch`` with one warning, never silently.
 """
 from __future__ import annotations
 
@@ -37,6 +39,12 @@ def _cpu_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def _triton_unavailable(device: torch.device) -> str | None:
+    from . import triton_kernels
+
+    return triton_kernels.unavailable_reason(device)
+
+
 def _runs_anywhere(device: torch.device) -> str | None:
     return None
 
@@ -45,6 +53,7 @@ def _runs_anywhere(device: torch.device) -> str | None:
 BACKENDS: dict[str, tuple[str, Callable[[torch.device], str | None]]] = {
     "torch": ("PyTorch loops over time-folded layers (spiking.functional)", _runs_anywhere),
     "cpu": ("fused C kernels (spiking.cpu_kernels)", _cpu_unavailable),
+    "triton": ("fused Triton kernels (spiking.triton_kernels)", _triton_unavailable),
 }
 
 
@@ -85,7 +94,7 @@ def use_backend(name: str) -> Iterator[None]:
 def _preferred(device: torch.device) -> str:
     if _requested != "auto":
         return _requested
-    return "cpu" if device.type == "cpu" else "torch"
+    return {"cpu": "cpu", "cuda": "triton"}.get(device.type, "torch")
 
 
 def backend_for(device: torch.device | str) -> str:
