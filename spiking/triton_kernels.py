@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib
+import math
+import struct
 from collections.abc import Callable
 from types import ModuleType
 
@@ -175,13 +177,14 @@ def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor] | None:
     magnitudes = torch.tensor([0, _INT64_MAX], dtype=torch.int64, device=x.device)
     _launch(_jit().pack_spikes, x.numel(), x.device, x, codes, magnitudes, x.numel())
     largest, smallest = magnitudes.tolist()
-    if largest == 0:  # no nonzero value: every code is 0
-        return codes, torch.zeros((), dtype=x.dtype, device=x.device)
-    as_int = torch.int64 if x.dtype == torch.float64 else torch.int32
-    scale = torch.tensor(largest, dtype=torch.int64).to(as_int).view(x.dtype)
-    if largest != smallest or not torch.isfinite(scale):
+    if largest and largest != smallest:
         return None
-    return codes, scale.to(x.device)
+    # the bits of |x| back to the float, as a Python number (exact for both dtypes)
+    wide = x.dtype == torch.float64
+    scale = struct.unpack("<d" if wide else "<f", struct.pack("<q" if wide else "<i", largest))[0]
+    if not math.isfinite(scale):
+        return None
+    return codes, torch.tensor(scale, dtype=x.dtype, device=x.device)
 
 
 def avg_pool(x: Tensor, kernel_size: int) -> Tensor:
