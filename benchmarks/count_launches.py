@@ -5,7 +5,7 @@ steps in one chunk (as on a GPU), on CPU tensors, counting every ATen operation 
 ``TorchDispatchMode``; each is at most one kernel launch on CUDA, allocations and views
 included) and every Triton kernel launched by :mod:`spiking.triton_kernels`. The ``torch``
 backend is the code path CUDA took before the Triton kernels (PyTorch loops over the time
-steps); ``triton`` runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1``, set here
+steps); ``triton`` runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1``, which :func:`main` sets
 before triton is first used), which counts the same launches a GPU would get.
 
     python benchmarks/count_launches.py --arch resnet11 --width 0.125 -b 2 -T 25 50 100
@@ -23,11 +23,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -112,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=0.125)
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "triton"])
     args = parser.parse_args(argv)
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
     unknown = [name for name in args.backends if name not in backend.BACKENDS]
     if unknown or any(t < 1 for t in args.time_steps) or args.batch < 1 or args.width <= 0:
         print(f"error: backends must be among {', '.join(backend.BACKENDS)}, T, batch and "

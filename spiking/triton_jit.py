@@ -14,6 +14,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+# Whether the kernels below are the interpreter's (CPU tensors) or compiled ones (CUDA).
+INTERPRETED = bool(triton.knobs.runtime.interpret)
+
 
 @triton.jit(do_not_specialize=["steps", "neurons"])
 def lif_scan(values, spikes, membrane, trace, count, constants, steps, neurons,

@@ -27,8 +27,10 @@ from .backend import backend_for
 __all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "output_integrator",
            "pack_spikes", "unavailable_reason", "upsample", "usable"]
 
-# Neurons per program: the membranes of a block live in registers over all steps.
+# Neurons per program of a scan: the membranes of a block live in registers over all steps.
 _BLOCK = 1024
+# Values per program of the spike packing: fewer programs, fewer atomics on its two results.
+_PACK_BLOCK = 4096
 _INT64_MAX = 0x7FFFFFFFFFFFFFFF
 
 
@@ -44,11 +46,7 @@ def _jit() -> ModuleType | str:
 def _interpreting() -> bool:
     """Whether the kernels run in Triton's interpreter (decided when they were imported)."""
     module = _jit()
-    if isinstance(module, str):
-        return False
-    import triton
-
-    return bool(triton.knobs.runtime.interpret)
+    return not isinstance(module, str) and module.INTERPRETED
 
 
 def available() -> bool:
@@ -91,14 +89,15 @@ def _constants(dtype: torch.dtype, device: torch.device, *values: float) -> Tens
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _launch(kernel: Callable, size: int, device: torch.device, *args, **constexprs) -> None:
-    """Run ``kernel`` over ``size`` items in blocks of :data:`_BLOCK`, without fused
-    multiply-adds (the PyTorch loops round each product)."""
+def _launch(kernel: Callable, size: int, device: torch.device, *args, block: int = _BLOCK,
+            **constexprs) -> None:
+    """Run ``kernel`` over ``size`` items in blocks of ``block``, without fused multiply-adds
+    (the PyTorch loops round each product)."""
     if size == 0:
         return
-    grid = (-(-size // _BLOCK),)
+    grid = (-(-size // block),)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
-        kernel[grid](*args, BLOCK=_BLOCK, enable_fp_fusion=False, **constexprs)
+        kernel[grid](*args, BLOCK=block, enable_fp_fusion=False, **constexprs)
 
 
 def _check(tensor: Tensor | None, shape: torch.Size, name: str,
@@ -175,7 +174,8 @@ def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor] | None:
     Check :func:`usable` first."""
     codes = torch.empty(x.shape, dtype=torch.int8, device=x.device)
     magnitudes = torch.tensor([0, _INT64_MAX], dtype=torch.int64, device=x.device)
-    _launch(_jit().pack_spikes, x.numel(), x.device, x, codes, magnitudes, x.numel())
+    _launch(_jit().pack_spikes, x.numel(), x.device, x, codes, magnitudes, x.numel(),
+            block=_PACK_BLOCK)
     largest, smallest = magnitudes.tolist()
     if largest and largest != smallest:
         return None

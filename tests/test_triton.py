@@ -9,15 +9,15 @@ installed.
 """
 import os
 
+import pytest
+import torch
+
+from spiking import backend, triton_kernels
+
+# Before the kernels are first imported, and for as long as they run: triton reads it then.
 os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-pytest.importorskip("triton")
-
 from benchmarks.count_launches import count_training_step  # noqa: E402
-from spiking import backend, triton_kernels  # noqa: E402
 from spiking import functional as SF  # noqa: E402
 from spiking.functional import NeuronState  # noqa: E402
 from spiking.synapses import compact_spikes  # noqa: E402
