@@ -39,8 +39,8 @@ def _jit() -> ModuleType | str:
     """The kernel module, or why it cannot be imported."""
     try:
         return importlib.import_module(".triton_jit", __package__)
-    except ImportError as error:
-        return f"triton cannot be imported ({error})"
+    except Exception as error:  # not installed, or an install that fails to load: use torch
+        return f"triton cannot be imported ({type(error).__name__}: {error})"
 
 
 def _interpreting() -> bool:
