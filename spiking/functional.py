@@ -338,9 +338,15 @@ class _PoolingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes: Tensor, membrane: Tensor, threshold: float,
                 kernel_size: int) -> tuple[Tensor, Tensor]:
-        current = _average_pool(spikes, kernel_size)
-        out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
-                                                    inplace=True)
+        if triton_kernels.usable(spikes, membrane):  # pool and scan in one launch
+            membrane = membrane.clone()
+            pooled = torch.empty((spikes.shape[0], *membrane.shape), dtype=torch.bool,
+                                 device=spikes.device)
+            out = triton_kernels.pooling_scan(spikes, threshold, kernel_size, membrane, pooled)
+        else:
+            current = _average_pool(spikes, kernel_size)
+            out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
+                                                        inplace=True)
         ctx.save_for_backward(pooled)
         ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
         return out, membrane
@@ -349,12 +355,15 @@ class _PoolingNeuron(torch.autograd.Function):
     def backward(ctx, grad_pooled: Tensor, grad_membrane: Tensor):
         (pooled,) = ctx.saved_tensors
         k = ctx.kernel_size
+        if triton_kernels.usable(grad_pooled, pooled, grad_membrane):  # scan and spread at once
+            grad, delta_first = triton_kernels.pooling_gradient_scan(
+                grad_pooled, pooled, k, grad_membrane, *ctx.input_hw)
+            return grad, delta_first, None, None
         # Average pooling's gradient is nearest-neighbour upsampling divided by k*k; the division
         # rides along in the scan and the upsampling is one write, not autograd's fill + scatter.
         delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k), carry=grad_membrane)
-        kernels = _fused_kernels(delta)
-        if kernels is not None:
-            return kernels.upsample(delta, k, *ctx.input_hw), delta[0], None, None
+        if cpu_kernels.usable(delta):
+            return cpu_kernels.upsample(delta, k, *ctx.input_hw), delta[0], None, None
         *batch, height, width = delta.shape
         grad = delta[..., None, :, None].expand(*batch, height, k, width, k)
         grad = grad.reshape(*batch, height * k, width * k)

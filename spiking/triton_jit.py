@@ -113,20 +113,67 @@ def avg_pool(image, pooled, total, height, width, rows, cols, K: tl.constexpr,
     tl.store(pooled + offsets, acc / (K * K), mask=inside)
 
 
-@triton.jit
-def upsample(pooled, image, total, height, width, rows, cols, K: tl.constexpr,
-             BLOCK: tl.constexpr):
-    """The gradient layout of :func:`avg_pool`: each pooled value to every pixel of its window
-    in ``[planes, height, width]`` (``total`` pixels), 0 in the rows and columns it dropped."""
+@triton.jit(do_not_specialize=["steps", "neurons"])
+def pooling_scan(image, values, spikes, membrane, constants, steps, neurons, image_step, height,
+                 width, rows, cols, K: tl.constexpr, HAS_SPIKES: tl.constexpr,
+                 BLOCK: tl.constexpr):
+    """The pooling neuron's forward: each step's ``[planes, height, width]`` image (steps
+    ``image_step`` values apart) pooled as :func:`avg_pool` into ``neurons = planes * rows *
+    cols`` IF neurons, scanned as :func:`lif_scan` without leak; spikes into ``values``
+    ``[steps, neurons]`` (and their bool copy). ``constants`` holds the threshold."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < total
-    plane = offsets // (height * width)
-    i = (offsets // width) % height
-    j = offsets % width
-    covered = (i < rows * K) & (j < cols * K)
-    source = pooled + plane * rows * cols + (i // K) * cols + j // K
-    value = tl.load(source, mask=inside & covered, other=0)
-    tl.store(image + offsets, value, mask=inside)
+    inside = offsets < neurons
+    plane = offsets // (rows * cols)
+    r = (offsets // cols) % rows
+    c = offsets % cols
+    corner = image + plane * height * width + r * K * width + c * K
+    threshold = tl.load(constants)
+    m = tl.load(membrane + offsets, mask=inside, other=0)
+    row = offsets
+    for _ in range(steps):
+        acc = tl.zeros([BLOCK], dtype=m.dtype)
+        for i in tl.static_range(K):
+            for j in tl.static_range(K):
+                acc += tl.load(corner + i * width + j, mask=inside, other=0)
+        u = m + acc / (K * K)
+        fired = u > threshold
+        tl.store(values + row, tl.where(fired, 1.0, 0.0).to(u.dtype), mask=inside)
+        if HAS_SPIKES:
+            tl.store(spikes + row, fired, mask=inside)
+        m = tl.where(fired, 0.0, u).to(u.dtype)
+        corner += image_step
+        row += neurons
+    tl.store(membrane + offsets, m, mask=inside)
+
+
+@triton.jit(do_not_specialize=["steps", "neurons"])
+def pooling_gradient_scan(grad, spikes, carry, image_grad, first, constants, steps, neurons,
+                          image_step, height, width, rows, cols, K: tl.constexpr,
+                          BLOCK: tl.constexpr):
+    """The pooling neuron's backward: :func:`gradient_scan` over the ``[steps, neurons]`` pooled
+    neurons with the one factor in ``constants`` (1 / K^2), each step's delta written to every
+    pixel of its window in ``image_grad`` (steps ``image_step`` apart; the pixels no window
+    covers are left as they are), and delta at step 0 (the carry for the chunk before) into
+    ``first``."""
+    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    inside = offsets < neurons
+    plane = offsets // (rows * cols)
+    r = (offsets // cols) % rows
+    c = offsets % cols
+    factor = tl.load(constants)
+    delta = tl.load(carry + offsets, mask=inside, other=0)
+    last = (steps - 1).to(tl.int64)
+    row = last * neurons + offsets
+    corner = image_grad + last * image_step + plane * height * width + r * K * width + c * K
+    for _ in range(steps):
+        g = tl.load(grad + row, mask=inside, other=0) * factor
+        delta = tl.where(tl.load(spikes + row, mask=inside, other=0) != 0, g, delta)
+        for i in tl.static_range(K):
+            for j in tl.static_range(K):
+                tl.store(corner + i * width + j, delta, mask=inside)
+        row -= neurons
+        corner -= image_step
+    tl.store(first + offsets, delta, mask=inside)
 
 
 @triton.jit

@@ -25,7 +25,8 @@ from torch import Tensor
 from .backend import backend_for
 
 __all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "output_integrator",
-           "pack_spikes", "unavailable_reason", "upsample", "usable"]
+           "pack_spikes", "pooling_gradient_scan", "pooling_scan", "unavailable_reason",
+           "usable"]
 
 # Neurons per program of a scan: the membranes of a block live in registers over all steps.
 _BLOCK = 1024
@@ -200,14 +201,47 @@ def avg_pool(x: Tensor, kernel_size: int) -> Tensor:
     return pooled
 
 
-def upsample(pooled: Tensor, kernel_size: int, height: int, width: int) -> Tensor:
-    """As :func:`spiking.cpu_kernels.upsample`: ``pooled`` ``[..., H // k, W // k]`` copied to
-    every pixel of its window in a new ``[..., height, width]``, zeros where the pool dropped
-    rows and columns. Check :func:`usable` first."""
-    *planes, rows, cols = pooled.shape
+def pooling_scan(image: Tensor, threshold: float, kernel_size: int, membrane: Tensor,
+                 spikes_out: Tensor | None = None) -> Tensor:
+    """The pooling neuron's forward in one launch: :func:`avg_pool` of ``image``
+    ``[T, B, C, H, W]`` into IF neurons continuing from ``membrane`` ``[B, C, H // k, W // k]``
+    (updated in place), as :func:`lif_scan` without leak; returns the spikes
+    ``[T, B, C, H // k, W // k]`` and writes their bool copy into ``spikes_out``. Check
+    :func:`usable` first."""
+    if kernel_size < 1:
+        raise ValueError(f"kernel_size must be at least 1, got {kernel_size}")
+    steps, *planes, height, width = image.shape
+    rows, cols = height // kernel_size, width // kernel_size
+    out = image.new_empty((steps, *planes, rows, cols))
+    _check(membrane, out.shape[1:], "membrane")
+    _check(spikes_out, out.shape, "spikes_out", torch.bool)
+    neurons = membrane.numel()
+    _launch(_jit().pooling_scan, neurons, image.device, image, out,
+            out if spikes_out is None else spikes_out, membrane,
+            _constants(image.dtype, image.device, threshold), steps, neurons,
+            image[0].numel(), height, width, rows, cols, K=kernel_size,
+            HAS_SPIKES=spikes_out is not None)
+    return out
+
+
+def pooling_gradient_scan(grad: Tensor, spikes: Tensor, kernel_size: int, carry: Tensor,
+                          height: int, width: int) -> tuple[Tensor, Tensor]:
+    """The pooling neuron's backward in one launch: :func:`gradient_scan` of ``grad``
+    ``[T, B, C, H // k, W // k]`` with the factor ``1 / k^2`` from ``carry``, spread over the
+    pooling windows as :func:`upsample` into ``[T, B, C, height, width]``. Returns that and
+    the ``[B, C, H // k, W // k]`` delta of step 0 (the carry for the chunk before). Check
+    :func:`usable` first."""
+    steps, *planes, rows, cols = grad.shape
     if kernel_size < 1 or (rows, cols) != (height // kernel_size, width // kernel_size):
         raise ValueError(f"cannot upsample {rows}x{cols} by {kernel_size} to {height}x{width}")
-    image = pooled.new_empty((*planes, height, width))
-    _launch(_jit().upsample, image.numel(), pooled.device, pooled, image, image.numel(), height,
-            width, rows, cols, K=kernel_size)
-    return image
+    _check(spikes, grad.shape, "spikes", torch.bool)
+    _check(carry, grad.shape[1:], "carry")
+    covered = height == rows * kernel_size and width == cols * kernel_size
+    shape = (steps, *planes, height, width)
+    image_grad = grad.new_empty(shape) if covered else grad.new_zeros(shape)
+    first = torch.empty_like(carry)
+    neurons = carry.numel()
+    _launch(_jit().pooling_gradient_scan, neurons, grad.device, grad, spikes, carry, image_grad,
+            first, _constants(grad.dtype, grad.device, 1.0 / (kernel_size * kernel_size)),
+            steps, neurons, image_grad[0].numel(), height, width, rows, cols, K=kernel_size)
+    return image_grad, first

@@ -62,9 +62,14 @@ def test_triton_kernels_match_the_cuda_loops(dtype):
     current = torch.rand((6, 4, 3, 10, 9), generator=gen, dtype=dtype, device="cuda") * 1.5
     grad = torch.randn(current.shape, generator=gen, dtype=dtype, device="cuda")
     scale = torch.rand(current.shape[1:], generator=gen, dtype=dtype, device="cuda")
+    image_spikes = (current > 0.7).to(dtype)
+    grad_pooled = torch.randn((6, 4, 3, 5, 4), generator=gen, dtype=dtype, device="cuda")
     results = {}
     for name in ("torch", "triton"):
         with backend.use_backend(name):
+            image = image_spikes.clone().requires_grad_()
+            pooled = SF.pooling_neuron(image, 0.75, 2)
+            pooled.backward(grad_pooled)
             membrane = torch.zeros_like(current[0])
             sums = (torch.zeros_like(membrane), torch.zeros_like(membrane))
             fired = torch.empty(current.shape, dtype=torch.bool, device="cuda")
@@ -76,10 +81,12 @@ def test_triton_kernels_match_the_cuda_loops(dtype):
                 "count": sums[1], "codes": codes, "code scale": code_scale,
                 "gradient": SF.spike_gradient_scan(grad, fired, scale, carry=scale),
                 "pooled": SF._average_pool(current, 2),
-                "output": SF.output_integrator(current.flatten(2), 0.95, 1.25)}
+                "output": SF.output_integrator(current.flatten(2), 0.95, 1.25),
+                "pooling spikes": pooled, "pooling gradient": image.grad}
     for key, expected in results["torch"].items():
         actual = results["triton"][key]
-        if dtype == torch.float64 or key in ("spikes", "bool", "codes", "count"):
+        if dtype == torch.float64 or key in ("spikes", "bool", "codes", "count",
+                                             "pooling spikes"):
             assert torch.equal(actual, expected), key
         else:
             torch.testing.assert_close(actual, expected, rtol=2e-6, atol=1e-6, msg=key)
