@@ -1,6 +1,7 @@
-"""Fused Triton kernels for CUDA: the neuron scans, the pooling neuron's average pool and its
-gradient, the output integrator and the packing of spikes; the counterparts of
-:mod:`spiking.cpu_kernels` (same functions, same arguments, same bits as the PyTorch loops).
+"""Fused Triton kernels for CUDA: the neuron scans, the pooling neuron (pool and scan fused,
+forward and backward), the average pool alone (evaluation), the output integrator and the
+packing of spikes; the counterparts of :mod:`spiking.cpu_kernels` (same arguments where both
+have a function, same bits as the PyTorch loops).
 
 A PyTorch scan launches a few elementwise kernels per time step; here one launch takes every
 neuron of a layer through all steps of a chunk, so a training step launches the same number of
