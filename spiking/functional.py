@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Sequence
 
 import torch
@@ -76,7 +77,7 @@ class NeuronState:
         return self._spike_scale
 
 
-def _fused_kernels(*tensors: Tensor | None):
+def _fused_kernels(*tensors: Tensor | None) -> ModuleType | None:
     """The fused kernels of the chosen backend (:mod:`spiking.backend`) that run on
     ``tensors``: :mod:`spiking.cpu_kernels`, :mod:`spiking.triton_kernels`, or None for the
     PyTorch loops."""
