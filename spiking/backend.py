@@ -8,11 +8,14 @@ they differ in speed, memory and where they run:
 | ``reference`` | the algorithm step by step, slowest and clearest (:mod:`spiking.reference`) | any device |
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
 | ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
+| ``triton``    | fused Triton kernels, the time loop inside (:mod:`spiking.triton_kernels`) | CUDA; CPU under ``TRITON_INTERPRET=1`` (tests) |
 
-``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere. Choose another with
+``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere. ``triton`` runs
+only when asked for by name: its kernels are tested in Triton's interpreter but have not yet run
+on a GPU (``benchmarks/cuda_check.sh`` is the check that decides whether ``auto`` may take it). Choose another with
 the environment variable ``SPIKING_BACKEND=<name>``, :func:`set_backend` or the context manager
 :func:`use_backend`. A fast backend that cannot run on a tensor's device (no C compiler, a CUDA
-tensor for ``cpu``) falls back to ``torch`` with one warning, never silently.
+tensor for ``cpu``, no triton) falls back to ``torch`` with one warning, never silently.
 """
 from __future__ import annotations
 
@@ -38,6 +41,12 @@ def _cpu_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def _triton_unavailable(device: torch.device) -> str | None:
+    from . import triton_kernels
+
+    return triton_kernels.unavailable_reason(device)
+
+
 def _runs_anywhere(device: torch.device) -> str | None:
     return None
 
@@ -47,6 +56,7 @@ BACKENDS: dict[str, tuple[str, Callable[[torch.device], str | None]]] = {
     "reference": ("the algorithm step by step (spiking.reference)", _runs_anywhere),
     "torch": ("PyTorch loops over time-folded layers (spiking.functional)", _runs_anywhere),
     "cpu": ("fused C kernels (spiking.cpu_kernels)", _cpu_unavailable),
+    "triton": ("fused Triton kernels (spiking.triton_kernels)", _triton_unavailable),
 }
 
 

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import cpu_kernels, reference
+from . import cpu_kernels, reference, triton_kernels
 
 __all__ = [
     "NeuronState",
@@ -95,6 +96,16 @@ class NeuronState:
         return self.sums
 
 
+def _fused_kernels(*tensors: Tensor | None) -> ModuleType | None:
+    """The fused kernels of the chosen backend (:mod:`spiking.backend`) that run on
+    ``tensors``: :mod:`spiking.cpu_kernels`, :mod:`spiking.triton_kernels`, or None for the
+    PyTorch loops."""
+    for kernels in (cpu_kernels, triton_kernels):
+        if kernels.usable(*tensors):
+            return kernels
+    return None
+
+
 def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor | None = None,
              out: Tensor | None = None, spikes_out: Tensor | None = None,
              membrane_out: Tensor | None = None,
@@ -126,13 +137,13 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
     """
     membrane = torch.zeros_like(current[0]) if membrane is None else membrane
     trace, count = (None, None) if spike_sums is None else spike_sums
-    if membrane_out is None and cpu_kernels.usable(current, membrane, out, spikes_out, trace,
-                                                   count):
+    kernels = _fused_kernels(current, membrane, out, spikes_out, trace, count)
+    if membrane_out is None and kernels is not None:
         if out is None:
             out = current.clone()
         elif out is not current:
             out.copy_(current)
-        return cpu_kernels.lif_scan(out, threshold, leak, membrane, spikes_out, trace, count)
+        return kernels.lif_scan(out, threshold, leak, membrane, spikes_out, trace, count)
     out = torch.empty_like(current) if out is None else out
     for t in range(current.shape[0]):
         membrane.add_(current[t])
@@ -212,6 +223,8 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
         carry = torch.zeros_like(step) if carry is None else carry
         per_neuron = per_neuron.expand_as(step).contiguous()
         return cpu_kernels.gradient_scan(grad_spikes, spikes, per_neuron, carry)
+    if triton_kernels.usable(grad_spikes, spikes, carry, per_neuron):
+        return triton_kernels.gradient_scan(grad_spikes, spikes, scale, carry)
     grad_current = torch.empty(grad_spikes.shape, dtype=grad_spikes.dtype,
                                device=grad_spikes.device)
     delta = torch.zeros_like(grad_current[0]) if carry is None else carry
@@ -339,8 +352,9 @@ def if_neuron(current: Tensor, threshold: float = 0.75, state: NeuronState | Non
 
 def _average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
     """``[T, B, C, H, W]`` -> ``[T, B, C, H // k, W // k]``: the window means of each image."""
-    if cpu_kernels.usable(spikes):
-        return cpu_kernels.avg_pool(spikes, kernel_size)
+    kernels = _fused_kernels(spikes)
+    if kernels is not None:
+        return kernels.avg_pool(spikes, kernel_size)
     return F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
 
 
@@ -353,9 +367,15 @@ class _PoolingNeuron(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes: Tensor, membrane: Tensor, threshold: float,
                 kernel_size: int) -> tuple[Tensor, Tensor]:
-        current = _average_pool(spikes, kernel_size)
-        out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
-                                                    inplace=True)
+        if triton_kernels.usable(spikes, membrane):  # pool and scan in one launch
+            membrane = membrane.clone()
+            pooled = torch.empty((spikes.shape[0], *membrane.shape), dtype=torch.bool,
+                                 device=spikes.device)
+            out = triton_kernels.pooling_scan(spikes, threshold, kernel_size, membrane, pooled)
+        else:
+            current = _average_pool(spikes, kernel_size)
+            out, pooled, membrane = _scan_saving_spikes(current, threshold, 1.0, membrane,
+                                                        inplace=True)
         ctx.save_for_backward(pooled)
         ctx.kernel_size, ctx.input_hw = kernel_size, spikes.shape[-2:]
         return out, membrane
@@ -364,6 +384,10 @@ class _PoolingNeuron(torch.autograd.Function):
     def backward(ctx, grad_pooled: Tensor, grad_membrane: Tensor):
         (pooled,) = ctx.saved_tensors
         k = ctx.kernel_size
+        if triton_kernels.usable(grad_pooled, pooled, grad_membrane):  # scan and spread at once
+            grad, delta_first = triton_kernels.pooling_gradient_scan(
+                grad_pooled, pooled, k, grad_membrane, *ctx.input_hw)
+            return grad, delta_first, None, None
         # Average pooling's gradient is nearest-neighbour upsampling divided by k*k; the division
         # rides along in the scan and the upsampling is one write, not autograd's fill + scatter.
         delta = spike_gradient_scan(grad_pooled, pooled, 1.0 / (k * k), carry=grad_membrane)
@@ -413,9 +437,12 @@ def pooling_neuron(spikes: Tensor, threshold: float = 0.75, kernel_size: int = 2
 class _OutputIntegrator(torch.autograd.Function):
     @staticmethod
     def forward(ctx, current: Tensor, leak: float, threshold: float) -> Tensor:
-        membrane = torch.zeros_like(current[0])
-        for t in range(current.shape[0]):
-            membrane = leak * (membrane + current[t])
+        if triton_kernels.usable(current):  # one launch instead of two per step
+            membrane = triton_kernels.output_integrator(current, leak)
+        else:
+            membrane = torch.zeros_like(current[0])
+            for t in range(current.shape[0]):
+                membrane = leak * (membrane + current[t])
         ctx.time_steps, ctx.threshold = current.shape[0], threshold
         return membrane / (threshold * current.shape[0])
 

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import cpu_kernels, reference
-from .functional import _needs_graph
+from . import reference
+from .functional import _fused_kernels, _needs_graph
 
 __all__ = ["SpikingConv2d", "SpikingLinear", "TimeFolded", "compact_spikes", "expand_spikes"]
 
@@ -25,8 +25,9 @@ def compact_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
     ``x`` (one, with the fused CPU kernel), far cheaper than the float copy autograd would
     otherwise keep until backward.
     """
-    if cpu_kernels.usable(x):
-        packed = cpu_kernels.pack_spikes(x)
+    kernels = _fused_kernels(x)
+    if kernels is not None:
+        packed = kernels.pack_spikes(x)
         return packed if packed is not None else (x, None)
     low, high = torch.aminmax(x)
     scale = torch.maximum(high, -low)

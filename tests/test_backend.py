@@ -64,3 +64,15 @@ def test_the_choice_decides_which_code_runs(monkeypatch):
     with backend.use_backend("cpu"):
         fused = SF.lif_scan(current, 0.5, 0.9)
     assert calls and torch.equal(loops, fused)
+
+
+def test_auto_keeps_the_pytorch_loops_on_cuda_until_triton_is_validated_on_a_gpu():
+    with backend.use_backend("auto"):
+        assert backend.backend_for("cuda") == "torch"
+
+
+def test_triton_by_name_falls_back_with_a_warning_where_it_cannot_run(monkeypatch):
+    monkeypatch.setattr(backend, "_warned", set())
+    with backend.use_backend("triton"):
+        with pytest.warns(RuntimeWarning, match="backend 'triton' cannot run here"):
+            assert backend.backend_for("meta") == "torch"

@@ -1,0 +1,138 @@
+"""Count the device operations of one training step: what bounds a GPU step at small sizes.
+
+One training step (encode, forward, MSE-sum loss, backward, SGD step) of a network with all T
+steps in one chunk (as on a GPU), on CPU tensors, counting every ATen operation dispatched (a
+``TorchDispatchMode``; each is at most one kernel launch on CUDA, allocations and views
+included) and every Triton kernel launched by :mod:`spiking.triton_kernels`. The ``torch``
+backend is the code path CUDA took before the Triton kernels (PyTorch loops over the time
+steps); ``triton`` runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1``, which :func:`main` sets
+before triton is first used), which counts the same launches a GPU would get.
+
+    python benchmarks/count_launches.py --arch resnet11 --width 0.125 -b 2 -T 25 50 100
+
+prints one row per backend and T. A warm-up step runs first (lazily made constants).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import models  # noqa: E402
+from spiking import PoissonEncoder, backend, triton_kernels  # noqa: E402
+
+__all__ = ["OperationCounter", "count_training_step"]
+
+
+class OperationCounter(TorchDispatchMode):
+    """Counts the ATen operations dispatched while active (``ops``), and with :meth:`launches`
+    the Triton kernels launched (``triton``), not counting what Triton's interpreter itself
+    runs to emulate a launch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: Counter[str] = Counter()
+        self.triton = 0
+        self._paused = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self._paused:
+            self.ops[str(func.overloadpacket)] += 1
+        return func(*args, **(kwargs or {}))
+
+    @contextlib.contextmanager
+    def launches(self) -> Iterator[None]:
+        """Count the launches of :mod:`spiking.triton_kernels` inside the block."""
+        original = triton_kernels._launch
+
+        def counted(*args, **kwargs):
+            self.triton += 1
+            self._paused = True
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._paused = False
+
+        triton_kernels._launch = counted
+        try:
+            yield
+        finally:
+            triton_kernels._launch = original
+
+    @property
+    def total(self) -> int:
+        return sum(self.ops.values()) + self.triton
+
+
+def count_training_step(arch: str, time_steps: int, batch: int, width: float,
+                        backend_name: str, seed: int = 0) -> OperationCounter:
+    """The counts of one training step of ``arch`` on CPU tensors, all T in one chunk, after a
+    warm-up step."""
+    torch.manual_seed(seed)
+    model = models.get_model(arch, width=width)
+    model.time_chunk = time_steps
+    encoder = PoissonEncoder(time_steps, 0.5 if arch == "lenet" else 1.0)
+    images = torch.rand(batch, *model.input_shape)
+    target = F.one_hot(torch.arange(batch) % model.num_classes, model.num_classes).float()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-4, weight_decay=5e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.mse_loss(model(encoder(images)), target, reduction="sum").backward()
+        optimizer.step()
+
+    counter = OperationCounter()
+    with backend.use_backend(backend_name), counter.launches():
+        step()
+        with counter:
+            step()
+    return counter
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", default="resnet11", choices=sorted(models.MODELS))
+    parser.add_argument("-T", "--time-steps", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument("-b", "--batch", type=int, default=2)
+    parser.add_argument("--width", type=float, default=0.125)
+    parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "triton"])
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
+    unknown = [name for name in args.backends if name not in backend.BACKENDS]
+    if unknown or any(t < 1 for t in args.time_steps) or args.batch < 1 or args.width <= 0:
+        print(f"error: backends must be among {', '.join(backend.BACKENDS)}, T, batch and "
+              "width positive", file=sys.stderr)
+        return 2
+    if "triton" in args.backends and not triton_kernels.available():
+        print("error: the triton backend needs triton installed", file=sys.stderr)
+        return 2
+    print(f"{args.arch} width {args.width}, batch {args.batch}, one chunk of all T, "
+          "one training step")
+    print(f"| backend | T | ATen ops | Triton launches | total | per step of T | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.backends:
+        for time_steps in args.time_steps:
+            start = time.perf_counter()
+            counter = count_training_step(args.arch, time_steps, args.batch, args.width, name)
+            seconds = time.perf_counter() - start
+            print(f"| {name} | {time_steps} | {sum(counter.ops.values())} | {counter.triton} | "
+                  f"{counter.total} | {counter.total / time_steps:.1f} | {seconds:.1f} |",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
