@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from training import (DATASETS, AverageMeter, EpochProgress, Experiment, UsageError, accuracy,
-                      build_datasets, build_model, evaluate, format_table, learning_rate,
+                      build_datasets, build_model, evaluate, format_text_table, learning_rate,
                       load_checkpoint, parse_settings, run, spike_loss, synthetic_dataset)
 from spiking import PoissonEncoder
 
@@ -158,7 +158,7 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     assert [line.split("]")[0] for line in lines] == ["Epoch 1/1 [2/5", "Epoch 1/1 [4/5",
                                                        "Epoch 1/1 [5/5"]
     assert all("samples/s" in line and "Prec@1" in line for line in lines)
-    assert format_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
+    assert format_text_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
 
 
 def test_evaluate_without_resume_is_refused():
