@@ -28,7 +28,8 @@ import mnist_LeNet  # noqa: E402
 QUICK = dict(synthetic=True, synthetic_size=16, time_steps=8, width=0.5, batch_size=4,
              test_batch_size=8, workers=0, print_freq=1000)
 # 4 steps per epoch; momentum gives the optimiser a state, the milestone a schedule to keep
-LENET = replace(mnist_LeNet.EXPERIMENT, **QUICK, momentum=0.9, milestones=(1,), epochs=2)
+LENET = replace(mnist_LeNet.EXPERIMENT, **QUICK, threshold=0.5, pool_threshold=0.5, lr=0.002,
+                momentum=0.9, milestones=(1,), epochs=2)
 # VGG9 adds dropout masks to the draws that must line up; on the synthetic set its last layers
 # fall silent in epoch 2 (a dead network, which the run would stop at), so it only warns here
 VGG9 = replace(cifar10_VGG9.EXPERIMENT, **{**QUICK, "width": 0.25, "time_steps": 6},
