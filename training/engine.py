@@ -160,7 +160,8 @@ class _Interrupts:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum:
-            raise KeyboardInterrupt
+            _say("interrupted again: stopping now, without a checkpoint of this epoch")
+            raise Interrupted(signum)
         self.signum = signum
 
     def request(self) -> int:
