@@ -11,19 +11,20 @@
 - :mod:`training.checkpoint`: atomic checkpoints, safe loading of ours and the authors' files.
 - :mod:`training.distributed`: DDP under torchrun (process group, rank 0, reductions, samplers).
 - :mod:`training.reports`, :mod:`training.plots`: ``--stats`` output and the optional PNG figures.
+- :mod:`training.stops`: signals, ``--save-every`` and spike counts: what ends a run early.
 - :mod:`training.engine`: ``run`` and ``main``, which tie them together.
 """
 from .checkpoint import (atomic_save, capture_rng_state, checkpoint_paths, load_checkpoint,
                          load_weights, restore_rng_state, run_tag, save_checkpoint)
 from .data import DATASETS, DatasetInfo, build_datasets, make_loader, synthetic_dataset
-from .engine import (Interrupted, RunResult, build_model, epoch_seed, main, resolve_device, run,
-                     seed_everything)
+from .engine import RunResult, build_model, epoch_seed, main, resolve_device, run, seed_everything
 from .experiment import Experiment, UsageError, build_parser, parse_settings
 from .loop import (EpochStats, EvalMonitor, Precision, adjust_learning_rate, build_optimizer,
                    evaluate, learning_rate, make_precision, schedule_state, spike_loss,
                    train_one_epoch)
 from .metrics import (CSV_FIELDS, AverageMeter, EpochProgress, EpochRecord, MetricsLog,
                       ProgressMeter, accuracy, format_epoch_table, format_text_table)
+from .stops import Interrupted
 
 __all__ = [
     "CSV_FIELDS", "DATASETS", "AverageMeter", "DatasetInfo", "EpochProgress", "EpochRecord",

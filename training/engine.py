@@ -10,11 +10,8 @@ from __future__ import annotations
 import os
 import random
 import shlex
-import signal
 import sys
-import threading
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 import models
-from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron
+from spiking import PoissonEncoder
 
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
                          restore_rng_state, run_tag, save_checkpoint)
@@ -38,13 +35,10 @@ from .loop import (EpochMeters, EpochStats, NonFiniteLoss, Precision, adjust_lea
                    build_optimizer, evaluate, make_precision, schedule_state, train_one_epoch)
 from .metrics import EpochProgress, EpochRecord, MetricsLog, format_epoch_table
 from .reports import make_spike_monitor, report_spike_stats, write_training_curves
+from .stops import AfterStep, Interrupted, Interrupts, SpikeCounts
 
-__all__ = ["Interrupted", "RunResult", "build_model", "check_input_shape", "epoch_seed", "main",
+__all__ = ["RunResult", "build_model", "check_input_shape", "epoch_seed", "main",
            "resolve_device", "run", "seed_everything", "set_deterministic"]
-
-AfterStep = Callable[[int, int], None]
-_SAVE_NOW = 1  # a request code below every signal number
-
 
 @dataclass
 class RunResult:
@@ -56,15 +50,6 @@ class RunResult:
     test: EpochStats | None
     history: list[dict[str, Any]] = field(default_factory=list)
     model: torch.nn.Module | None = None
-
-
-class Interrupted(Exception):
-    """SIGINT or SIGTERM stopped the run after a checkpoint was written; ``status`` is the exit
-    status of a process killed by that signal (130, 143)."""
-
-    def __init__(self, signum: int, step: int = 0) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.status, self.step = 128 + signum, step
 
 
 def resolve_device(name: str) -> torch.device:
@@ -133,90 +118,6 @@ def _say(*parts: object) -> None:
     """Print on rank 0 only (every process of a DDP run would repeat the same line)."""
     if is_main_process():
         print(*parts, flush=True)
-
-
-class _Interrupts:
-    """SIGINT/SIGTERM and the ``--save-every`` timer, turned into requests that the training loop
-    answers after a step (:class:`training.loop.StepControl`); a second signal stops at once."""
-
-    def __init__(self, save_every_minutes: float, after_step: AfterStep | None) -> None:
-        self.signum = 0
-        self.period = save_every_minutes * 60
-        self.after_step = after_step
-        self.epoch = 0
-        self.on_save: Callable[[int, EpochMeters], None] = lambda step, meters: None
-        self.last_save = time.monotonic()
-        self.previous: dict[int, Any] = {}
-
-    def __enter__(self) -> _Interrupts:
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self.previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum: int, frame: object) -> None:
-        if self.signum:
-            _say("interrupted again: stopping now, without a checkpoint of this epoch")
-            raise Interrupted(signum)
-        self.signum = signum
-
-    def request(self) -> int:
-        due = self.period > 0 and time.monotonic() - self.last_save >= self.period
-        return self.signum or (_SAVE_NOW if due and is_main_process() else 0)
-
-    def step_done(self, step: int, meters: EpochMeters, request: int) -> None:
-        if self.after_step is not None:
-            self.after_step(self.epoch, step)
-        if request:
-            self.on_save(step, meters)
-            self.last_save = time.monotonic()
-        if request > _SAVE_NOW:
-            raise Interrupted(request, step)
-
-
-class _SpikeCounts:
-    """Spikes emitted by every hidden LIF and pooling layer, and nonzero outputs of the output
-    layer, summed over a training epoch by forward hooks (one count per layer and chunk, kept on
-    the device: no synchronisation in the hot loop)."""
-
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        kinds = (LIFNeuron, PoolingNeuron, OutputIntegrator)
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-        self.device = device
-        self.handles: list[Any] = []
-        self.reset()
-
-    def reset(self, counts: dict[str, int] | None = None) -> None:
-        self.counts = {name: torch.tensor((counts or {}).get(name, 0), device=self.device)
-                       for name in self.layers}
-
-    def __enter__(self) -> _SpikeCounts:
-        for name, module in self.layers.items():
-            self.handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
-
-    def _hook(self, name: str) -> Callable:
-        def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            self.counts[name] += torch.count_nonzero(output.detach())
-        return count
-
-    def local(self) -> dict[str, int]:
-        """This process's counts so far."""
-        return {name: int(count) for name, count in self.counts.items()}
-
-    def total(self) -> dict[str, int]:
-        """The counts summed over all ranks."""
-        return dict(zip(self.counts, map(int, all_reduce_sum(
-            [float(c) for c in self.counts.values()], self.device))))
 
 
 @dataclass
@@ -289,9 +190,9 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
         train_model = DistributedDataParallel(
             r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
     test_encoder, test_generator = _test_encoder(r)
-    spikes = _SpikeCounts(r.model, r.device)
+    spikes = SpikeCounts(r.model, r.device)
     test = None
-    with _Interrupts(settings.save_every, after_step) as interrupts:
+    with Interrupts(settings.save_every, after_step) as interrupts:
         for epoch in range(r.start_epoch, settings.epochs):
             lr, train = _train_epoch(r, train_model, epoch, interrupts, spikes)
             _check_silence(r, spikes.total(), epoch)
@@ -487,8 +388,8 @@ def _open_log(r: _Run) -> str:
     return ""
 
 
-def _train_epoch(r: _Run, train_model: nn.Module, epoch: int, interrupts: _Interrupts,
-                 spikes: _SpikeCounts) -> tuple[float, EpochStats]:
+def _train_epoch(r: _Run, train_model: nn.Module, epoch: int, interrupts: Interrupts,
+                 spikes: SpikeCounts) -> tuple[float, EpochStats]:
     """One epoch's draws fixed by (seed, epoch, rank), or a resumed epoch's continued from the
     checkpoint; then the training pass. A NaN/infinite loss becomes a one-line error naming
     the step and the checkpoint that is kept (nothing is saved for the diverged epoch)."""
@@ -585,7 +486,7 @@ def _save(r: _Run, state: dict[str, Any], is_best: bool) -> None:
 
 
 def _save_inside_epoch(r: _Run, epoch: int, step: int, meters: EpochMeters,
-                       spikes: _SpikeCounts) -> None:
+                       spikes: SpikeCounts) -> None:
     """The latest checkpoint after ``step`` steps of ``epoch``, with every rank's generators,
     partial meters and spike counts (the best checkpoint stays that of a whole epoch)."""
     ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
@@ -608,7 +509,7 @@ def _end_epoch(r: _Run, epoch: int, lr: float, train: EpochStats, test: EpochSta
     _say(record.summary(r.settings.epochs, r.best_prec1))
 
 
-def _stop_if_signalled(r: _Run, interrupts: _Interrupts, epoch: int) -> None:
+def _stop_if_signalled(r: _Run, interrupts: Interrupts, epoch: int) -> None:
     """A signal that came during the test pass or the save: the epoch's checkpoint is written,
     so stop here."""
     signum = int(all_reduce_max([float(interrupts.signum)], r.device)[0])
