@@ -243,3 +243,14 @@ def test_what_a_run_prints_and_writes(tmp_path, capsys):
         for value in row.values():
             digits = value.lstrip("-").replace(".", "").split("e")[0].lstrip("0")
             assert len(digits) <= 6, value  # e.g. 10.0, not 10.000000029802322
+
+
+@pytest.mark.parametrize("arch, dataset", [("lenet", "mnist"), ("vgg9", "cifar10"),
+                                           ("resnet11", "cifar10"), ("resnet13", "svhn")])
+def test_the_dropout_setting_reaches_every_dropout_module(arch, dataset, capsys):
+    from spiking.dropout import TimeHeldDropout
+
+    model = build_model(replace(TINY, arch=arch, dataset=dataset, dropout=0.1))
+    rates = {module.p for module in model.modules() if isinstance(module, TimeHeldDropout)}
+    assert rates == (set() if arch == "lenet" else {0.1})
+    assert "no dropout" not in capsys.readouterr().out
