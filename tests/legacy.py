@@ -1,4 +1,4 @@
-"""Builds checkpoints the way the authors' PyTorch 0.3.1 / Python 2.7 release did (SPEC section 10):
+"""Builds checkpoints the way the authors' PyTorch 0.3.1 / Python 2.7 release did:
 legacy (non-zip) serialisation, pickle protocol 2, Python 2 byte strings, tensors rebuilt with
 ``torch._utils._rebuild_tensor`` (0.3's form, before ``_rebuild_tensor_v2``), and optionally the
 ``module.`` prefix DataParallel added to every weight name."""

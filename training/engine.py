@@ -422,6 +422,9 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int, interrupts: Interr
         raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
                          f"{_kept(r)} (lower --lr?)") from None
     except Interrupted as interrupt:
+        if progress is not None:  # the bar first, so that the line stands alone
+            progress.close()
+            progress = None
         _say(f"interrupted at epoch {epoch + 1}, step {interrupt.step}; resume with: "
              f"{_resume_command(r)}")
         raise
@@ -443,8 +446,9 @@ def _check_silence(r: _Run, counts: dict[str, int], epoch: int) -> None:
     gone = [name for name in silent if name in r.fired]
     r.fired |= {name for name, count in counts.items() if count}
     if gone:
-        message = (f"{', '.join(gone)} went silent in epoch {epoch + 1}: no spike (output: only "
-                   f"zeros) over the whole training epoch")
+        nothing = "no spike" + (" (the output: only zeros)" if "output" in gone else "")
+        message = (f"{', '.join(gone)} went silent in epoch {epoch + 1}: {nothing} over the "
+                   f"whole training epoch")
         if not r.settings.allow_silent:
             raise UsageError(f"{message}; stopped, {_kept(r)} (lower --lr?, or --allow-silent "
                              f"to go on)")
