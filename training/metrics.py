@@ -196,13 +196,9 @@ def format_epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _cell(value: Any, fmt: str) -> str:
-    if value is None or value == "":
+    if value is None or value == "":  # a column an older checkpoint's history lacks
         return ""
-    if fmt == "d":
-        return str(int(value))
-    if fmt == ".4f":
-        return f"{float(value):.4f}"
-    return f"{float(value):.6g}" if fmt == ".3g" else f"{float(value):{fmt}}"
+    return str(int(value)) if fmt == "d" else f"{float(value):{fmt}}"
 
 
 def format_text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
