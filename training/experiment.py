@@ -180,6 +180,7 @@ class Experiment:
                                   show_default=False,
                                   help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
     save_every: float = setting(0.0, "--save-every", metavar="MINUTES", rule=_AT_LEAST_0,
+                                what="--save-every",
                                 help="also write a mid-epoch checkpoint every MINUTES of "
                                      "training (0 = only at epoch ends and on SIGINT/SIGTERM)")
     allow_silent: bool = setting(False, "--allow-silent", action="store_true",
