@@ -166,7 +166,9 @@ def test_a_layer_gone_silent_stops_the_run_and_keeps_the_last_good_checkpoint(tm
         run(settings, after_step=silenced)
     message = str(error.value)
     assert message.startswith("lif1, pool1, lif2") and "went silent in epoch 2" in message
-    assert f"last good checkpoint kept: {tmp_path}/checkpointT1_" in message
+    assert (f"stopped, the best checkpoint, {tmp_path}/model_bestT1_mnist_lenet_synthetic.pth.tar "
+            "(test top-1 ") in message
+    assert f"the last, {tmp_path}/checkpointT1_mnist_lenet_synthetic.pth.tar, are kept" in message
     assert "\n" not in message
     kept = load_checkpoint(str(tmp_path / "checkpointT1_mnist_lenet_synthetic.pth.tar"))
     assert kept["epoch"] == 1 and {"lif1", "pool1", "lif2"} <= set(kept["fired"])

@@ -450,8 +450,11 @@ def _check_silence(r: _Run, counts: dict[str, int], epoch: int) -> None:
         message = (f"{', '.join(gone)} went silent in epoch {epoch + 1}: {nothing} over the "
                    f"whole training epoch")
         if not r.settings.allow_silent:
-            raise UsageError(f"{message}; stopped, {_kept(r)} (lower --lr?, or --allow-silent "
-                             f"to go on)")
+            # the weights that started this epoch were silent already: the best ones matter
+            kept = (f"the best checkpoint, {r.best} (test top-1 {r.best_prec1:.2f}%), and the "
+                    f"last, {r.last}, are kept" if r.best_prec1 is not None else _kept(r))
+            raise UsageError(f"{message}; stopped, {kept} (lower --lr?, or --allow-silent to "
+                             f"go on)")
         _say(f"warning: {message}")
     elif silent and epoch == 0:
         _say(f"warning: {', '.join(silent)} emitted no spike in epoch 1 (too few time steps "
