@@ -1,8 +1,8 @@
 """Spiking ResNet11 on CIFAR-10, trained with spike-based backpropagation (Lee et al. 2020).
 
 The settings in this script are those of the authors' released cifar10_ResNet11.py
-(SPEC section 9); every command-line flag overrides one of them (python cifar10_ResNet11.py
---help). Their usage line works unchanged:
+(docs/algorithm.md lists them); every command-line flag overrides one of them
+(python cifar10_ResNet11.py --help). Their usage line works unchanged:
 python cifar10_ResNet11.py --resume model_bestT1_cifar10_r11.pth.tar --evaluate
 """
 from training import Experiment, main

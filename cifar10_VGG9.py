@@ -1,7 +1,7 @@
 """Spiking VGG9 on CIFAR-10, trained with spike-based backpropagation (Lee et al. 2020).
 
-The settings in this script are those of the authors' released cifar10_VGG9.py
-(SPEC section 9); every command-line flag overrides one of them (python cifar10_VGG9.py --help).
+The settings in this script are those of the authors' released cifar10_VGG9.py (docs/algorithm.md
+lists them); every command-line flag overrides one of them (python cifar10_VGG9.py --help).
 """
 from training import Experiment, main
 

@@ -1,7 +1,7 @@
 """Spiking LeNet on MNIST, trained with spike-based backpropagation (Lee et al. 2020).
 
-The settings in this script are those of the authors' released mnist_LeNet.py
-(SPEC section 9); every command-line flag overrides one of them (python mnist_LeNet.py --help).
+The settings in this script are those of the authors' released mnist_LeNet.py (docs/algorithm.md
+lists them); every command-line flag overrides one of them (python mnist_LeNet.py --help).
 """
 from training import Experiment, main
 

@@ -1,9 +1,9 @@
 """Spiking ResNet13 on SVHN, trained with spike-based backpropagation.
 
-Not in the authors' release: ResNet13 (ResNet11 plus one identity residual block, SPEC section 8)
+Not in the authors' release: ResNet13 (ResNet11 plus one identity residual block)
 and these settings are this project's own choice, not a published run. They follow ResNet11 on
 CIFAR-10 except where SVHN differs: no horizontal flip (digits are not mirror-symmetric), SVHN's
-own per-channel mean/std (SPEC section 8), and a shorter schedule, since the training split is
+own per-channel mean/std, and a shorter schedule, since the training split is
 half again as large as CIFAR-10's. Every flag overrides one setting
 (python svhn_ResNet13.py --help); --svhn-extra adds the 531k "extra" images.
 """

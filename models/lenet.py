@@ -27,8 +27,8 @@ class LeNet(SpikingNetwork):
 
     def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
                  pool_threshold: float = 0.75, width: float = 1.0,
-                 input_shape: tuple[int, int, int] = (1, 28, 28)) -> None:
-        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout=0.0)
+                 input_shape: tuple[int, int, int] = (1, 28, 28), dropout: float = 0.0) -> None:
+        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
         in_channels, height, width_px = input_shape
         c1, c2, f0 = scaled(20, width), scaled(50, width), scaled(200, width)
 

@@ -6,10 +6,13 @@ then evaluates the checkpoint rank 0 wrote with ``--resume ... --evaluate``, and
 rank's final weights and both passes' metrics to ``DUMP_DIR/rank<R>.pt`` for the test to compare.
 
 The only change to the script's settings is the encoder's scale (see ``DETERMINISTIC_SCALE``).
+With ``DDP_WORKER_STOP_AT_STEP=S`` in the environment, rank 0 sends itself SIGTERM after step S
+of the first epoch, and the worker exits with the engine's interrupt status after its checkpoint.
 """
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import mnist_LeNet  # noqa: E402
-from training import parse_settings, run  # noqa: E402
+from training import Interrupted, parse_settings, run  # noqa: E402
 from training.checkpoint import checkpoint_paths, run_tag  # noqa: E402
 from training.distributed import cleanup  # noqa: E402
 
@@ -40,7 +43,18 @@ def main() -> None:
     torch.set_num_threads(1)
     settings = replace(parse_settings(mnist_LeNet.EXPERIMENT, argv),
                        input_scale=DETERMINISTIC_SCALE)
-    trained = run(settings)
+    stop_at = int(os.environ.get("DDP_WORKER_STOP_AT_STEP") or 0)
+
+    def terminate(epoch: int, step: int) -> None:
+        if os.environ["RANK"] == "0" and (epoch, step) == (0, stop_at):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    try:
+        trained = run(settings, after_step=terminate if stop_at else None,
+                      command=[f"{REPO}/mnist_LeNet.py", *argv])
+    except Interrupted as interrupt:
+        cleanup()
+        sys.exit(interrupt.status)
     last, _ = checkpoint_paths(settings.out_dir, run_tag(settings))
     evaluated = run(replace(settings, resume=last, evaluate=True))
     torch.save({"weights": trained.model.state_dict(), "history": trained.history,

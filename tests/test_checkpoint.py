@@ -143,3 +143,46 @@ def test_wrong_architecture_is_a_one_line_error(tmp_path):
     wide = models.get_model("lenet", width=0.25)
     with pytest.raises(UsageError, match=r"cnn1.weight is \(5, 1, 5, 5\), expected \(2, 1, 5, 5\)"):
         load_weights(_tiny(), {"state_dict": wide.state_dict()}, "lenet", path)
+
+
+def test_each_unreadable_file_gets_one_line_saying_what_it_is(tmp_path, recwarn):
+    import pickle
+
+    files = {"empty": b"", "text": b"epoch,lr\n1,0.1\n",
+             "plain": pickle.dumps({"state_dict": {}}, protocol=4)}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    save_checkpoint({"state_dict": _tiny().state_dict()}, False, str(tmp_path), "full")
+    whole = (tmp_path / "checkpointT1_full.pth.tar").read_bytes()
+    (tmp_path / "truncated").write_bytes(whole[:len(whole) // 2])
+    torch.save({"state_dict": _tiny().state_dict()}, tmp_path / "legacy",
+               _use_new_zipfile_serialization=False)
+    legacy = (tmp_path / "legacy").read_bytes()
+    (tmp_path / "legacy_truncated").write_bytes(legacy[:len(legacy) // 2])
+    torch.save({"state_dict": {}, "payload": os.getcwd}, tmp_path / "code")
+    expected = {"empty": "the file is empty", "text": "not a PyTorch checkpoint",
+                "plain": "not a PyTorch checkpoint", "truncated": "the file is truncated or corrupt",
+                "legacy_truncated": "the file is truncated or corrupt",
+                "code": "refused: loading it would run code (posix.getcwd), it holds more than "
+                        "weights and numbers"}
+    for name, what in expected.items():
+        with pytest.raises(UsageError) as error:
+            load_checkpoint(str(tmp_path / name))
+        assert str(error.value) == f"cannot read checkpoint {tmp_path / name}: {what}"
+    assert not recwarn.list  # no pickle-protocol warning, no weights_only advice
+
+
+@pytest.mark.parametrize("saved, this, dataset, hint", [
+    ("lenet", "vgg9", "cifar10", "it fits mnist_LeNet.py"),
+    ("resnet11", "lenet", "mnist", "it fits cifar10_ResNet11.py"),
+    ("vgg9", "resnet11", "cifar10", "use -a vgg9"),
+])
+def test_architecture_mismatch_suggests_what_fits(saved, this, dataset, hint):
+    checkpoint = {"arch": saved, "state_dict": {}}
+    with pytest.raises(UsageError, match=f"holds a {saved} network, but this run builds {this} "
+                                         rf"\({hint}\)$"):
+        load_weights(_tiny(this), checkpoint, this, "x.pth.tar", dataset)
+    checkpoint["settings"] = {"dataset": "svhn"}  # trained with -a under another script
+    with pytest.raises(UsageError, match=r"\(it fits svhn_ResNet13.py -a lenet\)$" if saved ==
+                       "lenet" else "svhn_ResNet13.py"):
+        load_weights(_tiny(this), checkpoint, this, "x.pth.tar", dataset)

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from training import (DATASETS, AverageMeter, EpochProgress, Experiment, UsageError, accuracy,
-                      build_datasets, build_model, evaluate, format_table, learning_rate,
+                      build_datasets, build_model, evaluate, format_text_table, learning_rate,
                       load_checkpoint, parse_settings, run, spike_loss, synthetic_dataset)
 from spiking import PoissonEncoder
 
@@ -158,7 +158,7 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     assert [line.split("]")[0] for line in lines] == ["Epoch 1/1 [2/5", "Epoch 1/1 [4/5",
                                                        "Epoch 1/1 [5/5"]
     assert all("samples/s" in line and "Prec@1" in line for line in lines)
-    assert format_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
+    assert format_text_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
 
 
 def test_evaluate_without_resume_is_refused():
@@ -202,3 +202,55 @@ def test_resume_of_a_finished_run_trains_nothing(tmp_path, capsys):
                         resume=str(tmp_path / "checkpointT1_tiny_synthetic.pth.tar")))
     assert "nothing to train" in capsys.readouterr().out
     assert again.best_prec1 == first.best_prec1
+
+
+def test_train_subset_larger_than_the_set_is_an_error():
+    with pytest.raises(UsageError, match=r"^--train-subset 33 is larger than the training set "
+                                         r"\(32 images\)$"):
+        run(replace(TINY, train_subset=33))
+
+
+def test_failed_offline_run_leaves_no_empty_data_directory(tmp_path):
+    data = tmp_path / "data"
+    with pytest.raises(UsageError, match="mnist data not found"):
+        run(replace(TINY, synthetic=False, download=False, data_dir=str(data),
+                    out_dir=str(tmp_path / "out")))
+    assert not data.exists()
+    kept = tmp_path / "kept"
+    (kept / "MNIST").mkdir(parents=True)  # a directory the user made stays
+    with pytest.raises(UsageError, match="mnist data not found"):
+        run(replace(TINY, synthetic=False, download=False, data_dir=str(kept),
+                    out_dir=str(tmp_path / "out")))
+    assert (kept / "MNIST").is_dir()
+
+
+def test_what_a_run_prints_and_writes(tmp_path, capsys):
+    run(replace(TINY, out_dir=str(tmp_path), epochs=2))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("tiny_synthetic: lenet on synthetic mnist (32 train / 10 test)")
+    assert "seed 5, device cpu, float32, spiking backend " in lines[0]
+    assert "float32" not in lines[1:]  # the precision is part of the header, not a line of its own
+    assert not [line for line in lines if "Prec@5" in line]  # the summary line says it once
+    summaries = [line for line in lines if line.startswith("Epoch 2/2 | lr")]
+    assert len(summaries) == 1 and " top-5 " in summaries[0]
+    csv_path = tmp_path / "metrics_tiny_synthetic.csv"
+    assert lines[-2] == (f"best test top-1 {float(summaries[0].rsplit(' ', 1)[1][:-1]):.2f}%; "
+                         f"checkpoints {tmp_path}/checkpointT1_tiny_synthetic.pth.tar and "
+                         f"{tmp_path}/model_bestT1_tiny_synthetic.pth.tar; metrics {csv_path}")
+    with open(csv_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for value in row.values():
+            digits = value.lstrip("-").replace(".", "").split("e")[0].lstrip("0")
+            assert len(digits) <= 6, value  # e.g. 10.0, not 10.000000029802322
+
+
+@pytest.mark.parametrize("arch, dataset", [("lenet", "mnist"), ("vgg9", "cifar10"),
+                                           ("resnet11", "cifar10"), ("resnet13", "svhn")])
+def test_the_dropout_setting_reaches_every_dropout_module(arch, dataset, capsys):
+    from spiking.dropout import TimeHeldDropout
+
+    model = build_model(replace(TINY, arch=arch, dataset=dataset, dropout=0.1))
+    rates = {module.p for module in model.modules() if isinstance(module, TimeHeldDropout)}
+    assert rates == (set() if arch == "lenet" else {0.1})
+    assert "no dropout" not in capsys.readouterr().out

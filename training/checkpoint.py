@@ -1,5 +1,5 @@
 """Checkpoints: the authors' layout plus what an exact resume needs, written atomically, and a
-loader that also reads the authors' released PyTorch 0.3 / Python 2 files (SPEC section 10).
+loader that also reads the authors' released PyTorch 0.3 / Python 2 files.
 
 Layout written here (all ``weights_only``-loadable)::
 
@@ -8,15 +8,29 @@ Layout written here (all ``weights_only``-loadable)::
     state_dict   model weights under the authors' names
     best_prec1   best test top-1 so far (percent)
     optimizer    optimizer.state_dict()
-    scheduler    learning-rate schedule and its position (training.optim.schedule_state)
-    rng          Python, NumPy, torch CPU and CUDA generator states at the end of the epoch
+    scheduler    learning-rate schedule and its position (training.loop.schedule_state)
+    rng          Python, NumPy, torch CPU and CUDA generator states of rank 0 when written
     settings     the run's Experiment as a dict
     history      one dict per finished epoch (the CSV rows)
+    fired        hidden layers that have emitted spikes in some epoch (the silence check)
+
+A checkpoint written inside an epoch (at an interrupt, or by --save-every) also has::
+
+    step         training steps done in epoch ``epoch`` (0-based), all of them if only the
+                 epoch's test pass is missing
+    ranks        per process: ``rng`` (generator states after that step), ``meters`` (the
+                 epoch's partial sums, training.loop.EpochMeters.state) and ``spikes`` (the
+                 epoch's partial spike counts per layer); the data order follows from the seed,
+                 the epoch and ``step``
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
+import pickle
+import re
+import sys
 import random
 import tempfile
 import warnings
@@ -29,8 +43,7 @@ from torch import nn
 
 from models import MODELS
 
-from .errors import UsageError
-from .experiment import Experiment
+from .experiment import Experiment, UsageError
 
 __all__ = ["atomic_save", "capture_rng_state", "checkpoint_paths", "load_checkpoint",
            "load_weights", "restore_rng_state", "run_tag", "save_checkpoint"]
@@ -112,9 +125,36 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+# torch's legacy (non-zip) files, the authors' included, begin with this pickled magic number
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
+
+# the script whose data set and network a checkpoint was trained for
+SCRIPTS = {("mnist", "lenet"): "mnist_LeNet.py", ("cifar10", "vgg9"): "cifar10_VGG9.py",
+           ("cifar10", "resnet11"): "cifar10_ResNet11.py", ("svhn", "resnet13"): "svhn_ResNet13.py"}
+
+
+def _unreadable(path: str, error: BaseException) -> str:
+    """What the file at ``path`` is, given that ``torch.load`` failed with ``error``."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if not head:
+        return "the file is empty"
+    if not head.startswith(b"PK") and head != _LEGACY_MAGIC:
+        return "not a PyTorch checkpoint"
+    named = re.search(r"GLOBAL ([\w.]+)", str(error))
+    if isinstance(error, pickle.UnpicklingError) and named and _exists(named.group(1)):
+        return (f"refused: loading it would run code ({named.group(1)}), it holds more than "
+                "weights and numbers")
+    return "the file is truncated or corrupt"
+
+
+def _exists(name: str) -> bool:
+    """Whether ``name`` (``module.attribute``) names something real, e.g. ``posix.system``,
+    rather than a name cut short by a truncated file; nothing is imported to find out."""
+    module, _, attribute = name.rpartition(".")
+    if module in sys.modules:
+        return hasattr(sys.modules[module], attribute)
+    return importlib.util.find_spec(name.split(".")[0]) is not None
 
 
 def _strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
@@ -125,13 +165,13 @@ def _strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dic
 
 def _safe_load(path: str) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; Python 2 byte strings decoded as latin1."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except UnicodeDecodeError:
-        # A Python 2 pickle (the authors' release). torch warns that pickle arguments are
-        # ignored under weights_only, yet it does apply the encoding; silence that warning.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="pickle_load_args only works")
+    # torch warns about pickle protocols and, for Python 2 pickles (the authors' release), that
+    # pickle arguments are ignored under weights_only, though it does apply the encoding
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except UnicodeDecodeError:
             return torch.load(path, map_location="cpu", weights_only=True, encoding="latin1")
 
 
@@ -150,7 +190,7 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     try:
         checkpoint = _safe_load(path)
     except Exception as error:  # corrupt, truncated, foreign pickle, disallowed globals ...
-        raise UsageError(f"cannot read checkpoint {path}: {_first_line(error)}") from None
+        raise UsageError(f"cannot read checkpoint {path}: {_unreadable(path, error)}") from None
     if not isinstance(checkpoint, dict):
         raise UsageError(f"cannot read checkpoint {path}: it holds a {type(checkpoint).__name__}, "
                          "not a dict")
@@ -163,17 +203,35 @@ def load_checkpoint(path: str) -> dict[str, Any]:
     return checkpoint
 
 
-def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], arch: str, path: str) -> None:
-    """Load ``checkpoint['state_dict']`` into ``model`` strictly.
+def _suggestion(saved_arch: str, saved_dataset: str | None, dataset: str | None) -> str:
+    """What to run instead: ``-a ARCH`` on the same data set, else the script of the
+    checkpoint's data set (with ``-a`` where that script builds another network)."""
+    if saved_dataset is None:  # the authors' files: their script's data set
+        saved_dataset = next((d for d, a in SCRIPTS if a == saved_arch), None)
+    if dataset is None or saved_dataset in (None, dataset):
+        return f"use -a {saved_arch}"
+    script = SCRIPTS.get((saved_dataset, saved_arch))
+    if script is not None:
+        return f"it fits {script}"
+    script = next(s for (d, _), s in SCRIPTS.items() if d == saved_dataset)
+    return f"it fits {script} -a {saved_arch}"
+
+
+def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], arch: str, path: str,
+                 dataset: str | None = None) -> None:
+    """Load ``checkpoint['state_dict']`` into ``model`` (``arch``, for ``dataset``) strictly.
 
     Raises:
-        UsageError: the checkpoint names another known architecture, or its keys or shapes
-            do not fit ``model`` (one line naming the first differences).
+        UsageError: the checkpoint names another known architecture (the message suggests the
+            flag or script that fits it), or its keys or shapes do not fit ``model`` (one line
+            naming the first differences).
     """
     saved_arch = str(checkpoint.get("arch", "")).lower()
     if saved_arch in MODELS and saved_arch != arch:
+        settings = checkpoint.get("settings")
+        saved_dataset = settings.get("dataset") if isinstance(settings, dict) else None
         raise UsageError(f"checkpoint {path} holds a {saved_arch} network, but this run builds "
-                         f"{arch} (use -a {saved_arch})")
+                         f"{arch} ({_suggestion(saved_arch, saved_dataset, dataset)})")
     saved, expected = checkpoint["state_dict"], model.state_dict()
     missing = sorted(set(expected) - set(saved))
     unexpected = sorted(set(saved) - set(expected))

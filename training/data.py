@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
-from .errors import UsageError
-from .experiment import Experiment
+from .experiment import Experiment, UsageError
 
 __all__ = ["DATASETS", "DatasetInfo", "build_datasets", "make_loader", "synthetic_dataset"]
 

@@ -7,20 +7,22 @@ do nothing extra when not distributed.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
-from .errors import UsageError
+from .experiment import UsageError
 
-__all__ = ["DistContext", "ShardSampler", "all_reduce_mean", "all_reduce_sum", "any_rank",
-           "barrier", "cleanup", "init_distributed", "is_main_process", "per_rank_batch",
-           "process_device"]
+__all__ = ["DistContext", "ResumableSampler", "ShardSampler", "all_gather", "all_reduce_max",
+           "all_reduce_sum", "barrier", "cleanup", "init_distributed", "is_main_process",
+           "per_rank_batch", "process_device"]
 
 # A rank that dies or hangs should not keep the others waiting for NCCL/gloo's 30-minute default.
 _TIMEOUT = timedelta(minutes=10)
@@ -81,16 +83,19 @@ def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
     return _reduce(values, dist.ReduceOp.SUM, device)
 
 
-def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise mean of ``values`` over all ranks."""
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    return [v / world for v in all_reduce_sum(values, device)]
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise maximum of ``values`` over all ranks, so that all ranks take the same branch
+    (a rank that stopped alone would leave the others waiting in the next collective)."""
+    return _reduce(values, dist.ReduceOp.MAX, device)
 
 
-def any_rank(flag: bool, device: torch.device) -> bool:
-    """True if ``flag`` is true on any rank, so that all ranks take the same branch (a rank
-    that stopped alone would leave the others waiting in the next collective)."""
-    return all_reduce_sum([float(flag)], device)[0] > 0
+def all_gather(value: Any) -> list[Any]:
+    """Every rank's ``value`` (picklable), in rank order; ``[value]`` without a process group."""
+    if not dist.is_initialized():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def barrier() -> None:
@@ -130,3 +135,17 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class ResumableSampler(DistributedSampler):
+    """DistributedSampler that leaves out the first ``skip`` indices of this rank's epoch: a
+    run resumed inside an epoch goes on with the batches the interrupted one had not reached
+    (the order itself follows from the seed and the epoch)."""
+
+    skip = 0
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.islice(super().__iter__(), self.skip, None)
+
+    def __len__(self) -> int:
+        return super().__len__() - self.skip

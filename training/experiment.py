@@ -1,105 +1,261 @@
-"""An experiment's settings: one dataclass the entry scripts fill in and the engine reads."""
+"""An experiment's settings and the command line that follows from them.
+
+Each setting is one field of :class:`Experiment`; a field that has a flag carries its flag names,
+help text and check in its metadata (:func:`setting`), and :func:`build_parser` turns those into
+the command line. A new setting is therefore defined once, here, plus its value in each entry
+script that does not keep the default.
+"""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import argparse
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
-__all__ = ["Experiment"]
+import torch
+
+from models import MODELS
+
+__all__ = ["Experiment", "UsageError", "build_parser", "parse_settings", "setting"]
+
+AUTHORS, OURS, STATS = "the authors' flags", "this project's flags", "spike statistics"
+
+
+class UsageError(Exception):
+    """A problem the user can fix (bad checkpoint path, wrong architecture, missing data).
+
+    The scripts print ``error: <message>`` on one line to stderr and exit with status 2, the
+    status argparse uses for bad arguments, so every user mistake ends the same way.
+    """
+
+
+def setting(default: Any, *flags: str, help: str, group: str = OURS,
+            rule: tuple[str, Callable[[Any], bool]] | None = None, what: str = "",
+            show_default: bool = True, only_for: str = "", **argparse_options: Any) -> Any:
+    """A field of :class:`Experiment` with a command-line flag.
+
+    Args:
+        default: the field's neutral default (entry scripts set their own values), or
+            ``MISSING`` for a field every script must set.
+        flags: the option strings, e.g. ``"-b", "--batch-size"``.
+        help: the help text; `` (default: ...)`` is appended unless ``show_default`` is False.
+        group: the help section.
+        rule: ``(phrase, predicate)``: values failing ``predicate`` are rejected by the parser
+            with ``<what> must be <phrase>``; the value is converted to the default's type.
+        what: the setting's name in those messages (default: the field name, spaced).
+        only_for: the flag exists only in the script of this data set.
+        argparse_options: passed to ``add_argument`` as they are (``action``, ``choices``,
+            ``type``, ``metavar``).
+    """
+    metadata = dict(flags=flags, help=help, group=group, rule=rule, what=what,
+                    show_default=show_default, only_for=only_for, options=argparse_options)
+    return field(default=default, metadata=metadata)
+
+
+_AT_LEAST_0 = ("at least 0", lambda v: v >= 0)
+_AT_LEAST_1 = ("at least 1", lambda v: v >= 1)
+_POSITIVE = ("positive", lambda v: v > 0)
+
+
+def _device(text: str) -> str:
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (try auto, cpu, cuda)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} requested but CUDA is not available")
+    return text
 
 
 @dataclass(frozen=True)
 class Experiment:
-    """Everything one training or evaluation run needs; the command line overrides fields.
+    """Everything one training or evaluation run needs; the command line overrides the fields
+    that have a flag (see each field's help, or ``python mnist_LeNet.py --help``).
 
     The defaults here are neutral; each entry script (``mnist_LeNet.py`` and friends) sets the
-    values of its published run (SPEC section 9).
+    values of its published run. Fields without a flag, set only by the scripts:
 
     Attributes:
         tag: names the outputs: ``checkpointT1_<tag>.pth.tar``, ``model_bestT1_<tag>.pth.tar``,
             ``metrics_<tag>.csv``.
         dataset: ``mnist``, ``cifar10`` or ``svhn``.
-        arch: network name for :func:`models.get_model`.
-        time_steps: T, the steps every image is presented for (train and test).
-        leak: l of every LIF neuron and of the output integrator, in (0, 1].
         threshold / pool_threshold: firing thresholds of hidden LIF and pooling neurons.
         input_scale: a of the Poisson encoder (0.5 MNIST, 1 otherwise).
-        dropout: p of the time-held dropout after hidden LIF layers (LeNet has none).
-        width: channel multiplier of the network (1 = the paper's; tests use narrow nets).
-        lr, momentum, weight_decay: plain SGD (the authors' runs had momentum 0).
+        dropout: p of the time-held dropout after hidden LIF layers (0 = none).
         milestones, lr_gamma: the learning rate is multiplied by ``lr_gamma`` at the start of
             every 0-based epoch index listed in ``milestones`` (cumulative).
-        epochs: total number of epochs; ``start_epoch`` overrides where training starts.
-        batch_size / test_batch_size: mini-batch sizes for training and evaluation.
         crop_padding: RandomCrop(H, padding) when > 0; ``horizontal_flip``: RandomHorizontalFlip.
         mean / std: per-channel Normalize after ToTensor; ``None`` for no normalisation.
-        svhn_extra: train SVHN on train + extra (604k images) instead of train (73k).
-        seed: seeds Python, NumPy and torch; also the fixed seed of every evaluation's encoder.
-        workers: DataLoader worker processes; ``print_freq``: batches between plain progress lines.
-        data_dir / out_dir: where datasets live and where checkpoints and the CSV go.
-        download: try to download a missing dataset; ``False`` fails at once with instructions.
-        device: ``auto`` (CUDA if present), ``cpu``, ``cuda``, ``cuda:1``, ...
-        train_subset: train on this many images (a fixed random subset drawn from ``seed``)
-            instead of the whole training set; 0 = all. The test set is always complete.
-        synthetic: use the in-memory synthetic data set of ``synthetic_size`` training images.
-        resume: checkpoint to load; ``evaluate``: only test it.
-        stats: count spikes and synaptic operations per layer in the test pass (the evaluation,
-            or the last epoch's) and write ``spike_stats_<tag>.json`` / ``.png`` (issue 5).
-        mac_energy / ac_energy: pJ per multiply-accumulate / accumulate for the energy estimate
-            (45 nm CMOS, 32-bit float: Horowitz, ISSCC 2014).
-        raster_layer: spiking layer whose spikes of the first test image are drawn as a raster
-            (``input``, ``lif1``, ``pool1``, ...); empty = the first hidden layer.
-        amp: autocast the synapses (bf16, or fp16 with a grad scaler on GPUs without bf16);
-            the spiking scans stay float32.
-        time_chunk: time steps the network runs at once (``SpikingNetwork.time_chunk``);
-            0 = its default. Changes speed and memory, not results.
-        deterministic: deterministic cuDNN/cuBLAS kernels (CUDA); the CPU is deterministic
-            already with ``workers`` 0.
     """
 
     tag: str
     dataset: str
-    arch: str
-    time_steps: int = 100
-    leak: float = 0.99
+    arch: str = setting(MISSING, "-a", "--arch", group=AUTHORS, type=str.lower,
+                        choices=sorted(MODELS), help="network architecture")
+    workers: int = setting(2, "-j", "--workers", group=AUTHORS, rule=_AT_LEAST_0,
+                           help="data loading worker processes")
+    epochs: int = setting(1, "--epochs", group=AUTHORS, rule=_AT_LEAST_1,
+                          help="total number of epochs")
+    start_epoch: int | None = setting(
+        None, "--start-epoch", group=AUTHORS, rule=_AT_LEAST_0, show_default=False, type=int,
+        help="epoch index to start at (default: 0, or the resumed checkpoint's)")
+    batch_size: int = setting(64, "-b", "--batch-size", group=AUTHORS, rule=_AT_LEAST_1,
+                              help="global training mini-batch size, split evenly over "
+                                   "torchrun's processes")
+    lr: float = setting(0.1, "--lr", "--learning-rate", group=AUTHORS, rule=_POSITIVE,
+                        what="learning rate",
+                        help="initial learning rate")
+    momentum: float = setting(0.0, "--momentum", group=AUTHORS, rule=_AT_LEAST_0,
+                              help="SGD momentum (the authors' scripts parsed it but never "
+                                   "used it)")
+    weight_decay: float = setting(5e-4, "--wd", "--weight-decay", group=AUTHORS,
+                                  rule=_AT_LEAST_0, help="SGD weight decay")
+    print_freq: int = setting(10, "-p", "--print-freq", group=AUTHORS, rule=_AT_LEAST_1,
+                              what="print frequency",
+                              help="batches between progress lines when output is not a "
+                                   "terminal")
+    resume: str = setting("", "--resume", group=AUTHORS, metavar="PATH", show_default=False,
+                          help="checkpoint to continue from (ours, also one written mid-epoch "
+                               "at an interrupt, or the authors' released files)")
+    evaluate: bool = setting(False, "-e", "--evaluate", group=AUTHORS, action="store_true",
+                             show_default=False,
+                             help="only evaluate the --resume checkpoint on the test set")
+
+    time_steps: int = setting(100, "-T", "--time-steps", rule=_AT_LEAST_1,
+                              help="time steps per image, train and test")
+    leak: float = setting(0.99, "--leak", rule=("in (0, 1]", lambda v: 0 < v <= 1),
+                          help="membrane leak per step, in (0, 1]")
     threshold: float = 1.0
     pool_threshold: float = 0.75
     input_scale: float = 1.0
     dropout: float = 0.0
-    width: float = 1.0
-    lr: float = 0.1
-    momentum: float = 0.0
-    weight_decay: float = 5e-4
+    width: float = setting(1.0, "--width", rule=_POSITIVE,
+                           help="channel multiplier of the network (1 = the paper's; for "
+                                "quick tests)")
     milestones: tuple[int, ...] = field(default_factory=tuple)
     lr_gamma: float = 0.2
-    epochs: int = 1
-    start_epoch: int | None = None
-    batch_size: int = 64
-    test_batch_size: int = 64
+    test_batch_size: int = setting(64, "--test-batch-size", rule=_AT_LEAST_1,
+                                   help="evaluation mini-batch size")
     crop_padding: int = 0
     horizontal_flip: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    svhn_extra: bool = False
-    seed: int = 1
-    workers: int = 2
-    print_freq: int = 10
-    data_dir: str = "./data"
-    out_dir: str = "runs"
-    download: bool = True
-    device: str = "auto"
-    train_subset: int = 0
-    synthetic: bool = False
-    synthetic_size: int = 400
-    resume: str = ""
-    evaluate: bool = False
-    stats: bool = False
-    mac_energy: float = 4.6
-    ac_energy: float = 0.9
-    raster_layer: str = ""
-    amp: bool = False
-    time_chunk: int = 0
-    deterministic: bool = False
+    svhn_extra: bool = setting(False, "--svhn-extra", action="store_true", show_default=False,
+                               only_for="svhn",
+                               help="train on SVHN train + extra (604k images)")
+    seed: int = setting(1, "--seed", rule=_AT_LEAST_0,
+                        help="seed of all random draws (data order, dropout, spikes)")
+    data_dir: str = setting("./data", "--data", metavar="DIR",
+                            help="dataset directory (torchvision layout)")
+    out_dir: str = setting("runs", "--out-dir", metavar="DIR",
+                           help="where checkpoints and the metrics CSV are written")
+    overwrite: bool = setting(False, "--overwrite", action="store_true", show_default=False,
+                              help="start over even if --out-dir holds this run's checkpoints "
+                                   "or CSV (they are replaced); without it such a run stops")
+    download: bool = setting(True, "--no-download", action="store_false", show_default=False,
+                             help="never download; stop with instructions if the data is "
+                                  "missing")
+    device: str = setting("auto", "--device", type=_device,
+                          help="auto (CUDA if present), cpu, cuda, cuda:N")
+    train_subset: int = setting(0, "--train-subset", metavar="N", rule=_AT_LEAST_0,
+                                help="train on N images drawn once from --seed (0 = all); the "
+                                     "test set stays whole")
+    synthetic: bool = setting(False, "--synthetic", action="store_true", show_default=False,
+                              help="train on a small deterministic in-memory data set (no files "
+                                   "needed)")
+    synthetic_size: int = setting(400, "--synthetic-size", rule=_AT_LEAST_1,
+                                  help="training images of --synthetic (test: a quarter as many)")
+    amp: bool = setting(False, "--amp", action="store_true", show_default=False,
+                        help="mixed precision: convolutions and linear layers in bfloat16 "
+                             "(float16 with a grad scaler on GPUs without bf16), spiking scans "
+                             "in float32; also runs (bf16) on the CPU")
+    time_chunk: int = setting(0, "--time-chunk", metavar="STEPS", rule=_AT_LEAST_0,
+                              help="time steps the network runs at once; 0 = about 64 images' "
+                                   "worth on the CPU (128 for LeNet), all T on a GPU (speed and "
+                                   "memory only: the results are the same)")
+    deterministic: bool = setting(False, "--deterministic", action="store_true",
+                                  show_default=False,
+                                  help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
+    save_every: float = setting(0.0, "--save-every", metavar="MINUTES", rule=_AT_LEAST_0,
+                                what="--save-every",
+                                help="also write a mid-epoch checkpoint every MINUTES of "
+                                     "training (0 = only at epoch ends and on SIGINT/SIGTERM)")
+    allow_silent: bool = setting(False, "--allow-silent", action="store_true",
+                                 show_default=False,
+                                 help="only warn, instead of stopping, when a layer that fired "
+                                      "before emits no spike for a whole training epoch")
+
+    stats: bool = setting(False, "--stats", group=STATS, action="store_true", show_default=False,
+                          help="count spikes and synaptic operations per layer in the test pass "
+                               "(with --evaluate, else the last epoch's); print a table, write "
+                               "spike_stats_<tag>.json and .png to --out-dir")
+    mac_energy: float = setting(4.6, "--mac-energy", group=STATS, metavar="PJ", rule=_POSITIVE,
+                                what="MAC energy",
+                                help="pJ per multiply-accumulate of the equivalent ANN (45 nm "
+                                     "32-bit float, Horowitz ISSCC 2014)")
+    ac_energy: float = setting(0.9, "--ac-energy", group=STATS, metavar="PJ", rule=_POSITIVE,
+                               what="AC energy", help="pJ per accumulate (addition) (same source)")
+    raster_layer: str = setting("", "--raster-layer", group=STATS, metavar="NAME",
+                                show_default=False,
+                                help="spiking layer whose spikes of the first test image "
+                                     "--stats draws (input, lif1, pool1, ...; default: the "
+                                     "first hidden layer)")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
         return asdict(self)
+
+
+def _checked(kind: type, name: str, rule: tuple[str, Callable[[Any], bool]]) -> Callable:
+    """An argparse ``type`` that converts to ``kind`` and enforces ``rule``."""
+    phrase, ok = rule
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {phrase}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value) or not ok(value):
+            raise argparse.ArgumentTypeError(f"{name} must be {phrase}, got {text}")
+        return value
+
+    convert.__name__ = kind.__name__  # argparse names the type in its messages
+    return convert
+
+
+def build_parser(defaults: Experiment, description: str | None = None) -> argparse.ArgumentParser:
+    """The command line of every field that has a flag; each default is ``defaults``' value."""
+    parser = argparse.ArgumentParser(description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    groups = {name: parser.add_argument_group(name) for name in (AUTHORS, OURS, STATS)}
+    for f in fields(Experiment):
+        meta = f.metadata
+        if not meta or meta["only_for"] not in ("", defaults.dataset):
+            continue
+        options = dict(meta["options"])
+        if meta["rule"] is not None:
+            kind = options.pop("type", type(f.default))
+            what = meta["what"] or f.name.replace("_", " ")
+            options["type"] = _checked(kind, what, meta["rule"])
+        text = meta["help"] + (" (default: %(default)s)" if meta["show_default"] else "")
+        groups[meta["group"]].add_argument(*meta["flags"], dest=f.name,
+                                           default=getattr(defaults, f.name), help=text,
+                                           **options)
+    return parser
+
+
+def parse_settings(defaults: Experiment, argv: Sequence[str] | None = None,
+                   description: str | None = None) -> Experiment:
+    """Apply the command line ``argv`` (``sys.argv[1:]`` if None) to ``defaults``.
+
+    Choosing another architecture with ``-a`` renames the outputs to ``<dataset>_<arch>`` so
+    they never overwrite the script's own checkpoints.
+    """
+    args = build_parser(defaults, description).parse_args(argv)
+    settings = replace(defaults, **vars(args))
+    if settings.arch != defaults.arch:
+        settings = replace(settings, tag=f"{settings.dataset}_{settings.arch}")
+    return settings

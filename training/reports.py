@@ -17,8 +17,7 @@ from spiking.monitor import SpikeMonitor, spiking_layer_names
 from spiking.report import format_table, summarize, write_json
 
 from .checkpoint import run_tag
-from .errors import UsageError
-from .experiment import Experiment
+from .experiment import Experiment, UsageError
 
 __all__ = ["curves_path", "make_spike_monitor", "report_spike_stats", "spike_stats_paths",
            "write_training_curves"]
