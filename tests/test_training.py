@@ -90,16 +90,33 @@ def test_parser_maps_the_authors_flags():
 
 def test_synthetic_data_is_deterministic_and_shaped_like_the_real_sets():
     for name, info in DATASETS.items():
-        a = synthetic_dataset(info, 40, seed=3, train=True, normalised=name != "mnist")
-        b = synthetic_dataset(info, 40, seed=3, train=True, normalised=name != "mnist")
+        a = synthetic_dataset(info, 400, seed=3, train=True)
+        b = synthetic_dataset(info, 400, seed=3, train=True)
         images, labels = a.tensors
-        assert images.shape == (40, *info.input_shape) and images.dtype == torch.float32
+        assert images.shape == (400, *info.input_shape) and images.dtype == torch.float32
         assert torch.equal(images, b.tensors[0]) and torch.equal(labels, b.tensors[1])
         assert sorted(labels.unique().tolist()) == list(range(info.num_classes))
-        low = 0.0 if name == "mnist" else -1.0
-        assert images.min() >= low and images.max() <= 1.0
-    other = synthetic_dataset(DATASETS["mnist"], 40, seed=4, train=True, normalised=False)
-    assert not torch.equal(other.tensors[0], images)
+        assert images.min() >= 0.0 and images.max() <= 1.0
+        # the real set's pixel statistics, so the networks see as many input spikes
+        mean, std = images.mean(dim=(0, 2, 3)), images.std(dim=(0, 2, 3))
+        assert torch.allclose(mean, torch.tensor(info.pixel_mean), atol=0.03), (name, mean)
+        assert torch.allclose(std, torch.tensor(info.pixel_std), atol=0.04), (name, std)
+        lit = (images > 0).float().mean()
+        assert (0.15 < lit < 0.25) if name == "mnist" else lit > 0.9  # MNIST: 19 % lit
+        test = synthetic_dataset(info, 100, seed=3, train=False).tensors[0]
+        assert not torch.equal(test[:10], images[:10])
+    seed_3, seed_4 = (synthetic_dataset(DATASETS["mnist"], 40, seed=seed, train=True).tensors[0]
+                      for seed in (3, 4))
+    assert not torch.equal(seed_3, seed_4)
+
+
+def test_synthetic_data_is_normalised_like_the_real_sets():
+    info = DATASETS["cifar10"]
+    mean, std = (0.4914, 0.4822, 0.4465), (0.557, 0.549, 0.5534)
+    raw = synthetic_dataset(info, 40, seed=3, train=True).tensors[0]
+    normalised = synthetic_dataset(info, 40, seed=3, train=True, mean=mean, std=std).tensors[0]
+    expected = (raw - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(normalised, expected)
 
 
 def test_train_subset_is_a_fixed_draw(tmp_path):
