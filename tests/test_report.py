@@ -13,8 +13,8 @@ import torch
 from training import plots
 from models import get_model
 from spiking import PoissonEncoder, SpikeMonitor
-from spiking.report import (LAYER_FIELDS, SUMMARY_FIELDS, TOTAL_FIELDS, format_table,
-                            raster_sample, summarize, write_json)
+from spiking.report import (LAYER_FIELDS, OUTPUT_FIELDS, SUMMARY_FIELDS, TOTAL_FIELDS,
+                            format_table, raster_sample, summarize, write_json)
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def test_json_has_the_documented_fields(summary, tmp_path):
     assert set(loaded["energy_per_op_pj"]) == {"mac", "ac", "source"}
     assert "Horowitz" in loaded["energy_per_op_pj"]["source"]
     assert loaded["meta"] == {"arch": "lenet"}
+    assert loaded["output"] is None  # observe was never called
     assert [row["name"] for row in loaded["layers"]] == [
         "input", "lif1", "pool1", "lif2", "pool2", "lif_fc0"]
 
@@ -46,6 +47,19 @@ def test_table_lists_every_layer_and_the_totals(summary):
         assert name in table
     assert "T = 6, 3 images" in table
     assert "ANN/SNN" in table and "4.6 pJ" in table
+
+
+def test_observed_outputs_are_summarised_and_tabled():
+    torch.manual_seed(0)
+    model = get_model("lenet", width=0.2).eval()
+    with torch.no_grad(), SpikeMonitor(model) as monitor:
+        output = model(PoissonEncoder(2, 0.5)(torch.rand(4, 1, 28, 28)))  # 2 steps: silent
+        monitor.observe(output, torch.tensor([0, 1, 2, 3]))
+    summary = summarize(monitor)
+    assert tuple(summary["output"]) == OUTPUT_FIELDS
+    assert summary["output"] == {"images": 4, "silent": 4, "silent_fraction": 1.0, "top1": 25.0}
+    assert format_table(summary).splitlines()[-1] == (
+        "Output layer: 4 of 4 images reached by no spike (output exactly 0); top-1 25.00 %")
 
 
 def test_raster_sample_prefers_active_neurons():
@@ -150,4 +164,5 @@ def test_readme_documents_every_json_field():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("## Spike activity and energy", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_0-9]+)`", section))
-    assert set(SUMMARY_FIELDS) | set(LAYER_FIELDS) | set(TOTAL_FIELDS) <= documented
+    assert set(SUMMARY_FIELDS) | set(LAYER_FIELDS) | set(TOTAL_FIELDS) | set(OUTPUT_FIELDS) \
+        <= documented
