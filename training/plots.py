@@ -210,11 +210,10 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
             settled = [v for name in names for v in columns[name][len(epochs) // 10:] if v == v]
             lowest = min(settled, default=0.0)
             axis.set_ylim(0 if lowest < 50 else math.floor(lowest) - 1, 100.5)
-            axis.legend(fontsize=8, loc="lower right")
         else:
             highest = max(values, default=1.0)
             axis.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
-            axis.legend(fontsize=8)
+        axis.legend(fontsize=8, loc="best")  # where it covers the fewest points
         axis.grid(color="0.9")
         axis.set_axisbelow(True)
     return figure
