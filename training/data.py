@@ -74,12 +74,12 @@ def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
 
     ``info.synthetic_style`` chooses the images:
 
-    - ``"strokes"`` (MNIST): white pen strokes on black, values in [0, 1], about 18 % of the
-      pixels lit (MNIST: 19 %). Each class is three fixed quadratic Bezier curves; an image
+    - ``"strokes"`` (MNIST): white pen strokes on black, values in [0, 1], about 19 % of the
+      pixels lit, as in MNIST. Each class is three fixed quadratic Bezier curves; an image
       moves their control points and the whole figure by a few pixels and varies the pen width.
-    - ``"scenes"`` (CIFAR-10, SVHN): dense colour images, every pixel lit. Each class is a fixed
-      smooth colour field; an image adds its own smooth field, finer texture and pixel noise,
-      and is scaled to the real data set's per-channel mean and standard deviation.
+    - ``"scenes"`` (CIFAR-10, SVHN): dense colour images, nearly every pixel lit. Each class is
+      a fixed smooth colour field; an image adds its own smooth field, finer texture and pixel
+      noise; the set is scaled to the real data set's per-channel mean and standard deviation.
 
     Class patterns come from ``seed`` (shared by train and test); train and test draw different
     variations. With ``mean`` and ``std`` the images are normalised as the real data set's
