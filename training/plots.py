@@ -184,7 +184,7 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
     panels = [(label, [name for name in columns if any(key in name.lower() for key in keys)])
               for label, keys in _CURVE_PANELS]
     panels = [(label, names) for label, names in panels if names]
-    figure = Figure(figsize=(4.5 * max(1, len(panels)), 4.2), layout="constrained")
+    figure = Figure(figsize=(4.5 * max(1, len(panels)), 4.8), layout="constrained")
     if title:
         figure.suptitle(title)
     for axis, (label, names) in zip(figure.subplots(1, max(1, len(panels)), squeeze=False)[0],
@@ -213,7 +213,9 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
         else:
             highest = max(values, default=1.0)
             axis.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
-        axis.legend(fontsize=8, loc="best")  # where it covers the fewest points
+        # below the panel: inside, it would hide points wherever they happen to lie
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                    frameon=False)
         axis.grid(color="0.9")
         axis.set_axisbelow(True)
     return figure
