@@ -21,8 +21,9 @@ MODELS: dict[str, type[SpikingNetwork]] = {
 def get_model(name: str, **kwargs: Any) -> SpikingNetwork:
     """Build a network by name (``lenet``, ``vgg9``, ``resnet11``, ``resnet13``; any case).
 
-    Keyword arguments go to the network's constructor (``num_classes``, ``leak``, ``threshold``,
-    ``pool_threshold``, ``dropout``, ``width``, ``input_shape``).
+    Keyword arguments go to the network's constructor, which every network names alike:
+    ``num_classes``, ``leak``, ``threshold``, ``pool_threshold``, ``dropout``, ``width`` (the
+    channel multiplier) and ``input_shape``.
     """
     key = name.lower()
     if key not in MODELS:

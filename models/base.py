@@ -16,14 +16,27 @@ from spiking import (
     reset_states,
 )
 
-__all__ = ["SpikingNetwork", "conv3x3", "scaled"]
+__all__ = ["SpikingNetwork", "conv3x3", "halved_by_pooling", "halved_by_stride", "scaled"]
 
 Synapse = TypeVar("Synapse", SpikingConv2d, SpikingLinear)
 
 
 def scaled(channels: int, width: float) -> int:
-    """Layer width ``channels`` times ``width`` (at least 1): tests build narrow copies."""
+    """Layer width ``channels`` times the channel multiplier ``width`` (at least 1): tests
+    build narrow copies."""
     return max(1, round(channels * width))
+
+
+def halved_by_pooling(size: int) -> int:
+    """Side of a feature map after a 2x2 pooling neuron (stride 2, no padding): floor(size / 2).
+    """
+    return size // 2
+
+
+def halved_by_stride(size: int) -> int:
+    """Side of a feature map after a stride-2 3x3 convolution with padding 1, or a stride-2 1x1
+    shortcut: ceil(size / 2)."""
+    return (size - 1) // 2 + 1
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> SpikingConv2d:
@@ -33,9 +46,10 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> SpikingConv
 class SpikingNetwork(nn.Module):
     """Base class: ``forward(spikes [T, B, C, H, W]) -> output [B, num_classes]``.
 
-    Subclasses set ``init_gain`` (k of SPEC section 7), build their layers with the factories
-    below, call :meth:`reset_parameters` last, and define :meth:`steps`: the layers from the
-    input spikes to the output layer's current, for any number of consecutive time steps.
+    Subclasses set ``init_gain`` (k of docs/algorithm.md, *Initialisation*), build their layers
+    with the factories below, call :meth:`reset_parameters` last, and define
+    :meth:`forward_chunk`: the layers from the input spikes to the output layer's current, for
+    any number of consecutive time steps.
     :meth:`forward` runs it on chunks of ``time_chunk`` steps, the neurons carrying their
     membranes from chunk to chunk, and integrates the output over all T. Chunking changes no
     number, only speed and memory: every backward is the one over the whole sequence.
@@ -45,7 +59,7 @@ class SpikingNetwork(nn.Module):
         num_classes: size of the output.
         leak, threshold: of every hidden LIF neuron (and the output integrator).
         pool_threshold: of every pooling neuron.
-        dropout: p of the dropout after every hidden LIF layer (0 = none).
+        dropout: p of every :class:`~spiking.TimeHeldDropout` of the network (0 = keep all).
         time_chunk: time steps per chunk; None chooses :meth:`default_time_chunk`.
     """
 
@@ -66,7 +80,7 @@ class SpikingNetwork(nn.Module):
         self.dropout = dropout
         self.time_chunk: int | None = None
 
-    def steps(self, spikes: Tensor) -> Tensor:
+    def forward_chunk(self, spikes: Tensor) -> Tensor:
         """``[T', B, C, H, W]`` input spikes -> output-layer current ``[T', B, num_classes]``."""
         raise NotImplementedError
 
@@ -86,11 +100,23 @@ class SpikingNetwork(nn.Module):
             raise ValueError(f"time_chunk must be a positive number of steps, got {chunk}")
         reset_states(self)
         try:
-            currents = [self.steps(part) for part in spikes.split(chunk)]
+            currents = [self.forward_chunk(part) for part in spikes.split(chunk)]
         finally:
             # the states hold the autograd graph and the dropout masks of this input
             reset_states(self)
         return self.output(torch.cat(currents))
+
+    def fc0_inputs(self, channels: int, height: int, width: int) -> int:
+        """Inputs of fc0 from the last feature map's ``channels x height x width``.
+
+        Raises:
+            ValueError: if the images are too small to leave a feature map.
+        """
+        if height < 1 or width < 1:
+            raise ValueError(f"{type(self).__name__} needs larger images than "
+                             f"{self.input_shape[1]}x{self.input_shape[2]}: its last feature map "
+                             f"would be {height}x{width}")
+        return channels * height * width
 
     def lif(self) -> LIFNeuron:
         return LIFNeuron(self.threshold, self.leak, inplace=True)
@@ -98,6 +124,11 @@ class SpikingNetwork(nn.Module):
     def hidden(self, synapse: Synapse) -> tuple[Synapse, LIFNeuron, TimeHeldDropout]:
         """A hidden layer's three parts: its synapses, its LIF neurons, their held dropout."""
         return synapse, self.lif(), TimeHeldDropout(self.dropout)
+
+    def dropout_if_any(self) -> nn.Module:
+        """A :class:`TimeHeldDropout` of p = :attr:`dropout`, or an identity when p = 0, for a
+        network that, like the authors', has no dropout module by default."""
+        return TimeHeldDropout(self.dropout) if self.dropout > 0 else nn.Identity()
 
     def pooling_neuron(self) -> PoolingNeuron:
         return PoolingNeuron(self.pool_threshold)

@@ -1,4 +1,4 @@
-"""ResNet11 for CIFAR-10 and our ResNet13 for SVHN (SPEC section 8).
+"""ResNet11 for CIFAR-10 and our ResNet13 for SVHN (docs/algorithm.md, *Architectures*).
 
 In every residual block the shortcut's current is added to the membrane input of the block's
 second LIF layer; the shortcut reads the block's input spikes.
@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from spiking import OutputIntegrator, SpikingConv2d, SpikingLinear, TimeFolded
 
-from .base import SpikingNetwork, conv3x3, scaled
+from .base import SpikingNetwork, conv3x3, halved_by_pooling, halved_by_stride, scaled
 
 __all__ = ["ResNet11", "ResNet13"]
 
@@ -26,8 +26,9 @@ class ResNet11(SpikingNetwork):
     | block4: cnn51, cnn52 (s2) | 512->512, 512->512, 8 -> 4   | shortcut4: AvgPool(1, s2) |
     | fc0, fc1                  | 8192->1024, 1024->10         |                           |
 
-    Dropout (p = 0.25) follows every hidden LIF layer; the pooled spikes feeding block 1 are
-    not masked.
+    Dropout (p = ``dropout``, 0.25 in the authors' runs) follows every hidden LIF layer; the
+    pooled spikes feeding block 1 are not masked. On other image sizes the strided layers give
+    ceil(side / 2), e.g. 28 -> 14 -> 7 -> 4 for MNIST.
 
     Args: as :class:`models.VGG9`.
     """
@@ -38,7 +39,7 @@ class ResNet11(SpikingNetwork):
                  pool_threshold: float = 0.75, dropout: float = 0.25, width: float = 1.0,
                  input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
         super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
-        in_channels, height, width_px = input_shape
+        in_channels, image_height, image_width = input_shape
         c1, c2, c3, c4, f0 = (scaled(c, width) for c in (64, 128, 256, 512, 1024))
 
         self.cnn11, self.lif11, self.drop11 = self.hidden(conv3x3(in_channels, c1))
@@ -60,14 +61,17 @@ class ResNet11(SpikingNetwork):
         self.cnn52, self.lif52, self.drop52 = self.hidden(conv3x3(c4, c4, 2))
         self.shortcut4 = TimeFolded(nn.AvgPool2d(kernel_size=1, stride=2))
 
-        fc0_inputs = c4 * (height // 8) * (width_px // 8)
+        fc0_height, fc0_width = (halved_by_stride(halved_by_stride(halved_by_pooling(side)))
+                                 for side in (image_height, image_width))
+        fc0_inputs = self.fc0_inputs(c4, fc0_height, fc0_width)
         self.fc0, self.lif_fc0, self.drop_fc0 = self.hidden(SpikingLinear(fc0_inputs, f0))
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
         self.reset_parameters()
 
     def features(self, spikes: Tensor) -> Tensor:
-        """``[T', B, C, H, W]`` input spikes -> block 4's output spikes ``[T', B, 512, H/8, W/8]``."""
+        """``[T', B, C, H, W]`` input spikes -> block 4's output spikes
+        ``[T', B, 512, H', W']`` (H' = W' = 4 for 28x28 and 32x32 images)."""
         x = self.pool1(self.drop11(self.lif11(self.cnn11(spikes))))
         h = self.drop21(self.lif21(self.cnn21(x)))
         x = self.drop22(self.lif22(self.cnn22(h) + self.shortcut1(x)))
@@ -78,7 +82,7 @@ class ResNet11(SpikingNetwork):
         h = self.drop51(self.lif51(self.cnn51(x)))
         return self.drop52(self.lif52(self.cnn52(h) + self.shortcut4(x)))
 
-    def steps(self, spikes: Tensor) -> Tensor:
+    def forward_chunk(self, spikes: Tensor) -> Tensor:
         x = self.drop_fc0(self.lif_fc0(self.fc0(self.features(spikes).flatten(2))))
         return self.fc1(x)
 
@@ -91,8 +95,10 @@ class ResNet13(ResNet11):
     Args: as :class:`ResNet11`.
     """
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
+                 pool_threshold: float = 0.75, dropout: float = 0.25, width: float = 1.0,
+                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
+        super().__init__(num_classes, leak, threshold, pool_threshold, dropout, width, input_shape)
         c4 = self.cnn52.out_channels
         self.cnn61, self.lif61, self.drop61 = self.hidden(conv3x3(c4, c4))
         self.cnn62, self.lif62, self.drop62 = self.hidden(conv3x3(c4, c4))

@@ -1,11 +1,11 @@
-"""VGG9 for CIFAR-10 (SPEC section 8)."""
+"""VGG9 for CIFAR-10 (docs/algorithm.md, *Architectures*)."""
 from __future__ import annotations
 
 from torch import Tensor
 
 from spiking import OutputIntegrator, SpikingLinear
 
-from .base import SpikingNetwork, conv3x3, scaled
+from .base import SpikingNetwork, conv3x3, halved_by_pooling, scaled
 
 __all__ = ["VGG9"]
 
@@ -23,7 +23,8 @@ class VGG9(SpikingNetwork):
     | pool3        | 8 -> 4         |
     | fc0, fc1     | 4096->1024, 1024->10 |
 
-    Args: as :class:`models.LeNet`, plus ``dropout`` (p, 0.2 in the authors' runs).
+    Args: as :class:`models.LeNet`; ``dropout`` is p of every dropout module (0.2 in the
+    authors' runs).
     """
 
     init_gain = 2.0
@@ -32,7 +33,7 @@ class VGG9(SpikingNetwork):
                  pool_threshold: float = 0.75, dropout: float = 0.2, width: float = 1.0,
                  input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
         super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
-        in_channels, height, width_px = input_shape
+        in_channels, image_height, image_width = input_shape
         c1, c2, c3, f0 = (scaled(c, width) for c in (64, 128, 256, 1024))
 
         self.cnn11, self.lif11, self.drop11 = self.hidden(conv3x3(in_channels, c1))
@@ -45,13 +46,15 @@ class VGG9(SpikingNetwork):
         self.cnn32, self.lif32, self.drop32 = self.hidden(conv3x3(c3, c3))
         self.cnn33, self.lif33, self.drop33 = self.hidden(conv3x3(c3, c3))
         self.pool3 = self.pooling_neuron()
-        fc0_inputs = c3 * (height // 8) * (width_px // 8)
+        fc0_height, fc0_width = (halved_by_pooling(halved_by_pooling(halved_by_pooling(side)))
+                                 for side in (image_height, image_width))
+        fc0_inputs = self.fc0_inputs(c3, fc0_height, fc0_width)
         self.fc0, self.lif_fc0, self.drop_fc0 = self.hidden(SpikingLinear(fc0_inputs, f0))
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
         self.reset_parameters()
 
-    def steps(self, spikes: Tensor) -> Tensor:
+    def forward_chunk(self, spikes: Tensor) -> Tensor:
         x = self.drop11(self.lif11(self.cnn11(spikes)))
         x = self.drop12(self.lif12(self.cnn12(x)))
         x = self.pool1(x)

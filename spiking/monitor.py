@@ -1,4 +1,4 @@
-"""Count spikes and synaptic operations of a spiking network during inference.
+"""Count spikes and synaptic operations of a spiking network during inference (``--stats``).
 
 :class:`SpikeMonitor` is a context manager over a model: it registers forward hooks on entry and
 removes them on exit, so a model outside the ``with`` block runs exactly as without it.
@@ -11,8 +11,8 @@ Spiking layers (the rows of the report), in the order they first fire:
     - every :class:`~spiking.LIFNeuron` (conv and fc0 layers) and every
       :class:`~spiking.PoolingNeuron`, by their module names.
     For each: neurons per image, spikes (nonzero outputs), time steps and images. Spikes are
-    counted at the neuron's output, before dropout (statistics on unmasked spikes, as
-    docs/algorithm.md, *Dropout*, says).
+    counted at the neuron's output, before dropout (docs/algorithm.md, *Dropout*: statistics
+    on unmasked spikes).
 
 Synaptic operations, attributed to the spiking layer whose spikes cause them:
     - SNN accumulates (AC): for every spike entering a synapse module, the number of synapses
@@ -33,6 +33,11 @@ Synaptic operations, attributed to the spiking layer whose spikes cause them:
     Not counted, in either network: neuron updates (leak multiply, threshold compare, reset),
     the output integrator, and additions made outside a module, such as ResNet13's identity
     shortcut ``+ x`` (one addition per spike of block 4's output, unseen by hooks).
+
+The output layer, through :meth:`SpikeMonitor.observe` (called by ``training.loop.evaluate``
+after every batch): images whose output stays exactly zero, i.e. no spike reached the output
+layer in any of the T steps (a silent network, which also passes no gradient), and images
+classified correctly.
 
 A network may run its T steps in chunks (``SpikingNetwork.time_chunk``), calling each layer once
 per chunk: counts add up over the chunks, images are counted once per layer and forward pass,
@@ -59,7 +64,8 @@ from .dropout import TimeHeldDropout
 from .neurons import LIFNeuron, PoolingNeuron
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
-__all__ = ["INPUT", "LayerCounts", "SpikeMonitor", "SynapseCounts", "spiking_layer_names"]
+__all__ = ["INPUT", "LayerCounts", "OutputCounts", "SpikeMonitor", "SynapseCounts",
+           "spiking_layer_names"]
 
 INPUT = "input"
 
@@ -116,6 +122,22 @@ class SynapseCounts:
     images: int = 0
 
 
+@dataclass
+class OutputCounts:
+    """What :meth:`SpikeMonitor.observe` saw of the network's outputs.
+
+    Attributes:
+        images: images observed.
+        silent: images whose whole output ``[K]`` is exactly zero: no spike reached the output
+            layer in any time step.
+        correct: images whose largest output is the label.
+    """
+
+    images: int = 0
+    silent: int = 0
+    correct: int = 0
+
+
 def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any, stride: Any,
                   padding: Any, dilation: Any) -> Tensor:
     """``[H, W]`` int64: for each input position, how many output windows contain it.
@@ -145,9 +167,9 @@ class SpikeMonitor:
 
         model.eval()
         with torch.no_grad(), SpikeMonitor(model, raster_layer="lif1") as monitor:
-            for images, _ in loader:
-                model(encoder(images))
-        monitor.layers, monitor.synapses, monitor.raster
+            for images, labels in loader:
+                monitor.observe(model(encoder(images)), labels)  # observe: optional
+        monitor.layers, monitor.synapses, monitor.raster, monitor.output
 
     Run it in eval mode for the statistics of the paper (no dropout); see the module docstring
     for exactly what is counted.
@@ -167,6 +189,7 @@ class SpikeMonitor:
         synapses: ``{name: SynapseCounts}`` in call order.
         raster: ``[T, N]`` bool spike train of ``raster_layer`` for the chosen image, neurons
             flattened in ``[C, H, W]`` order; None until recorded.
+        output: :class:`OutputCounts` of the outputs passed to :meth:`observe`.
     """
 
     def __init__(self, model: nn.Module | None = None, raster_layer: str | None = None,
@@ -177,6 +200,7 @@ class SpikeMonitor:
         self.layers: dict[str, LayerCounts] = {}
         self.synapses: dict[str, SynapseCounts] = {}
         self.raster: Tensor | None = None
+        self.output = OutputCounts()
         self._handles: list[RemovableHandle] = []
         # storage data_ptr -> (weak reference to that storage, spiking layer name)
         self._sources: dict[int, tuple[weakref.ref, str]] = {}
@@ -218,8 +242,13 @@ class SpikeMonitor:
         self._handles.clear()
         self._sources.clear()
 
+    @torch.no_grad()
     def observe(self, output: Tensor, target: Tensor) -> None:
-        """Nothing to do per batch (the hooks count); here for ``training.loop.EvalMonitor``."""
+        """Count the network's ``[B, K]`` ``output`` for labels ``target`` ``[B]``: silent
+        (all zero) and correctly classified images, into :attr:`output`."""
+        self.output.images += output.shape[0]
+        self.output.silent += int((output == 0).all(dim=1).sum())
+        self.output.correct += int((output.argmax(dim=1) == target).sum())
 
     def __enter__(self) -> SpikeMonitor:
         if self.model is None:
@@ -235,6 +264,7 @@ class SpikeMonitor:
         self.layers.clear()
         self.synapses.clear()
         self.raster = None
+        self.output = OutputCounts()
         self._raster_done = False
 
     def _hook(self, module: nn.Module, hook) -> None:

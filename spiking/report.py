@@ -16,6 +16,9 @@ figures in it are per image, averaged over the images seen. Its fields:
   ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``,
   ``snn_energy_uj``, ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The
   input layer is included in every total.
+- ``output``: None when :meth:`~spiking.monitor.SpikeMonitor.observe` saw no output, else
+  ``images``, ``silent`` (images whose output stayed exactly zero: no spike reached the output
+  layer), ``silent_fraction`` and ``top1`` (percent of those images classified correctly).
 - ``raster``: None, or ``{"layer", "image", "time_steps", "neurons", "spike_times"}``: flat
   neuron indices (``[C, H, W]`` order) and, for each, the steps at which it spiked.
 - ``meta``: whatever the caller passed (architecture, checkpoint, ...).
@@ -31,14 +34,16 @@ from torch import Tensor
 
 from .monitor import SpikeMonitor
 
-__all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
+__all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "OUTPUT_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
            "format_table", "raster_sample", "summarize", "write_json"]
 
 ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
                  "ISSCC 2014: 45 nm CMOS, 32-bit float, "
                  "MAC = mult 3.7 pJ + add 0.9 pJ, AC = add 0.9 pJ")
 
-SUMMARY_FIELDS = ("time_steps", "images", "energy_per_op_pj", "layers", "totals", "raster", "meta")
+SUMMARY_FIELDS = ("time_steps", "images", "energy_per_op_pj", "layers", "totals", "output",
+                  "raster", "meta")
+OUTPUT_FIELDS = ("images", "silent", "silent_fraction", "top1")
 LAYER_FIELDS = ("index", "name", "kind", "neurons", "spikes_per_image", "spikes_per_neuron",
                 "firing_rate", "targets", "snn_ac", "ann_mac", "ann_ac", "op_ratio",
                 "snn_energy_uj", "ann_energy_uj")
@@ -117,6 +122,10 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
                   "time_steps": monitor.raster.shape[0], "neurons": neurons,
                   "spike_times": [monitor.raster[:, n].nonzero().flatten().tolist()
                                   for n in neurons]}
+    seen = monitor.output
+    output = None if seen.images == 0 else {
+        "images": seen.images, "silent": seen.silent,
+        "silent_fraction": seen.silent / seen.images, "top1": 100.0 * seen.correct / seen.images}
     first = next(iter(monitor.layers.values()))
     return {
         "time_steps": first.time_steps,
@@ -124,6 +133,7 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
         "energy_per_op_pj": {"mac": mac_energy_pj, "ac": ac_energy_pj, "source": ENERGY_SOURCE},
         "layers": layers,
         "totals": {field: totals[field] for field in TOTAL_FIELDS},
+        "output": output,
         "raster": raster,
         "meta": dict(meta or {}),
     }
@@ -152,7 +162,10 @@ def format_table(summary: dict[str, Any]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "-" * len(line(header))
-    energy, totals = summary["energy_per_op_pj"], summary["totals"]
+    energy, totals, output = summary["energy_per_op_pj"], summary["totals"], summary["output"]
+    silence = [] if output is None else [
+        f"Output layer: {output['silent']} of {output['images']} images reached by no spike "
+        f"(output exactly 0); top-1 {output['top1']:.2f} %"]
     return "\n".join([
         f"Spike activity and synaptic operations per image "
         f"(T = {summary['time_steps']}, {summary['images']} images)",
@@ -161,6 +174,7 @@ def format_table(summary: dict[str, Any]) -> str:
         f"45 nm, 32-bit float): SNN {_number(totals['snn_energy_uj'], 3)} uJ, "
         f"ANN {_number(totals['ann_energy_uj'], 3)} uJ, "
         f"ANN/SNN {_number(totals['energy_ratio'], 2)}x",
+        *silence,
     ])
 
 

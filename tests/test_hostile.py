@@ -125,8 +125,8 @@ def test_images_of_the_wrong_shape(previous, capsys, monkeypatch):
 
     def cifar_sized(settings, train=True):  # e.g. a --data directory holding colour images
         info = DATASETS["cifar10"]
-        return (synthetic_dataset(info, 16, 1, True, False) if train else None,
-                synthetic_dataset(info, 10, 1, False, False))
+        return (synthetic_dataset(info, 16, 1, True) if train else None,
+                synthetic_dataset(info, 10, 1, False))
 
     monkeypatch.setattr(training.engine, "build_datasets", cifar_sized)
     _fails([*TINY, "--epochs", "2", "--out-dir", str(out)], capsys,

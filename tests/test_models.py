@@ -1,11 +1,15 @@
-"""Architecture facts (docs/algorithm.md, *Initialisation* and *Architectures*): names, shapes, defaults, initialisation."""
+"""Architecture facts (docs/algorithm.md, *Initialisation* and *Architectures*): names, shapes,
+defaults, initialisation, every network on every data set's image shape, dropout settings."""
+import inspect
 import math
 
 import pytest
 import torch
 
 import models
+from models.base import halved_by_pooling, halved_by_stride
 from spiking import LIFNeuron, TimeHeldDropout
+from training.data import DATASETS
 
 AUTHORS_KEYS = {
     "lenet": ["cnn1", "cnn2", "fc0", "fc1"],
@@ -58,6 +62,64 @@ def test_forward_shape_dtype_and_gradients(arch, shape):
     assert out.shape == (2, 7) and out.dtype == torch.float64
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize("dataset", list(DATASETS))
+@pytest.mark.parametrize("arch", list(models.MODELS))
+def test_every_network_runs_on_every_data_sets_images(arch, dataset):
+    torch.manual_seed(0)
+    shape = DATASETS[dataset].input_shape
+    model = models.get_model(arch, width=0.0625, input_shape=shape)
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.abs_()  # all-excitatory, so spikes reach fc0 within 2 steps and grads flow
+    spikes = (torch.rand(2, 2, *shape) < 0.5).float()
+    out = model(spikes)
+    assert out.shape == (2, 10)
+    out.sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_feature_map_sides_follow_the_layer_arithmetic():
+    # 2x2 pooling floors, stride-2 3x3/pad-1 convolutions round up: MNIST's 28 -> 14 -> 7 -> 4
+    assert [halved_by_pooling(s) for s in (28, 14, 7, 1)] == [14, 7, 3, 0]
+    assert [halved_by_stride(s) for s in (16, 14, 7, 1)] == [8, 7, 4, 1]
+    fc0_inputs = {arch: models.get_model(arch, input_shape=(1, 28, 28)).fc0.in_features
+                  for arch in models.MODELS}
+    assert fc0_inputs == {"lenet": 50 * 7 * 7, "vgg9": 256 * 3 * 3, "resnet11": 512 * 4 * 4,
+                          "resnet13": 512 * 4 * 4}
+    lenet_on_cifar = models.get_model("lenet", input_shape=(3, 32, 32))
+    assert lenet_on_cifar.fc0.in_features == 50 * 8 * 8 and lenet_on_cifar.cnn1.in_channels == 3
+
+
+@pytest.mark.parametrize("arch", list(models.MODELS))
+def test_images_too_small_for_the_network_are_refused(arch):
+    with pytest.raises(ValueError, match=r"needs larger images than 1x1"):
+        models.get_model(arch, width=0.0625, input_shape=(1, 1, 1))
+
+
+@pytest.mark.parametrize("arch", list(models.MODELS))
+def test_dropout_setting_reaches_every_dropout_module(arch):
+    # named in the signature, so callers (and signature inspection) see that it is taken
+    assert "dropout" in inspect.signature(models.MODELS[arch]).parameters
+    model = models.MODELS[arch](dropout=0.1, width=0.0625)
+    drops = [name for name, m in model.named_modules() if isinstance(m, TimeHeldDropout)]
+    lifs = [name for name, m in model.named_modules() if isinstance(m, LIFNeuron)]
+    assert len(drops) == len(lifs)  # one after every hidden LIF layer
+    assert {model.get_submodule(name).p for name in drops} == {0.1}
+    assert model.dropout == 0.1
+
+
+def test_lenet_has_no_dropout_module_unless_asked():
+    assert not any(isinstance(m, TimeHeldDropout) for m in models.get_model("lenet").modules())
+    lenet = models.get_model("lenet", dropout=0.5, width=0.0625).train()
+    spikes = torch.ones(3, 4, 1, 28, 28)
+    lenet.cnn1.weight.data.fill_(1.0)  # every lif1 neuron fires at every step
+    masked = []
+    lenet.drop1.register_forward_hook(lambda m, args, out: masked.append(out))
+    lenet(spikes)
+    kept = masked[0][0] != 0
+    assert 0 < kept.float().mean() < 1 and torch.equal(masked[0][1] != 0, kept)  # held over time
 
 
 def test_constructor_arguments_reach_every_neuron():

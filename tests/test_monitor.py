@@ -9,7 +9,7 @@ from torch import nn
 from models import get_model
 from spiking import (LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, SpikeMonitor,
                      SpikingConv2d, SpikingLinear, TimeFolded)
-from spiking.monitor import spiking_layer_names
+from spiking.monitor import OutputCounts, spiking_layer_names
 from spiking.report import summarize
 
 
@@ -203,6 +203,16 @@ def test_input_not_from_a_spiking_layer_is_an_error():
         monitor.model(torch.ones(1, 1, 4))
 
 
+def test_observe_counts_silent_and_correct_outputs():
+    monitor = SpikeMonitor()
+    output = torch.tensor([[0.0, 0.0, 0.0], [0.2, 0.5, 0.0], [0.0, 0.0, 0.1], [0.3, 0.0, 0.0]])
+    monitor.observe(output, torch.tensor([2, 1, 1, 0]))
+    monitor.observe(torch.zeros(2, 3), torch.tensor([1, 2]))
+    assert monitor.output == OutputCounts(images=6, silent=3, correct=2)
+    monitor.reset()
+    assert monitor.output == OutputCounts()
+
+
 def test_attach_detach_protocol_and_layer_names():
     model = TinyNet().eval()
     assert spiking_layer_names(model) == ["input", "lif_a", "lif_b", "pool"]
@@ -211,8 +221,10 @@ def test_attach_detach_protocol_and_layer_names():
     with pytest.raises(RuntimeError, match="already attached"):
         monitor.attach(model)
     with torch.no_grad():
-        monitor.observe(model(hand_made_input()), torch.zeros(2, dtype=torch.long))
+        output = model(hand_made_input())
+        monitor.observe(output, torch.zeros(2, dtype=torch.long))
     monitor.detach()
+    assert monitor.output.images == 2
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
     assert monitor.layers["pool"].spikes == 2 and monitor.raster.shape == (2, 2)
 

@@ -147,8 +147,11 @@ def test_main_turns_usage_errors_into_one_line_and_status_2(tmp_path, capsys, ar
 
 
 def test_lenet_learns_synthetic_data_and_evaluate_reproduces_it(tmp_path):
+    # 200 updates in all, where the authors' lr 0.0085 was set for 938 per MNIST epoch: a larger
+    # step. Test top-1 per epoch, one thread: 22.5, 42.5, 40, 45, 80 % (batch 8, lr 0.0085, 3
+    # epochs: 22.5 % at best)
     settings = replace(mnist_LeNet.EXPERIMENT, synthetic=True, synthetic_size=160, time_steps=16,
-                       width=0.5, batch_size=8, epochs=3, workers=0, print_freq=1000,
+                       width=0.5, batch_size=4, epochs=5, lr=0.03, workers=0, print_freq=1000,
                        out_dir=str(tmp_path))
     result = run(settings)
     assert result.best_prec1 >= 50.0, result.history  # chance is 10 %

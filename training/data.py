@@ -7,9 +7,12 @@ torchvision is imported only when real data is used, which keeps ``--synthetic``
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
+from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .experiment import Experiment, UsageError
@@ -26,12 +29,19 @@ class DatasetInfo:
         num_classes: number of labels.
         files: the files torchvision needs, relative to ``--data``, for the missing-data message.
         source: where to get them, as a phrase for the missing-data message.
+        pixel_mean, pixel_std: per-channel statistics of the real training images in [0, 1]
+            (what the synthetic stand-in imitates).
+        synthetic_style: ``"strokes"`` or ``"scenes"``, the stand-in's kind of image
+            (:func:`synthetic_dataset`).
     """
 
     input_shape: tuple[int, int, int]
     num_classes: int
     files: tuple[str, ...]
     source: str
+    pixel_mean: tuple[float, ...]
+    pixel_std: tuple[float, ...]
+    synthetic_style: str
 
 
 DATASETS: dict[str, DatasetInfo] = {
@@ -40,44 +50,97 @@ DATASETS: dict[str, DatasetInfo] = {
         tuple(f"MNIST/raw/{name}-idx{dims}-ubyte"
               for name, dims in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3),
                                  ("t10k-labels", 1))),
-        "from https://ossci-datasets.s3.amazonaws.com/mnist/, gunzipped"),
+        "from https://ossci-datasets.s3.amazonaws.com/mnist/, gunzipped",
+        (0.1307,), (0.3081,), "strokes"),
     "cifar10": DatasetInfo(
         (3, 32, 32), 10, ("cifar-10-python.tar.gz",),
-        "from https://www.cs.toronto.edu/~kriz/cifar.html; or its extracted cifar-10-batches-py/"),
+        "from https://www.cs.toronto.edu/~kriz/cifar.html; or its extracted cifar-10-batches-py/",
+        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "scenes"),
     "svhn": DatasetInfo(
         (3, 32, 32), 10,
         ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat (with --svhn-extra)"),
-        "from http://ufldl.stanford.edu/housenumbers/"),
+        "from http://ufldl.stanford.edu/housenumbers/",
+        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "scenes"),
 }
 
 
 def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
-                      normalised: bool) -> TensorDataset:
-    """A deterministic, learnable stand-in for a data set: ``size`` images of ``info``'s shape.
+                      mean: Sequence[float] | None = None,
+                      std: Sequence[float] | None = None) -> TensorDataset:
+    """A deterministic, learnable stand-in for a data set: ``size`` images of ``info``'s shape
+    whose density and pixel statistics are those of the real images (``info.pixel_mean``,
+    ``info.pixel_std``), so the spiking networks see as many input spikes as on real data.
 
-    Every class has a fixed random pattern of 4x4-pixel blocks (drawn from ``seed``, shared by
-    train and test; blocks survive the 2x2 pooling neurons); an image is its class's pattern
-    with 5 % of its pixels flipped and Gaussian noise added. Pixel values lie in [0, 1] like
-    ``ToTensor`` output, or in [-1, 1] when the real data set is normalised. Train and test
-    draw different noise.
+    ``info.synthetic_style`` chooses the images:
+
+    - ``"strokes"`` (MNIST): white pen strokes on black, values in [0, 1], about 19 % of the
+      pixels lit, as in MNIST. Each class is three fixed quadratic Bezier curves; an image
+      moves their control points and the whole figure by a few pixels and varies the pen width.
+    - ``"scenes"`` (CIFAR-10, SVHN): dense colour images, nearly every pixel lit. Each class is
+      a fixed smooth colour field; an image adds its own smooth field, finer texture and pixel
+      noise; the set is scaled to the real data set's per-channel mean and standard deviation.
+
+    Class patterns come from ``seed`` (shared by train and test); train and test draw different
+    variations. With ``mean`` and ``std`` the images are normalised as the real data set's
+    ``Normalize(mean, std)`` transform would.
 
     Returns:
         ``TensorDataset`` of images ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64).
     """
-    channels, height, width = info.input_shape
-    pattern_rng = torch.Generator().manual_seed(seed)
-    coarse = torch.rand((info.num_classes, channels, -(-height // 4), -(-width // 4)),
-                        generator=pattern_rng) < 0.6
-    patterns = coarse.repeat_interleave(4, dim=2).repeat_interleave(4, dim=3)[..., :height, :width]
-    rng = torch.Generator().manual_seed(seed + (1 if train else 2))
-    labels = torch.randperm(size, generator=rng) % info.num_classes
-    flips = torch.rand((size, *info.input_shape), generator=rng) < 0.05
-    images = (patterns[labels] ^ flips).float()
-    images += 0.1 * torch.randn(images.shape, generator=rng)
-    images.clamp_(0.0, 1.0)
-    if normalised:
-        images = images * 2 - 1
+    draw = torch.Generator().manual_seed(seed + (1 if train else 2))
+    labels = torch.randperm(size, generator=draw) % info.num_classes
+    make = _strokes if info.synthetic_style == "strokes" else _scenes
+    images = make(info, labels, torch.Generator().manual_seed(seed), draw)
+    if mean is not None and std is not None:
+        images = (images - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
     return TensorDataset(images, labels)
+
+
+def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
+             draw: torch.Generator) -> Tensor:
+    """``[N, C, H, W]`` pen strokes in [0, 1] for ``labels`` ``[N]`` (see :func:`synthetic_dataset`)."""
+    channels, height, width = info.input_shape
+    size, strokes, curve_points = len(labels), 3, 24
+    # control points [class, stroke, point, xy], in the central 60 % of the image as in MNIST
+    prototypes = 0.2 + 0.6 * torch.rand((info.num_classes, strokes, 3, 2), generator=classes)
+    control = (prototypes[labels] + 0.04 * torch.randn((size, strokes, 3, 2), generator=draw)
+               + 0.06 * torch.randn((size, 1, 1, 2), generator=draw))
+    t = torch.linspace(0, 1, curve_points).view(1, 1, -1, 1)
+    curve = ((1 - t) ** 2 * control[:, :, :1] + 2 * (1 - t) * t * control[:, :, 1:2]
+             + t ** 2 * control[:, :, 2:]).flatten(1, 2) * torch.tensor([width - 1, height - 1])
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    pixels = torch.stack([cols.flatten(), rows.flatten()], 1).float()
+    distance = torch.cdist(pixels.expand(size, -1, -1), curve).min(dim=2).values  # [N, H*W]
+    # full ink within the pen's radius, fading to 0 over one more pixel (anti-aliasing)
+    radius = 1.1 + 0.3 * torch.rand((size, 1), generator=draw)
+    ink = (radius + 1 - distance).clamp(0.0, 1.0)
+    return ink.view(size, 1, height, width).expand(size, channels, height, width).contiguous()
+
+
+def _scenes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
+            draw: torch.Generator) -> Tensor:
+    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]`` with the real
+    set's per-channel mean and standard deviation (see :func:`synthetic_dataset`)."""
+    channels, height, width = info.input_shape
+    size = len(labels)
+
+    def smooth(noise: Tensor) -> Tensor:
+        return F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
+
+    # parts of unit variance: class field, image field, texture, pixel noise
+    parts = ((1.0, smooth(torch.randn((info.num_classes, channels, 4, 4),
+                                      generator=classes))[labels]),
+             (0.6, smooth(torch.randn((size, channels, 4, 4), generator=draw))),
+             (0.4, smooth(torch.randn((size, channels, 8, 8), generator=draw))),
+             (0.2, torch.randn((size, channels, height, width), generator=draw)))
+    field = sum(weight * part for weight, part in parts)
+    # natural images' colour channels are strongly correlated (mostly brightness)
+    field = 2 * field.mean(dim=1, keepdim=True) + field
+    field = (field - field.mean(dim=(0, 2, 3), keepdim=True)) / field.std(dim=(0, 2, 3),
+                                                                      keepdim=True)
+    mean = torch.tensor(info.pixel_mean).view(-1, 1, 1)
+    std = torch.tensor(info.pixel_std).view(-1, 1, 1)
+    return (mean + std * field).clamp(0.0, 1.0)
 
 
 def _transforms(settings: Experiment, train: bool):
@@ -135,11 +198,11 @@ def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | 
     """
     info = DATASETS[settings.dataset]
     if settings.synthetic:
-        normalised = settings.mean is not None
         test_size = max(settings.synthetic_size // 4, info.num_classes)
-        test = synthetic_dataset(info, test_size, settings.seed, False, normalised)
+        test = synthetic_dataset(info, test_size, settings.seed, False, settings.mean,
+                                 settings.std)
         train_set = (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
-                                       normalised) if train else None)
+                                       settings.mean, settings.std) if train else None)
     else:
         test = _load_split(settings, "test")
         train_set = _load_split(settings, "train") if train else None

@@ -1,4 +1,4 @@
-"""PNG figures: spike statistics (issue 5) and per-epoch training curves.
+"""PNG figures: spike statistics (``--stats``) and per-epoch training curves.
 
 matplotlib is optional: every function returns None without it, and the caller prints
 :data:`MATPLOTLIB_HINT`. Figures are drawn with matplotlib's object API (no pyplot), so no
@@ -7,10 +7,12 @@ global backend or figure state is touched.
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MATPLOTLIB_HINT", "plot_spike_stats", "plot_training_curves"]
+__all__ = ["MATPLOTLIB_HINT", "plot_spike_stats", "plot_training_curves", "spike_stats_figure",
+           "training_curves_figure"]
 
 MATPLOTLIB_HINT = "matplotlib is not installed, so no plots were drawn: `pip install matplotlib`"
 
@@ -32,24 +34,30 @@ def _save(figure, path: str | Path) -> Path:
 
 
 def plot_spike_stats(summary: dict[str, Any], path: str | Path) -> Path | None:
+    """Draw :func:`spike_stats_figure` into the PNG ``path``; None when matplotlib is missing."""
+    figure = spike_stats_figure(summary)
+    return None if figure is None else _save(figure, path)
+
+
+def spike_stats_figure(summary: dict[str, Any]):
     """Per-layer firing rate and SNN/ANN operation ratio bars, and the raster if recorded.
 
     Args:
         summary: the dict of :func:`spiking.report.summarize`.
-        path: the PNG to write.
 
     Returns:
-        ``path``, or None when matplotlib is not installed.
+        a matplotlib ``Figure``, or None when matplotlib is not installed.
     """
     Figure = _figure_class()
     if Figure is None:
         return None
+    from matplotlib.ticker import MaxNLocator
     layers, raster = summary["layers"], summary["raster"]
     names = [row["name"] for row in layers]
     positions = range(len(layers))
-    figure = Figure(figsize=(max(7.0, 0.6 * len(layers) + 2), 10 if raster else 7),
+    figure = Figure(figsize=(max(7.0, 0.6 * len(layers) + 2), 12 if raster else 7),
                     layout="constrained")
-    axes = figure.subplots(3 if raster else 2, 1)
+    axes = figure.subplots(3, 1, height_ratios=[1, 1, 1.5]) if raster else figure.subplots(2, 1)
 
     rates = axes[0]
     rates.bar(positions, [row["firing_rate"] for row in layers], color="tab:blue")
@@ -71,16 +79,22 @@ def plot_spike_stats(summary: dict[str, Any], path: str | Path) -> Path | None:
 
     if raster:
         plot = axes[2]
-        for row, times in enumerate(raster["spike_times"]):
-            plot.scatter(times, [row] * len(times), marker="|", s=80, color="black")
+        # one row per neuron, ticks 0.7 rows tall so that neighbouring rows never merge
+        plot.eventplot(raster["spike_times"], lineoffsets=range(len(raster["neurons"])),
+                       linelengths=0.7, linewidths=1.5, colors="black")
         plot.set_yticks(range(len(raster["neurons"])), [str(n) for n in raster["neurons"]],
-                        fontsize=6)
+                        fontsize=9)
+        plot.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps are whole
         plot.set_xlim(-0.5, raster["time_steps"] - 0.5)
         plot.set_ylim(-0.5, len(raster["neurons"]) - 0.5)
+        plot.grid(axis="y", color="0.9")
+        plot.set_axisbelow(True)
         plot.set_xlabel("time step")
         plot.set_ylabel("neuron (flat index)")
-        plot.set_title(f"Spike raster of {raster['layer']}, image {raster['image']}")
-    return _save(figure, path)
+        plot.set_title(f"Spike raster of {raster['layer']}, image {raster['image']}: "
+                       f"{sum(map(len, raster['spike_times']))} spikes of the "
+                       f"{len(raster['neurons'])} neurons shown")
+    return figure
 
 
 def _read_columns(csv_path: str | Path) -> dict[str, list[float]]:
@@ -102,23 +116,54 @@ def _read_columns(csv_path: str | Path) -> dict[str, list[float]]:
 # Panels of the training curves: (y label, substrings that put a CSV column on that panel).
 _CURVE_PANELS = (("loss", ("loss",)), ("cross-entropy", ("_ce",)),
                  ("accuracy (%)", ("top1", "top5", "acc", "prec")))
+# Beyond this many epochs the curves are drawn without markers (they would merge into a band).
+_MARKED_EPOCHS = 40
 
 
-def plot_training_curves(csv_path: str | Path, png_path: str | Path,
-                         epoch_column: str = "epoch") -> Path | None:
+def _curve_style(name: str, marked: bool) -> dict[str, Any]:
+    """Line style of CSV column ``name``: train blue, test orange; top-5 dotted; train hollow
+    circles around test's small filled squares, so equal values still show both points."""
+    lower = name.lower()
+    style: dict[str, Any] = {"color": "tab:orange" if lower.startswith("test") else "tab:blue",
+                             "linestyle": ":" if "top5" in lower else "-", "linewidth": 1.5}
+    if marked:
+        if lower.startswith("test"):
+            style.update(marker="s", markersize=4)
+        else:
+            style.update(marker="o", markersize=8, markerfacecolor="none", markeredgewidth=1.5)
+    return style
+
+
+def _curve_label(name: str, values: list[float], epochs: list[float]) -> str:
+    """``test_top1`` -> ``test top-1 (best 62.50 % at epoch 2)``; others readable as they are."""
+    label = name.replace("_top1", " top-1").replace("_top5", " top-5").replace("_ce", " CE")
+    label = label.replace("_", " ")
+    finite = [(value, epoch) for value, epoch in zip(values, epochs) if value == value]
+    if name == "test_top1" and finite:
+        best, epoch = max(finite, key=lambda pair: pair[0])
+        label += f" (best {best:.2f} % at epoch {epoch:g})"
+    return label
+
+
+def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
+                           title: str | None = None):
     """Loss, cross-entropy and accuracy against epoch from a per-epoch CSV, read by header name.
 
     A column goes to the loss panel if its name contains ``loss``, to the cross-entropy panel if
     it contains ``_ce``, to the accuracy panel if it contains ``top1``, ``top5``, ``acc`` or
-    ``prec``; other columns (``lr``, timings) are not drawn, nor are panels left empty.
+    ``prec``; other columns (``lr``, timings) are not drawn, nor are panels left empty. The
+    axes read at a glance after one epoch as after hundreds: whole-number epochs, losses from
+    0, accuracy from 0 to 100 % (from just below the lowest value once the run settles above
+    50 %),
+    tick labels without an offset. Dashed vertical lines mark the epochs where ``lr`` changes.
 
     Args:
         csv_path: the per-epoch CSV with a header row (e.g. ``training.metrics.CSV_FIELDS``).
-        png_path: the PNG to write.
         epoch_column: the x-axis column.
+        title: the figure's title (e.g. run tag, network, data set and T).
 
     Returns:
-        ``png_path``, or None when matplotlib is not installed.
+        a matplotlib ``Figure``, or None when matplotlib is not installed.
 
     Raises:
         ValueError: if the CSV has no ``epoch_column`` column.
@@ -129,17 +174,62 @@ def plot_training_curves(csv_path: str | Path, png_path: str | Path,
     Figure = _figure_class()
     if Figure is None:
         return None
+    from matplotlib.ticker import MaxNLocator
+
     epochs = columns[epoch_column]
+    marked = len(epochs) <= _MARKED_EPOCHS
+    rates = columns.get("lr", [])
+    lr_changes = [epoch for epoch, rate, previous in zip(epochs[1:], rates[1:], rates)
+                  if rate != previous]
     panels = [(label, [name for name in columns if any(key in name.lower() for key in keys)])
               for label, keys in _CURVE_PANELS]
     panels = [(label, names) for label, names in panels if names]
-    figure = Figure(figsize=(4.5 * max(1, len(panels)), 4), layout="constrained")
+    figure = Figure(figsize=(4.5 * max(1, len(panels)), 4.8), layout="constrained")
+    if title:
+        figure.suptitle(title)
     for axis, (label, names) in zip(figure.subplots(1, max(1, len(panels)), squeeze=False)[0],
                                     panels):
         for name in names:
-            axis.plot(epochs, columns[name], marker="o", label=name)
+            axis.plot(epochs, columns[name], label=_curve_label(name, columns[name], epochs),
+                      **_curve_style(name, marked))
+        for epoch in lr_changes:
+            axis.axvline(epoch - 0.5, color="0.6", linestyle="--", linewidth=1)
         axis.set_xlabel(epoch_column)
         axis.set_ylabel(label)
-        axis.xaxis.get_major_locator().set_params(integer=True)
-        axis.legend()
-    return _save(figure, png_path)
+        if len(epochs) <= _MARKED_EPOCHS // 2:
+            axis.set_xticks(epochs)
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+        axis.ticklabel_format(axis="y", useOffset=False)
+        if epochs:
+            axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        values = [v for name in names for v in columns[name] if v == v]
+        if label.startswith("accuracy"):
+            # 0-100 %, unless the run settles above 50 %: then the last percents must show,
+            # and the first tenth of a long run may leave the panel at the bottom
+            settled = [v for name in names for v in columns[name][len(epochs) // 10:] if v == v]
+            lowest = min(settled, default=0.0)
+            axis.set_ylim(0 if lowest < 50 else math.floor(lowest) - 1, 100.5)
+        else:
+            highest = max(values, default=1.0)
+            axis.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
+        # below the panel: inside, it would hide points wherever they happen to lie
+        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                    frameon=False)
+        axis.grid(color="0.9")
+        axis.set_axisbelow(True)
+    return figure
+
+
+def plot_training_curves(csv_path: str | Path, png_path: str | Path,
+                         epoch_column: str = "epoch", title: str | None = None) -> Path | None:
+    """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``.
+
+    Returns:
+        ``png_path``, or None when matplotlib is not installed.
+
+    Raises:
+        ValueError: if the CSV has no ``epoch_column`` column.
+    """
+    figure = training_curves_figure(csv_path, epoch_column, title)
+    return None if figure is None else _save(figure, png_path)

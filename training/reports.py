@@ -1,5 +1,5 @@
 """What a run writes besides checkpoints and the CSV: the spike statistics of ``--stats``
-(issue 5) and the figure of the per-epoch curves.
+and the figure of the per-epoch curves.
 
 The counting lives in :mod:`spiking.monitor`, the numbers in :mod:`spiking.report` and the
 figures in :mod:`training.plots`; this module connects them to the engine's settings and output
@@ -74,5 +74,8 @@ def report_spike_stats(monitor: SpikeMonitor, settings: Experiment, checkpoint: 
 
 def write_training_curves(csv_path: str, settings: Experiment) -> None:
     """Draw ``csv_path``'s per-epoch curves into :func:`curves_path`, or say how to get them."""
-    drawn = plots.plot_training_curves(csv_path, curves_path(settings))
+    data = f"synthetic {settings.dataset}" if settings.synthetic else settings.dataset
+    width = "" if settings.width == 1 else f", width {settings.width:g}"
+    title = f"{run_tag(settings)}: {settings.arch} on {data}, T = {settings.time_steps}{width}"
+    drawn = plots.plot_training_curves(csv_path, curves_path(settings), title=title)
     print(f"training curves: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
