@@ -99,6 +99,13 @@ class SpikingNetwork(nn.Module):
         """A hidden layer's three parts: its synapses, its LIF neurons, their held dropout."""
         return synapse, self.lif(), TimeHeldDropout(self.dropout)
 
+    def inputs_from_neurons(self, *synapses: SpikingConv2d | SpikingLinear) -> None:
+        """Declare that each of ``synapses`` reads the spikes of a layer of spiking neurons (or
+        of dropout over one), which reads its gradient only where it spiked: their event-driven
+        backward may leave the input gradient 0 elsewhere. Not for the input layer."""
+        for synapse in synapses:
+            synapse.input_from_neurons = True
+
     def pooling_neuron(self) -> PoolingNeuron:
         return PoolingNeuron(self.pool_threshold)
 

@@ -6,7 +6,7 @@ they differ in speed, memory and where they run:
 | name        | what runs                                                    | tensors     |
 |-------------|--------------------------------------------------------------|-------------|
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
-| ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
+| ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`), event-driven synapses (:mod:`spiking.event_kernels`) | CPU |
 
 ``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere. Choose another with
 the environment variable ``SPIKING_BACKEND=<name>``, :func:`set_backend` or the context manager
@@ -22,16 +22,23 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "backend_for", "describe", "requested_backend", "set_backend",
+__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "requested_backend", "set_backend",
            "use_backend"]
+
+
+# The ``cpu`` backend runs a synapse layer event-driven in a chunk whose input spike train has at
+# most this fraction of its entries nonzero, densely above it (benchmarks/README.md, *Event-driven
+# synapses*: measured crossover on the 2-core CPU). 0 turns the event-driven path off; tests
+# set it to force one path.
+EVENT_DENSITY_MAX = 0.08
 
 
 def _cpu_unavailable(device: torch.device) -> str | None:
     if device.type != "cpu":
         return f"it runs on CPU tensors, not {device.type}"
-    from . import cpu_kernels  # imports this module: the choice is looked up per call
+    from . import cpu_kernels, event_kernels  # import this module: the choice is per call
 
-    if not cpu_kernels.available():
+    if not (cpu_kernels.available() and event_kernels.available()):
         return (f"its C kernels could not be built: {cpu_kernels.build_error()}; set CC to a C "
                 "compiler, or SPIKING_KERNEL_CACHE to a writable folder")
     return None
@@ -44,7 +51,8 @@ def _runs_anywhere(device: torch.device) -> str | None:
 # name -> (what it is, why it cannot run on a device: None when it can)
 BACKENDS: dict[str, tuple[str, Callable[[torch.device], str | None]]] = {
     "torch": ("PyTorch loops over time-folded layers (spiking.functional)", _runs_anywhere),
-    "cpu": ("fused C kernels (spiking.cpu_kernels)", _cpu_unavailable),
+    "cpu": ("fused C kernels (spiking.cpu_kernels), event-driven synapses "
+            "(spiking.event_kernels)", _cpu_unavailable),
 }
 
 

@@ -14,7 +14,7 @@ import torch
 
 import models
 from oracle import oracle_forward
-from spiking import TimeHeldDropout
+from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backend, event_kernels
 
 F64 = torch.float64
 INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
@@ -85,6 +85,24 @@ def assert_close(actual, expected, what):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("time_chunk", [5, 2, 1], ids=["whole", "chunks-2-2-1", "per-step"])
 def test_outputs_and_gradients_equal_the_authors_loop(arch, training, time_chunk):
+    check_against_the_authors_loop(arch, training, time_chunk)
+
+
+@pytest.mark.skipif(not event_kernels.available(), reason="no C compiler: no event kernels")
+@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_event_driven_synapses_equal_the_authors_loop(arch, training, monkeypatch):
+    # Every chunk of every synapse event-driven, whatever its density; the input gradients of
+    # the declared layers only at their input spikes.
+    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 1.0)
+    with backend.use_backend("cpu"):
+        model = check_against_the_authors_loop(arch, training, time_chunk=2)
+    synapses = [m for m in model.modules() if isinstance(m, (SpikingConv2d, SpikingLinear))]
+    assert all(m.event_chunks == 3 and m.dense_chunks == 0 for m in synapses)
+    assert sum(m.input_from_neurons for m in synapses) == len(synapses) - 1
+
+
+def check_against_the_authors_loop(arch: str, training: bool, time_chunk: int):
     model, gen = build(arch, seed=1)
     weights = oracle_weights(model)
     spikes = input_spikes(arch, gen, time_steps=5)
@@ -104,3 +122,4 @@ def test_outputs_and_gradients_equal_the_authors_loop(arch, training, time_chunk
     assert_close(out, expected, "output")
     for name, param in model.named_parameters():
         assert_close(param.grad, weights[name].grad, f"grad of {name}")
+    return model

@@ -1,0 +1,261 @@
+/* Event-driven synapses for spiking/synapses.py: a convolution or linear layer whose input is a
+ * spike train computed from its spikes alone; loaded by spiking/event_kernels.py.
+ *
+ * A spike train x [images, C_in, H, W] holds -c, 0 or c. Its events are stored per image (an
+ * image is one time step of one sample) as int32 positions ci * H * W + iy * W + ix, negated
+ * minus one (~p) for a -c spike, in image order: offsets [images + 1] into positions. A linear
+ * layer is the 1x1 convolution with H = W = 1.
+ *
+ * The weight comes re-laid channels-last, w[ci, ky, kx, co], so every product below runs over
+ * C_out contiguous floats:
+ *   forward      out[n, co, oy, ox] = sum over events (ci, iy, ix) of +-c w[ci, ky, kx, co],
+ *                oy * stride = iy + pad - ky (the scatter of each event's weight columns);
+ *   weight grad  dw[ci, ky, kx, co] += +-c g[n, co, oy, ox] for every event and tap;
+ *   input grad   dx[n, ci, iy, ix] = sum over taps and co of w[ci, ky, kx, co] g[n, co, oy, ox],
+ *                at the events only (0 elsewhere).
+ * Each thread takes the images holding an equal share of the events, accumulates an image's
+ * output (or reads its gradient) channels-last in its own buffer, and owns a private weight
+ * gradient, summed at the end: no atomics. Build flags as cpu_kernels.c (-ffp-contract=off).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int64_t images, cin, height, width, cout, k, stride, pad, out_h, out_w;
+} Geometry;
+
+/* The first image of thread `part` of `parts`: images split at equal shares of the events. */
+static int64_t first_image(const int64_t *offsets, int64_t images, int part, int parts) {
+    const int64_t total = offsets[images], goal = total * part / parts;
+    int64_t lo = 0, hi = images;  /* first n with offsets[n] >= goal */
+    if (part == 0) return 0;
+    if (part == parts) return images;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (offsets[mid] < goal) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* Per image: the count of nonzero entries. */
+#define DEFINE_COUNT(NAME, T)                                                                 \
+    static void NAME(const T *x, int64_t images, int64_t size, int64_t *counts, int threads) { \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
+        for (int64_t n = 0; n < images; ++n) {                                                 \
+            const T *restrict image = x + n * size;                                            \
+            int64_t count = 0;                                                                  \
+            for (int64_t i = 0; i < size; ++i) count += image[i] != (T)0;                      \
+            counts[n] = count;                                                                  \
+        }                                                                                       \
+    }
+
+/* Fill the positions; return 1 if some nonzero value is neither c nor -c. */
+#define DEFINE_EXTRACT(NAME, T)                                                               \
+    static int NAME(const T *x, int64_t images, int64_t size, const int64_t *offsets,          \
+                    int32_t *positions, double scale, int threads) {                           \
+        const T c = (T)scale;                                                                   \
+        int other = 0;                                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(| : other)") \
+        for (int64_t n = 0; n < images; ++n) {                                                 \
+            const T *restrict image = x + n * size;                                            \
+            int32_t *restrict out = positions + offsets[n];                                    \
+            int64_t e = 0, limit = offsets[n + 1] - offsets[n];                                \
+            for (int64_t i = 0; i < size; ++i) {                                               \
+                const T v = image[i];                                                           \
+                if (v == (T)0) continue;                                                        \
+                if (e == limit) { other = 1; break; }                                           \
+                other |= (v != c) & (v != -c);                                                  \
+                out[e++] = v == c ? (int32_t)i : ~(int32_t)i;                                   \
+            }                                                                                   \
+            other |= e != limit;                                                                \
+        }                                                                                       \
+        return other;                                                                           \
+    }
+
+/* The output rows of tap ky for input row iy: oy = (iy + pad - ky) / stride when exact. */
+static inline int64_t output_index(int64_t i, int64_t tap, const Geometry *g, int64_t limit) {
+    const int64_t shifted = i + g->pad - tap;
+    if (shifted < 0 || shifted % g->stride) return -1;
+    const int64_t o = shifted / g->stride;
+    return o < limit ? o : -1;
+}
+
+#define DEFINE_FORWARD(NAME, T)                                                               \
+    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
+                     double scale, const T *weight, T *out, int threads) {                     \
+        const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
+        const int64_t cout = g->cout, k = g->k;                                                 \
+        const T c = (T)scale;                                                                   \
+        _Pragma("omp parallel num_threads(threads)")                                           \
+        {                                                                                       \
+            const int part = omp_thread(), parts = omp_threads();                              \
+            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
+            const int64_t begin = first_image(offsets, g->images, part, parts);                \
+            const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
+            for (int64_t n = begin; n < end; ++n) {                                            \
+                T *restrict acc = buffer ? buffer : out + n * cout;                            \
+                memset(acc, 0, sizeof(T) * out_plane * cout);                                  \
+                for (int64_t e = offsets[n]; e < offsets[n + 1]; ++e) {                        \
+                    const int32_t code = positions[e];                                          \
+                    const int64_t p = code < 0 ? ~code : code;                                  \
+                    const T v = code < 0 ? -c : c;                                              \
+                    const int64_t ci = p / plane, iy = (p % plane) / g->width, ix = p % g->width; \
+                    for (int64_t ky = 0; ky < k; ++ky) {                                        \
+                        const int64_t oy = output_index(iy, ky, g, g->out_h);                  \
+                        if (oy < 0) continue;                                                   \
+                        for (int64_t kx = 0; kx < k; ++kx) {                                    \
+                            const int64_t ox = output_index(ix, kx, g, g->out_w);              \
+                            if (ox < 0) continue;                                               \
+                            const T *restrict w = weight + ((ci * k + ky) * k + kx) * cout;    \
+                            T *restrict a = acc + (oy * g->out_w + ox) * cout;                 \
+                            for (int64_t co = 0; co < cout; ++co) a[co] += v * w[co];          \
+                        }                                                                       \
+                    }                                                                           \
+                }                                                                               \
+                if (buffer) {                                                                   \
+                    T *restrict image = out + n * cout * out_plane;                            \
+                    for (int64_t s = 0; s < out_plane; ++s)                                    \
+                        for (int64_t co = 0; co < cout; ++co)                                  \
+                            image[co * out_plane + s] = buffer[s * cout + co];                 \
+                }                                                                               \
+            }                                                                                   \
+            free(buffer);                                                                       \
+        }                                                                                       \
+    }
+
+/* grad [images, C_out, H', W'] -> grad_weight [C_in, k, k, C_out] (summed over all images; NULL
+ * to skip) and grad_input [images, C_in, H, W] (NULL to skip). */
+#define DEFINE_BACKWARD(NAME, T)                                                              \
+    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
+                     double scale, const T *weight, const T *grad, T *grad_weight,             \
+                     T *grad_input, int threads) {                                             \
+        const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
+        const int64_t cout = g->cout, k = g->k, weights = g->cin * k * k * cout;               \
+        const T c = (T)scale;                                                                   \
+        T *partial[256] = {0};                                                                  \
+        threads = threads > 256 ? 256 : threads;                                                \
+        _Pragma("omp parallel num_threads(threads)")                                           \
+        {                                                                                       \
+            const int part = omp_thread(), parts = omp_threads();                              \
+            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
+            T *dw = NULL;                                                                       \
+            if (grad_weight) {                                                                  \
+                dw = part == 0 ? grad_weight : malloc(sizeof(T) * weights);                    \
+                memset(dw, 0, sizeof(T) * weights);                                             \
+                partial[part] = dw;                                                             \
+            }                                                                                   \
+            const int64_t begin = first_image(offsets, g->images, part, parts);                \
+            const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
+            for (int64_t n = begin; n < end; ++n) {                                            \
+                const T *restrict gn = grad + n * cout * out_plane;                            \
+                if (buffer) {                                                                   \
+                    for (int64_t s = 0; s < out_plane; ++s)                                    \
+                        for (int64_t co = 0; co < cout; ++co)                                  \
+                            buffer[s * cout + co] = gn[co * out_plane + s];                    \
+                    gn = buffer;                                                                \
+                }                                                                               \
+                T *restrict dx = grad_input ? grad_input + n * g->cin * plane : NULL;         \
+                if (dx) memset(dx, 0, sizeof(T) * g->cin * plane);                              \
+                for (int64_t e = offsets[n]; e < offsets[n + 1]; ++e) {                        \
+                    const int32_t code = positions[e];                                          \
+                    const int64_t p = code < 0 ? ~code : code;                                  \
+                    const T v = code < 0 ? -c : c;                                              \
+                    const int64_t ci = p / plane, iy = (p % plane) / g->width, ix = p % g->width; \
+                    T lanes[8] = {0};                                                           \
+                    for (int64_t ky = 0; ky < k; ++ky) {                                        \
+                        const int64_t oy = output_index(iy, ky, g, g->out_h);                  \
+                        if (oy < 0) continue;                                                   \
+                        for (int64_t kx = 0; kx < k; ++kx) {                                    \
+                            const int64_t ox = output_index(ix, kx, g, g->out_w);              \
+                            if (ox < 0) continue;                                               \
+                            const int64_t tap = ((ci * k + ky) * k + kx) * cout;               \
+                            const T *restrict go = gn + (oy * g->out_w + ox) * cout;           \
+                            if (dw) {                                                           \
+                                T *restrict d = dw + tap;                                       \
+                                for (int64_t co = 0; co < cout; ++co) d[co] += v * go[co];     \
+                            }                                                                   \
+                            if (dx) {                                                           \
+                                const T *restrict w = weight + tap;                             \
+                                int64_t co = 0;                                                 \
+                                for (; co + 8 <= cout; co += 8)                                 \
+                                    for (int l = 0; l < 8; ++l) lanes[l] += w[co + l] * go[co + l]; \
+                                for (; co < cout; ++co) lanes[co & 7] += w[co] * go[co];       \
+                            }                                                                   \
+                        }                                                                       \
+                    }                                                                           \
+                    if (dx)                                                                     \
+                        dx[p] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))                \
+                              + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));               \
+                }                                                                               \
+            }                                                                                   \
+            free(buffer);                                                                       \
+            _Pragma("omp barrier")                                                             \
+            if (grad_weight) {                                                                  \
+                /* thread `part` sums its slice of every partial gradient into thread 0's */  \
+                const int64_t lo = weights * part / parts, hi = weights * (part + 1) / parts;  \
+                for (int q = 1; q < parts; ++q)                                                 \
+                    for (int64_t i = lo; i < hi; ++i) grad_weight[i] += partial[q][i];         \
+                _Pragma("omp barrier")                                                         \
+                if (part > 0) free(dw);                                                         \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#ifdef _OPENMP
+#include <omp.h>
+static int omp_thread(void) { return omp_get_thread_num(); }
+static int omp_threads(void) { return omp_get_num_threads(); }
+#else
+static int omp_thread(void) { return 0; }
+static int omp_threads(void) { return 1; }
+#endif
+
+DEFINE_COUNT(count_f32, float)
+DEFINE_COUNT(count_f64, double)
+DEFINE_EXTRACT(extract_f32, float)
+DEFINE_EXTRACT(extract_f64, double)
+DEFINE_FORWARD(forward_f32, float)
+DEFINE_FORWARD(forward_f64, double)
+DEFINE_BACKWARD(backward_f32, float)
+DEFINE_BACKWARD(backward_f64, double)
+
+void count_events(int is_double, const void *x, int64_t images, int64_t size, int64_t *counts,
+                  int threads) {
+    if (is_double) count_f64(x, images, size, counts, threads);
+    else count_f32(x, images, size, counts, threads);
+}
+
+/* 1 if every nonzero of x is c or -c and the counts were right, with the positions written. */
+int extract_events(int is_double, const void *x, int64_t images, int64_t size,
+                   const int64_t *offsets, int32_t *positions, double scale, int threads) {
+    return !(is_double ? extract_f64(x, images, size, offsets, positions, scale, threads)
+                       : extract_f32(x, images, size, offsets, positions, scale, threads));
+}
+
+static Geometry geometry(const int64_t *shape) {
+    Geometry g = {shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
+                  shape[8], shape[9]};
+    return g;
+}
+
+/* shape: images, C_in, H, W, C_out, k, stride, pad, H', W' */
+void event_forward(int is_double, const int64_t *shape, const int64_t *offsets,
+                   const int32_t *positions, double scale, const void *weight, void *out,
+                   int threads) {
+    const Geometry g = geometry(shape);
+    if (is_double) forward_f64(&g, offsets, positions, scale, weight, out, threads);
+    else forward_f32(&g, offsets, positions, scale, weight, out, threads);
+}
+
+void event_backward(int is_double, const int64_t *shape, const int64_t *offsets,
+                    const int32_t *positions, double scale, const void *weight, const void *grad,
+                    void *grad_weight, void *grad_input, int threads) {
+    const Geometry g = geometry(shape);
+    if (is_double)
+        backward_f64(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
+                     threads);
+    else
+        backward_f32(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
+                     threads);
+}
