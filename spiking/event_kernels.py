@@ -32,6 +32,7 @@ __all__ = ["Events", "available", "conv_backward", "conv_forward", "count_events
 
 _SOURCE = Path(__file__).with_name("csrc") / "event_kernels.c"
 _INT32_MAX = 2**31 - 1
+_MAX_KERNEL = 32  # MAX_K of the C code
 
 
 @functools.cache
@@ -147,7 +148,8 @@ def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
     channels, height, width = (events.image_shape if len(events.image_shape) == 3
                                else (events.image_shape[0], 1, 1))
     cin, k, k2, cout = weight_cl.shape
-    if (cin, k) != (channels, k2) or stride < 1 or padding < 0 or not weight_cl.is_contiguous():
+    if ((cin, k) != (channels, k2) or not 1 <= k <= _MAX_KERNEL or stride < 1 or padding < 0
+            or not weight_cl.is_contiguous()):
         raise ValueError(f"weight [C_in, k, k, C_out] {tuple(weight_cl.shape)} does not fit "
                          f"events of images {events.image_shape} (stride {stride}, padding "
                          f"{padding})")

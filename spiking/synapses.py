@@ -14,6 +14,8 @@ from spiking neurons (:attr:`SpikingConv2d.input_from_neurons`); otherwise it is
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,26 +91,27 @@ def _from_channels_last(grad: Tensor, like: Tensor) -> Tensor:
 
 class _EventSynapse(torch.autograd.Function):
     """A convolution (or linear layer: 1x1, 1 pixel) over the events of a spike train
-    ``[T, B, ...]``. Inputs ``(spikes, weight, events, stride, padding, sparse_input_grad)``."""
+    ``[T, B, ...]``. Inputs ``(spikes, weight, weight_cl, events, stride, padding,
+    sparse_input_grad)``, ``weight_cl`` being ``weight`` re-laid by :func:`_channels_last`."""
 
     @staticmethod
-    def forward(ctx, spikes: Tensor, weight: Tensor, events: Events, stride: int, padding: int,
-                sparse_input_grad: bool) -> Tensor:
+    def forward(ctx, spikes: Tensor, weight: Tensor, weight_cl: Tensor, events: Events,
+                stride: int, padding: int, sparse_input_grad: bool) -> Tensor:
         ctx.events, ctx.geometry = events, (stride, padding)
         ctx.input_shape, ctx.sparse_input_grad = spikes.shape, sparse_input_grad
-        ctx.save_for_backward(weight)
-        current = event_kernels.conv_forward(events, _channels_last(weight), stride, padding)
+        ctx.save_for_backward(weight, weight_cl)
+        current = event_kernels.conv_forward(events, weight_cl, stride, padding)
         return current.unflatten(0, spikes.shape[:2]).detach()  # see _SpikeInputConv2d
 
     @staticmethod
     def backward(ctx, grad_current: Tensor):
-        (weight,) = ctx.saved_tensors
+        weight, weight_cl = ctx.saved_tensors
         stride, padding = ctx.geometry
         needs_input, needs_weight = ctx.needs_input_grad[:2]
         sparse_input = needs_input and ctx.sparse_input_grad
         grad = grad_current.flatten(0, 1)
         grad_weight, grad_spikes = event_kernels.conv_backward(
-            ctx.events, _channels_last(weight), grad, stride, padding, needs_weight,
+            ctx.events, weight_cl, grad, stride, padding, needs_weight,
             sparse_input)
         if grad_weight is not None:
             grad_weight = _from_channels_last(grad_weight, weight)
@@ -122,7 +125,7 @@ class _EventSynapse(torch.autograd.Function):
                     (True, False, False))[0]
         if grad_spikes is not None:
             grad_spikes = grad_spikes.unflatten(0, ctx.input_shape[:2])
-        return grad_spikes, grad_weight, None, None, None, None
+        return grad_spikes, grad_weight, None, None, None, None, None
 
 
 class _SpikeInputConv2d(torch.autograd.Function):
@@ -197,6 +200,18 @@ class _EventDriven:
     def _init_event_driven(self, input_from_neurons: bool) -> None:
         self.input_from_neurons = input_from_neurons
         self.event_chunks = self.dense_chunks = 0
+        self._relaid: tuple[weakref.ref, int, Tensor] | None = None
+
+    def _weight_channels_last(self, weight: Tensor) -> Tensor:
+        """``weight`` re-laid for the event kernels, once per weight update rather than per
+        chunk (LeNet's fc0: a 2 MB copy)."""
+        if self._relaid is not None:
+            source, version, relaid = self._relaid
+            if source() is weight and version == weight._version:
+                return relaid
+        relaid = _channels_last(weight.detach())
+        self._relaid = (weakref.ref(weight), weight._version, relaid)
+        return relaid
 
     def _events(self, spikes: Tensor, weight: Tensor) -> Events | None:
         events = spike_events(spikes, weight) if self._event_geometry() else None
@@ -209,8 +224,12 @@ class _EventDriven:
     def _event_geometry(self) -> bool:
         return True
 
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()  # nn.Module's
+        return {**state, "_relaid": None}  # a weak reference does not pickle
 
-class SpikingConv2d(nn.Conv2d, _EventDriven):
+
+class SpikingConv2d(_EventDriven, nn.Conv2d):
     """``nn.Conv2d`` without bias over a spike train: ``[T, B, C, H, W] -> [T, B, C', H', W']``.
 
     Its ``weight`` is the authors' parameter, so state_dict keys stay ``<name>.weight``.
@@ -238,10 +257,11 @@ class SpikingConv2d(nn.Conv2d, _EventDriven):
         events = self._events(spikes, weight)
         if events is not None:
             stride, padding = self.stride[0], self.padding[0]
+            weight_cl = self._weight_channels_last(weight)
             if _needs_graph(spikes, weight):
-                return _EventSynapse.apply(spikes, weight, events, stride, padding,
+                return _EventSynapse.apply(spikes, weight, weight_cl, events, stride, padding,
                                            self.input_from_neurons)
-            current = event_kernels.conv_forward(events, _channels_last(weight), stride, padding)
+            current = event_kernels.conv_forward(events, weight_cl, stride, padding)
             return current.unflatten(0, spikes.shape[:2])
         if _needs_graph(spikes, weight):
             return _SpikeInputConv2d.apply(spikes, weight, self.stride, self.padding)
@@ -250,7 +270,7 @@ class SpikingConv2d(nn.Conv2d, _EventDriven):
         return current.unflatten(0, spikes.shape[:2])
 
 
-class SpikingLinear(nn.Linear, _EventDriven):
+class SpikingLinear(_EventDriven, nn.Linear):
     """``nn.Linear`` without bias over a spike train: ``[T, B, F] -> [T, B, F']``.
 
     Args:
@@ -266,10 +286,11 @@ class SpikingLinear(nn.Linear, _EventDriven):
         weight = _autocast_weight(spikes, self.weight)
         events = self._events(spikes, weight) if spikes.dim() == 3 else None
         if events is not None:
+            weight_cl = self._weight_channels_last(weight)
             if _needs_graph(spikes, weight):
-                return _EventSynapse.apply(spikes, weight, events, 1, 0, self.input_from_neurons)
-            return event_kernels.conv_forward(events, _channels_last(weight)).unflatten(
-                0, spikes.shape[:2])
+                return _EventSynapse.apply(spikes, weight, weight_cl, events, 1, 0,
+                                           self.input_from_neurons)
+            return event_kernels.conv_forward(events, weight_cl).unflatten(0, spikes.shape[:2])
         if _needs_graph(spikes, weight):
             return _SpikeInputLinear.apply(spikes, weight)
         return F.linear(spikes.to(weight.dtype), weight)

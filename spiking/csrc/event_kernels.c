@@ -21,6 +21,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+enum { MAX_K = 32, MAX_THREADS = 256 };  /* spiking/event_kernels.py refuses larger kernels */
+
 typedef struct {
     int64_t images, cin, height, width, cout, k, stride, pad, out_h, out_w;
 } Geometry;
@@ -73,20 +75,112 @@ static int64_t first_image(const int64_t *offsets, int64_t images, int part, int
         return other;                                                                           \
     }
 
-/* The output rows of tap ky for input row iy: oy = (iy + pad - ky) / stride when exact. */
-static inline int64_t output_index(int64_t i, int64_t tap, const Geometry *g, int64_t limit) {
-    const int64_t shifted = i + g->pad - tap;
-    if (shifted < 0 || shifted % g->stride) return -1;
-    const int64_t o = shifted / g->stride;
-    return o < limit ? o : -1;
+/* The taps of an input row (or column) i: tap[j] = ky and out[j] = oy for the j-th output row
+ * it reaches, oy * stride = i + pad - ky; returns how many. */
+static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *tap,
+                          int64_t *out) {
+    int n = 0;
+    for (int64_t t = 0; t < g->k; ++t) {
+        const int64_t shifted = i + g->pad - t;
+        if (shifted < 0) break;  /* larger taps shift further below 0 */
+        if (g->stride == 1 ? 0 : shifted % g->stride) continue;
+        const int64_t o = g->stride == 1 ? shifted : shifted / g->stride;
+        if (o < limit) { tap[n] = t; out[n++] = o; }
+    }
+    return n;
 }
 
-#define DEFINE_FORWARD(NAME, T)                                                               \
+/* One image's events scattered into its channels-last output acc [H', W', C_out]. */
+#define DEFINE_FORWARD_IMAGE(NAME, T, TARGET)                                                 \
+    TARGET static void NAME(const Geometry *g, const int32_t *positions, int64_t count,       \
+                            T c, const T *weight, T *acc) {                                    \
+        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
+        for (int64_t e = 0; e < count; ++e) {                                                  \
+            const int32_t code = positions[e];                                                  \
+            const int64_t p = code < 0 ? ~code : code;                                          \
+            const T v = code < 0 ? -c : c;                                                      \
+            const int64_t ci = p / plane, rest = p - ci * plane;                               \
+            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
+            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
+            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
+            for (int a = 0; a < ny; ++a)                                                        \
+                for (int b = 0; b < nx; ++b) {                                                  \
+                    const T *restrict w = weight + ((ci * k + tky[a]) * k + tkx[b]) * cout;    \
+                    T *restrict o = acc + (toy[a] * g->out_w + tox[b]) * cout;                 \
+                    for (int64_t co = 0; co < cout; ++co) o[co] += v * w[co];                  \
+                }                                                                               \
+        }                                                                                       \
+    }
+
+/* One image's weight gradient (into dw, or not if NULL) and input gradient at its events (into
+ * dx [C_in * H * W], or not if NULL), from its channels-last output gradient go [H', W', C']. */
+#define DEFINE_BACKWARD_IMAGE(NAME, T, TARGET)                                                \
+    TARGET static void NAME(const Geometry *g, const int32_t *positions, int64_t count,       \
+                            T c, const T *weight, const T *go, T *dw, T *dx) {                 \
+        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
+        for (int64_t e = 0; e < count; ++e) {                                                  \
+            const int32_t code = positions[e];                                                  \
+            const int64_t p = code < 0 ? ~code : code;                                          \
+            const T v = code < 0 ? -c : c;                                                      \
+            const int64_t ci = p / plane, rest = p - ci * plane;                               \
+            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
+            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
+            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
+            T lanes[8] = {0};                                                                   \
+            for (int a = 0; a < ny; ++a)                                                        \
+                for (int b = 0; b < nx; ++b) {                                                  \
+                    const int64_t tap = ((ci * k + tky[a]) * k + tkx[b]) * cout;               \
+                    const T *restrict gr = go + (toy[a] * g->out_w + tox[b]) * cout;           \
+                    if (dw) {                                                                   \
+                        T *restrict d = dw + tap;                                               \
+                        for (int64_t co = 0; co < cout; ++co) d[co] += v * gr[co];             \
+                    }                                                                           \
+                    if (dx) {                                                                   \
+                        const T *restrict w = weight + tap;                                     \
+                        int64_t co = 0;                                                         \
+                        for (; co + 8 <= cout; co += 8)                                         \
+                            for (int l = 0; l < 8; ++l) lanes[l] += w[co + l] * gr[co + l];    \
+                        for (; co < cout; ++co) lanes[co & 7] += w[co] * gr[co];               \
+                    }                                                                           \
+                }                                                                               \
+            if (dx)                                                                             \
+                dx[p] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))                        \
+                      + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));                       \
+        }                                                                                       \
+    }
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define WIDE __attribute__((target("avx2")))
+#define HAVE_WIDE 1
+#else
+#define WIDE
+#define HAVE_WIDE 0
+#endif
+
+static int wide(void) {
+#if HAVE_WIDE
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+DEFINE_FORWARD_IMAGE(forward_image_f32, float, )
+DEFINE_FORWARD_IMAGE(forward_image_f64, double, )
+DEFINE_BACKWARD_IMAGE(backward_image_f32, float, )
+DEFINE_BACKWARD_IMAGE(backward_image_f64, double, )
+DEFINE_FORWARD_IMAGE(forward_image_f32_wide, float, WIDE)
+DEFINE_FORWARD_IMAGE(forward_image_f64_wide, double, WIDE)
+DEFINE_BACKWARD_IMAGE(backward_image_f32_wide, float, WIDE)
+DEFINE_BACKWARD_IMAGE(backward_image_f64_wide, double, WIDE)
+
+#define DEFINE_FORWARD(NAME, T, IMAGE)                                                        \
     static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
                      double scale, const T *weight, T *out, int threads) {                     \
-        const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
-        const int64_t cout = g->cout, k = g->k;                                                 \
-        const T c = (T)scale;                                                                   \
+        const int64_t out_plane = g->out_h * g->out_w, cout = g->cout;                        \
+        const int use_wide = wide();                                                            \
         _Pragma("omp parallel num_threads(threads)")                                           \
         {                                                                                       \
             const int part = omp_thread(), parts = omp_threads();                              \
@@ -96,27 +190,12 @@ static inline int64_t output_index(int64_t i, int64_t tap, const Geometry *g, in
             for (int64_t n = begin; n < end; ++n) {                                            \
                 T *restrict acc = buffer ? buffer : out + n * cout;                            \
                 memset(acc, 0, sizeof(T) * out_plane * cout);                                  \
-                for (int64_t e = offsets[n]; e < offsets[n + 1]; ++e) {                        \
-                    const int32_t code = positions[e];                                          \
-                    const int64_t p = code < 0 ? ~code : code;                                  \
-                    const T v = code < 0 ? -c : c;                                              \
-                    const int64_t ci = p / plane, iy = (p % plane) / g->width, ix = p % g->width; \
-                    for (int64_t ky = 0; ky < k; ++ky) {                                        \
-                        const int64_t oy = output_index(iy, ky, g, g->out_h);                  \
-                        if (oy < 0) continue;                                                   \
-                        for (int64_t kx = 0; kx < k; ++kx) {                                    \
-                            const int64_t ox = output_index(ix, kx, g, g->out_w);              \
-                            if (ox < 0) continue;                                               \
-                            const T *restrict w = weight + ((ci * k + ky) * k + kx) * cout;    \
-                            T *restrict a = acc + (oy * g->out_w + ox) * cout;                 \
-                            for (int64_t co = 0; co < cout; ++co) a[co] += v * w[co];          \
-                        }                                                                       \
-                    }                                                                           \
-                }                                                                               \
+                (use_wide ? IMAGE##_wide : IMAGE)(g, positions + offsets[n],                   \
+                    offsets[n + 1] - offsets[n], (T)scale, weight, acc);                       \
                 if (buffer) {                                                                   \
                     T *restrict image = out + n * cout * out_plane;                            \
-                    for (int64_t s = 0; s < out_plane; ++s)                                    \
-                        for (int64_t co = 0; co < cout; ++co)                                  \
+                    for (int64_t co = 0; co < cout; ++co)                                      \
+                        for (int64_t s = 0; s < out_plane; ++s)                                \
                             image[co * out_plane + s] = buffer[s * cout + co];                 \
                 }                                                                               \
             }                                                                                   \
@@ -126,15 +205,15 @@ static inline int64_t output_index(int64_t i, int64_t tap, const Geometry *g, in
 
 /* grad [images, C_out, H', W'] -> grad_weight [C_in, k, k, C_out] (summed over all images; NULL
  * to skip) and grad_input [images, C_in, H, W] (NULL to skip). */
-#define DEFINE_BACKWARD(NAME, T)                                                              \
+#define DEFINE_BACKWARD(NAME, T, IMAGE)                                                       \
     static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
                      double scale, const T *weight, const T *grad, T *grad_weight,             \
                      T *grad_input, int threads) {                                             \
         const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
-        const int64_t cout = g->cout, k = g->k, weights = g->cin * k * k * cout;               \
-        const T c = (T)scale;                                                                   \
-        T *partial[256] = {0};                                                                  \
-        threads = threads > 256 ? 256 : threads;                                                \
+        const int64_t cout = g->cout, weights = g->cin * g->k * g->k * cout;                  \
+        const int use_wide = wide();                                                            \
+        T *partial[MAX_THREADS] = {0};                                                          \
+        threads = threads > MAX_THREADS ? MAX_THREADS : threads;                                \
         _Pragma("omp parallel num_threads(threads)")                                           \
         {                                                                                       \
             const int part = omp_thread(), parts = omp_threads();                              \
@@ -157,37 +236,8 @@ static inline int64_t output_index(int64_t i, int64_t tap, const Geometry *g, in
                 }                                                                               \
                 T *restrict dx = grad_input ? grad_input + n * g->cin * plane : NULL;         \
                 if (dx) memset(dx, 0, sizeof(T) * g->cin * plane);                              \
-                for (int64_t e = offsets[n]; e < offsets[n + 1]; ++e) {                        \
-                    const int32_t code = positions[e];                                          \
-                    const int64_t p = code < 0 ? ~code : code;                                  \
-                    const T v = code < 0 ? -c : c;                                              \
-                    const int64_t ci = p / plane, iy = (p % plane) / g->width, ix = p % g->width; \
-                    T lanes[8] = {0};                                                           \
-                    for (int64_t ky = 0; ky < k; ++ky) {                                        \
-                        const int64_t oy = output_index(iy, ky, g, g->out_h);                  \
-                        if (oy < 0) continue;                                                   \
-                        for (int64_t kx = 0; kx < k; ++kx) {                                    \
-                            const int64_t ox = output_index(ix, kx, g, g->out_w);              \
-                            if (ox < 0) continue;                                               \
-                            const int64_t tap = ((ci * k + ky) * k + kx) * cout;               \
-                            const T *restrict go = gn + (oy * g->out_w + ox) * cout;           \
-                            if (dw) {                                                           \
-                                T *restrict d = dw + tap;                                       \
-                                for (int64_t co = 0; co < cout; ++co) d[co] += v * go[co];     \
-                            }                                                                   \
-                            if (dx) {                                                           \
-                                const T *restrict w = weight + tap;                             \
-                                int64_t co = 0;                                                 \
-                                for (; co + 8 <= cout; co += 8)                                 \
-                                    for (int l = 0; l < 8; ++l) lanes[l] += w[co + l] * go[co + l]; \
-                                for (; co < cout; ++co) lanes[co & 7] += w[co] * go[co];       \
-                            }                                                                   \
-                        }                                                                       \
-                    }                                                                           \
-                    if (dx)                                                                     \
-                        dx[p] = ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3]))                \
-                              + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));               \
-                }                                                                               \
+                (use_wide ? IMAGE##_wide : IMAGE)(g, positions + offsets[n],                   \
+                    offsets[n + 1] - offsets[n], (T)scale, weight, gn, dw, dx);                \
             }                                                                                   \
             free(buffer);                                                                       \
             _Pragma("omp barrier")                                                             \
@@ -215,10 +265,10 @@ DEFINE_COUNT(count_f32, float)
 DEFINE_COUNT(count_f64, double)
 DEFINE_EXTRACT(extract_f32, float)
 DEFINE_EXTRACT(extract_f64, double)
-DEFINE_FORWARD(forward_f32, float)
-DEFINE_FORWARD(forward_f64, double)
-DEFINE_BACKWARD(backward_f32, float)
-DEFINE_BACKWARD(backward_f64, double)
+DEFINE_FORWARD(forward_f32, float, forward_image_f32)
+DEFINE_FORWARD(forward_f64, double, forward_image_f64)
+DEFINE_BACKWARD(backward_f32, float, backward_image_f32)
+DEFINE_BACKWARD(backward_f64, double, backward_image_f64)
 
 void count_events(int is_double, const void *x, int64_t images, int64_t size, int64_t *counts,
                   int threads) {
