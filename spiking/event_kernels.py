@@ -104,8 +104,18 @@ class Events:
         return out.view(self.images, *self.image_shape)
 
 
-def _threads() -> int:
-    return max(1, torch.get_num_threads())
+# A thread gets at least this many multiply-adds or output writes: starting one costs about as
+# much as 10^4 of them (as in spiking.cpu_kernels).
+_WORK_PER_THREAD = 65536
+
+
+def _threads(work: int) -> int:
+    return max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
+
+
+def _work(events: Events, weight_cl: Tensor, outputs: int) -> int:
+    """Multiply-adds of one pass over the events, plus the output entries written."""
+    return events.positions.numel() * weight_cl[0].numel() + outputs
 
 
 def count_events(x: Tensor) -> Tensor:
@@ -113,7 +123,8 @@ def count_events(x: Tensor) -> Tensor:
     (contiguous float32/float64 CPU)."""
     counts = torch.empty(x.shape[0], dtype=torch.int64)
     _library().count_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0],
-                            x[0].numel() if x.shape[0] else 0, counts.data_ptr(), _threads())
+                            x[0].numel() if x.shape[0] else 0, counts.data_ptr(),
+                            _threads(x.numel()))
     return counts
 
 
@@ -136,7 +147,8 @@ def extract_events(x: Tensor, counts: Tensor) -> Events | None:
             return None
     positions = torch.empty(total, dtype=torch.int32)
     ok = _library().extract_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0], size,
-                                   offsets.data_ptr(), positions.data_ptr(), scale, _threads())
+                                   offsets.data_ptr(), positions.data_ptr(), scale,
+                                   _threads(x.numel()))
     if not ok:
         return None
     return Events(offsets, positions, scale, tuple(x.shape[1:]), x.dtype)
@@ -184,7 +196,8 @@ def conv_forward(events: Events, weight_cl: Tensor, stride: int = 1, padding: in
     out = torch.empty(out_shape, dtype=events.dtype)
     _library().event_forward(events.dtype == torch.float64, shape.data_ptr(),
                              events.offsets.data_ptr(), events.positions.data_ptr(), events.scale,
-                             weight_cl.data_ptr(), out.data_ptr(), _threads())
+                             weight_cl.data_ptr(), out.data_ptr(),
+                             _threads(_work(events, weight_cl, out.numel())))
     return out
 
 
@@ -209,5 +222,6 @@ def conv_backward(events: Events, weight_cl: Tensor, grad: Tensor, stride: int =
                               events.offsets.data_ptr(), events.positions.data_ptr(),
                               events.scale, weight_cl.data_ptr(), grad.data_ptr(),
                               None if grad_weight is None else grad_weight.data_ptr(),
-                              None if grad_input is None else grad_input.data_ptr(), _threads())
+                              None if grad_input is None else grad_input.data_ptr(),
+                              _threads(_work(events, weight_cl, grad.numel())))
     return grad_weight, grad_input
