@@ -513,7 +513,8 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
         command += ["--data", str(data)] if data is not None else []
         command += ["--resume", resume] if resume else []
         command += ["--threshold-scale", repr(threshold_scale)]
-        command += ["--event-density-max", repr(backend.EVENT_DENSITY_MAX)]
+        if not isinstance(backend.EVENT_DENSITY_MAX, dict):
+            command += ["--event-density-max", repr(backend.EVENT_DENSITY_MAX)]
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
@@ -691,7 +692,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold-scale", type=float, default=1.0,
                         help="multiply every neuron threshold (below 1: denser spikes)")
     parser.add_argument("--event-density-max", type=float, default=None,
-                        help="override spiking.backend.EVENT_DENSITY_MAX (0: never event-driven)")
+                        help="override spiking.backend.EVENT_DENSITY_MAX for every kind of "
+                             "layer (0: never event-driven, 1: whenever the input is spikes)")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -22,15 +22,24 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "requested_backend", "set_backend",
+__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "event_density_max", "requested_backend", "set_backend",
            "use_backend"]
 
 
-# The ``cpu`` backend runs a synapse layer event-driven in a chunk whose input spike train has at
-# most this fraction of its entries nonzero, densely above it (benchmarks/README.md, *Event-driven
-# synapses*: measured crossover on the 2-core CPU). 0 turns the event-driven path off; tests
-# set it to force one path.
-EVENT_DENSITY_MAX = 0.08
+# The ``cpu`` backend runs a synapse layer event-driven (spiking.event_kernels) in a chunk whose
+# input spike train has at most this fraction of its entries nonzero, densely above it: per kind
+# of layer, where forward plus backward of the two paths cost the same on the 2-core CPU
+# (benchmarks/crossover.py; table in benchmarks/README.md, *Event-driven synapses*: convolutions
+# 0.17 to 0.24, LeNet's fc0 0.03). One number sets both kinds: 0 turns the event-driven path
+# off, 1 forces it (tests).
+EVENT_DENSITY_MAX: float | dict[str, float] = {"conv": 0.15, "linear": 0.03}
+
+
+def event_density_max(kind: str) -> float:
+    """The crossover density of :data:`EVENT_DENSITY_MAX` for ``kind``, ``conv`` or ``linear``."""
+    if isinstance(EVENT_DENSITY_MAX, dict):
+        return EVENT_DENSITY_MAX[kind]
+    return EVENT_DENSITY_MAX
 
 
 def _cpu_unavailable(device: torch.device) -> str | None:

@@ -60,17 +60,19 @@ def spike_events(x: Tensor, weight: Tensor) -> Events | None:
     """The events of ``x`` ``[T, B, ...]`` (folded to ``[T*B, ...]``) if the event-driven
     kernels should run on it, else None: the ``cpu`` backend runs, ``x`` and ``weight`` are
     contiguous CPU tensors of one float dtype (no autocast), and ``x`` is a spike train with at
-    most :data:`spiking.backend.EVENT_DENSITY_MAX` of its entries nonzero."""
+    most :func:`spiking.backend.event_density_max` of its entries nonzero (for a convolution's
+    ``weight`` ``[C', C, k, k]`` or a linear layer's ``[F', F]``)."""
     if (x.dtype != weight.dtype or x.dim() < 3 or not x.is_contiguous()
             or not cpu_kernels.usable(x, weight) or not event_kernels.available()):
         return None
     folded = x.detach().flatten(0, 1)
     if folded.shape[0] == 0 or folded[0].numel() == 0:
         return None
-    if backend.EVENT_DENSITY_MAX <= 0:
+    density_max = backend.event_density_max("conv" if weight.dim() == 4 else "linear")
+    if density_max <= 0:
         return None
     counts = event_kernels.count_events(folded)
-    if int(counts.sum()) > backend.EVENT_DENSITY_MAX * folded.numel():
+    if int(counts.sum()) > density_max * folded.numel():
         return None
     return event_kernels.extract_events(folded, counts)
 

@@ -210,3 +210,14 @@ def test_the_relaid_weight_follows_updates(events_always):
         layer.weight.mul_(2)
         after = layer(spikes)
     torch.testing.assert_close(after, 2 * before)
+
+
+def test_each_kind_of_layer_has_its_own_crossover(monkeypatch):
+    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", {"conv": 0.2, "linear": 0.02})
+    conv, linear = SpikingConv2d(2, 3, 1), SpikingLinear(72, 3)
+    spikes = signed_spikes((2, 2, 2, 6, 6), torch.float32, density=0.05)
+    with backend.use_backend("cpu"):
+        conv(spikes)
+        linear(spikes.flatten(2))
+    assert (conv.event_chunks, linear.event_chunks) == (1, 0)
+    assert backend.event_density_max("linear") == 0.02
