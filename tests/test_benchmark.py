@@ -138,7 +138,7 @@ def test_crossover_and_density_sweep_run_at_toy_sizes(capsys):
     from benchmarks import crossover, density_sweep
 
     crossover.main(["--images", "4", "--repeats", "1", "--densities", "0.05,0.5",
-                    "--layers", "lenet cnn2", "--threads", "1"])
+                    "--layers", "lenet cnn2"])
     density_sweep.main(["-T", "2", "-b", "2", "--width", "0.25", "--scales", "1,0.5",
                         "--repeats", "1", "--warmup", "0"])
     out = capsys.readouterr().out
