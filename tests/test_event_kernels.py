@@ -221,3 +221,29 @@ def test_each_kind_of_layer_has_its_own_crossover(monkeypatch):
         linear(spikes.flatten(2))
     assert (conv.event_chunks, linear.event_chunks) == (1, 0)
     assert backend.event_density_max("linear") == 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_threads_split_the_events_and_sum_their_weight_gradients(dtype):
+    # enough work for 3 threads (65536 multiply-adds each): several partial weight gradients
+    x = signed_spikes((40, 8, 12, 12), dtype, density=0.2)
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn((32, 8, 3, 3), generator=gen, dtype=torch.float64).to(dtype)
+    grad = torch.randn((40, 32, 6, 6), generator=gen, dtype=torch.float64).to(dtype)
+    events = events_of(x)
+    results = {}
+    previous = torch.get_num_threads()
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            out = event_kernels.conv_forward(events, channels_last(weight), 2, 1)
+            results[threads] = (out, *event_kernels.conv_backward(events, channels_last(weight),
+                                                                  grad, 2, 1))
+    finally:
+        torch.set_num_threads(previous)
+    expected, grad_weight, grad_input = dense_gradients(x, weight, grad, 2, 1)
+    for threads, (out, weight_cl, input_at_events) in results.items():
+        torch.testing.assert_close(out, expected, **TOLERANCE[dtype])
+        torch.testing.assert_close(weight_cl.permute(3, 0, 1, 2), grad_weight, **TOLERANCE[dtype])
+        torch.testing.assert_close(input_at_events[x != 0], grad_input[x != 0],
+                                   **TOLERANCE[dtype])
