@@ -44,8 +44,8 @@ def _library() -> ctypes.CDLL | None:
     pointer, int64, double, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
     library.count_events.argtypes = [c_int, pointer, int64, int64, pointer, c_int]
     library.count_events.restype = None
-    library.extract_events.argtypes = [c_int, pointer, int64, int64, pointer, pointer, double,
-                                       c_int]
+    library.extract_events.argtypes = [c_int, pointer, int64, int64, pointer, pointer,
+                                       ctypes.POINTER(double), c_int]
     library.extract_events.restype = c_int
     library.event_forward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
                                       c_int]
@@ -137,21 +137,14 @@ def extract_events(x: Tensor, counts: Tensor) -> Events | None:
         return None
     offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
     torch.cumsum(counts, 0, out=offsets[1:])
-    total = int(offsets[-1])
-    scale = 1.0
-    if total:
-        first = int(torch.searchsorted(offsets, 1, right=False)) - 1  # first image with events
-        image = x[first].flatten()
-        scale = abs(float(image[image != 0][0]))
-        if not math.isfinite(scale):
-            return None
-    positions = torch.empty(total, dtype=torch.int32)
+    positions = torch.empty(int(offsets[-1]), dtype=torch.int32)
+    scale = ctypes.c_double()
     ok = _library().extract_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0], size,
-                                   offsets.data_ptr(), positions.data_ptr(), scale,
+                                   offsets.data_ptr(), positions.data_ptr(), ctypes.byref(scale),
                                    _threads(x.numel()))
     if not ok:
         return None
-    return Events(offsets, positions, scale, tuple(x.shape[1:]), x.dtype)
+    return Events(offsets, positions, scale.value, tuple(x.shape[1:]), x.dtype)
 
 
 def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int

@@ -94,6 +94,9 @@ def test_extraction_refuses_what_is_not_one_spike_magnitude():
     with_nan = x.clone()
     with_nan.view(-1)[7] = float("nan")
     assert events_of(with_nan) is None
+    infinite = x.clone()
+    infinite[x != 0] = float("inf")
+    assert events_of(infinite) is None
     silent = events_of(torch.zeros(3, 4))
     assert silent.positions.numel() == 0 and silent.density == 0
     weight = torch.randn(5, 4)

@@ -17,6 +17,7 @@
  * output (or reads its gradient) channels-last in its own buffer, and owns a private weight
  * gradient, summed at the end: no atomics. Build flags as cpu_kernels.c (-ffp-contract=off).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -306,11 +307,28 @@ void count_events(int is_double, const void *x, int64_t images, int64_t size, in
     else count_f32(x, images, size, counts, threads);
 }
 
-/* 1 if every nonzero of x is c or -c and the counts were right, with the positions written. */
+/* The magnitude c of x's first nonzero (0 if none), found from the per-image offsets. */
+static double first_magnitude(int is_double, const void *x, int64_t images, int64_t size,
+                              const int64_t *offsets) {
+    for (int64_t n = 0; n < images; ++n) {
+        if (offsets[n + 1] == offsets[n]) continue;
+        for (int64_t i = n * size; i < (n + 1) * size; ++i) {
+            const double v = is_double ? ((const double *)x)[i] : ((const float *)x)[i];
+            if (v != 0.0) return fabs(v);
+        }
+    }
+    return 0.0;
+}
+
+/* 1 if every nonzero of x is c or -c for one finite c, the magnitude of its first nonzero
+ * (stored in *scale), and the counts were right, with the positions written; else 0. */
 int extract_events(int is_double, const void *x, int64_t images, int64_t size,
-                   const int64_t *offsets, int32_t *positions, double scale, int threads) {
-    return !(is_double ? extract_f64(x, images, size, offsets, positions, scale, threads)
-                       : extract_f32(x, images, size, offsets, positions, scale, threads));
+                   const int64_t *offsets, int32_t *positions, double *scale, int threads) {
+    const double c = first_magnitude(is_double, x, images, size, offsets);
+    *scale = c == 0.0 ? 1.0 : c;
+    if (!isfinite(c)) return 0;
+    return !(is_double ? extract_f64(x, images, size, offsets, positions, *scale, threads)
+                       : extract_f32(x, images, size, offsets, positions, *scale, threads));
 }
 
 static Geometry geometry(const int64_t *shape) {
