@@ -62,7 +62,7 @@ def spike_events(x: Tensor, weight: Tensor) -> Events | None:
     contiguous CPU tensors of one float dtype (no autocast), and ``x`` is a spike train with at
     most :func:`spiking.backend.event_density_max` of its entries nonzero (for a convolution's
     ``weight`` ``[C', C, k, k]`` or a linear layer's ``[F', F]``)."""
-    if (x.dtype != weight.dtype or x.dim() < 3 or not x.is_contiguous()
+    if (x.dtype != weight.dtype or x.dim() != weight.dim() + 1 or not x.is_contiguous()
             or not cpu_kernels.usable(x, weight) or not event_kernels.available()):
         return None
     folded = x.detach().flatten(0, 1)
@@ -113,8 +113,7 @@ class _EventSynapse(torch.autograd.Function):
         sparse_input = needs_input and ctx.sparse_input_grad
         grad = grad_current.flatten(0, 1)
         grad_weight, grad_spikes = event_kernels.conv_backward(
-            ctx.events, weight_cl, grad, stride, padding, needs_weight,
-            sparse_input)
+            ctx.events, weight_cl, grad, stride, padding, needs_weight, sparse_input)
         if grad_weight is not None:
             grad_weight = _from_channels_last(grad_weight, weight)
         if needs_input and not sparse_input:  # the dense input gradient, without the input
@@ -286,7 +285,7 @@ class SpikingLinear(_EventDriven, nn.Linear):
 
     def forward(self, spikes: Tensor) -> Tensor:
         weight = _autocast_weight(spikes, self.weight)
-        events = self._events(spikes, weight) if spikes.dim() == 3 else None
+        events = self._events(spikes, weight)
         if events is not None:
             weight_cl = self._weight_channels_last(weight)
             if _needs_graph(spikes, weight):
