@@ -22,16 +22,16 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "event_density_max", "requested_backend", "set_backend",
-           "use_backend"]
+__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "event_density_max",
+           "requested_backend", "set_backend", "use_backend"]
 
 
 # The ``cpu`` backend runs a synapse layer event-driven (spiking.event_kernels) in a chunk whose
 # input spike train has at most this fraction of its entries nonzero, densely above it: per kind
 # of layer, where forward plus backward of the two paths cost the same on the 2-core CPU
-# (benchmarks/crossover.py; table in benchmarks/README.md, *Event-driven synapses*: convolutions
-# 0.17 to 0.24, LeNet's fc0 0.03). One number sets both kinds: 0 turns the event-driven path
-# off, 1 forces it (tests).
+# (benchmarks/crossover.py; table in benchmarks/README.md, *Event-driven synapses*: 3x3 and 5x5
+# convolutions 0.16 to 0.25, lower for one input channel and 1x1; linear layers 0.02 to 0.05).
+# One number sets both kinds: 0 turns the event-driven path off, 1 forces it (tests).
 EVENT_DENSITY_MAX: float | dict[str, float] = {"conv": 0.15, "linear": 0.03}
 
 
@@ -123,4 +123,8 @@ def backend_for(device: torch.device | str) -> str:
 def describe(device: torch.device | str) -> str:
     """One line for logs: the backend that runs on ``device``, and what was asked for."""
     chosen = backend_for(device)
-    return f"spiking backend {chosen}: {BACKENDS[chosen][0]} (requested {_requested})"
+    line = f"spiking backend {chosen}: {BACKENDS[chosen][0]} (requested {_requested})"
+    if chosen == "cpu":
+        line += (f"; synapses event-driven up to input density conv "
+                 f"{event_density_max('conv')}, linear {event_density_max('linear')}")
+    return line

@@ -88,11 +88,8 @@ class Events:
     def density(self) -> float:
         return self.positions.numel() / max(1, self.images * math.prod(self.image_shape))
 
-    def nbytes(self) -> int:
-        return self.offsets.nbytes + self.positions.nbytes
-
     def dense(self) -> Tensor:
-        """The spike train ``[images, *image_shape]`` again (for tests and the dense fallback)."""
+        """The spike train ``[images, *image_shape]`` again (what the tests compare)."""
         size = math.prod(self.image_shape)
         out = torch.zeros(self.images * size, dtype=self.dtype)
         counts = self.offsets.diff()
