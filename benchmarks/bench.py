@@ -1,4 +1,4 @@
-"""Benchmark of issue 4: the project against the authors' loop and the dense-ANN cost floor.
+"""Benchmark: the project against the authors' loop and the dense-ANN cost floor.
 
 For one network, T, batch and device this times a full training step (encode, forward, MSE-sum
 loss, backward, SGD step) and an evaluation step (encode, forward, argmax, no autograd), and
@@ -14,13 +14,18 @@ and see identical images:
   not a model: what any implementation has to compute at least.
 
 Variants alternate (A B C A B C ...), warm-up rounds are dropped, medians are reported with the
-ratios project/authors and project/ann and the issue's targets. Run ``python benchmarks/bench.py
---help``; ``benchmarks/README.md`` describes the method and quotes results.
+ratios project/authors and project/ann and the targets, and the input density of every
+synapse layer of the project (the fraction of its input entries that are spikes) with the path
+(event-driven or dense) its chunks took. Images are synthetic, or real MNIST digits with ``--data
+DIR``; weights are the model's initialisation, or a checkpoint's with ``--resume PATH``. Run
+``python benchmarks/bench.py --help``; ``benchmarks/README.md`` describes the method and quotes
+results.
 """
 from __future__ import annotations
 
 import argparse
 import gc
+import inspect
 import json
 import os
 import platform
@@ -46,7 +51,9 @@ for _path in (ROOT, ROOT / "tests"):
 
 import models  # noqa: E402
 from oracle import ARCHS, oracle_forward  # noqa: E402
-from spiking import PoissonEncoder, backend  # noqa: E402
+from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backend  # noqa: E402
+from training.checkpoint import load_checkpoint, load_weights  # noqa: E402
+from training import UsageError  # noqa: E402
 
 __all__ = [
     "PHASES",
@@ -55,6 +62,7 @@ __all__ = [
     "PerStepPoissonSpikes",
     "Variant",
     "build_variants",
+    "input_densities",
     "measure_memory",
     "step_memory",
     "summarise",
@@ -71,14 +79,16 @@ ENCODING_SCALE = {"lenet": 0.5}
 # glibc keeps freed blocks above its (self-raising) mmap threshold in the heap for reuse, so after
 # a warm-up step RSS would not show a step's peak; a fixed threshold returns every large block.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-# (what, phase or "memory", baseline variant, bound on project / baseline)
+# (what, phase or "memory", baseline variant, bound on project / baseline): the event-driven
+# targets, set for LeNet (T 100, B 32, real digits, trained weights; VGG9 T 25 B 16: training
+# <= 0.35x the authors' loop).
 TARGETS: tuple[tuple[str, str, str, float], ...] = (
-    ("training step time", "train", "authors", 0.4),
-    ("evaluation step time", "eval", "authors", 0.4),
-    ("peak training memory", "memory", "authors", 0.3),
-    ("training step time", "train", "ann", 1.25),
+    ("training step time", "train", "authors", 0.2),
+    ("evaluation step time", "eval", "authors", 0.15),
+    ("peak training memory", "memory", "authors", 0.15),
+    ("training step time", "train", "ann", 0.35),
 )
-# (arch, T, B) at which the issue sets the targets, on the 2-core CPU at full width.
+# (arch, T, B) at which the targets are set, on the 2-core CPU at full width.
 TARGET_CONFIGS = {("lenet", 100, 32), ("vgg9", 25, 16)}
 
 
@@ -94,6 +104,7 @@ class Variant:
     train_step: Callable[[], None]
     eval_step: Callable[[], Tensor]
     optimizer: torch.optim.Optimizer
+    model: torch.nn.Module | None = None
 
 
 class PerStepPoissonSpikes:
@@ -197,6 +208,58 @@ def _synthetic_batch(arch: str, input_shape: tuple[int, ...], batch: int, classe
     return images.to(device), F.one_hot(labels, classes).float().to(device)
 
 
+def _mnist_batch(data_dir: Path, batch: int, classes: int, device: torch.device,
+                 seed: int) -> tuple[Tensor, Tensor]:
+    """``batch`` real MNIST test digits ``[B, 1, 28, 28]`` in [0, 1] (as the training scripts
+    see them) drawn with ``seed``, and their one-hot targets."""
+    from torchvision import datasets, transforms
+
+    try:
+        digits = datasets.MNIST(str(data_dir), train=False, transform=transforms.ToTensor())
+    except RuntimeError as missing:
+        raise UsageError(f"no MNIST under {data_dir} ({str(missing).strip().splitlines()[0]}); "
+                         "--data takes the folder holding MNIST/raw") from None
+    order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))[:batch]
+    images = torch.stack([digits[int(i)][0] for i in order])
+    labels = torch.tensor([digits[int(i)][1] for i in order])
+    return images.to(device), F.one_hot(labels, classes).float().to(device)
+
+
+def _synapses(model: torch.nn.Module) -> dict[str, SpikingConv2d | SpikingLinear]:
+    return {name: module for name, module in model.named_modules()
+            if isinstance(module, (SpikingConv2d, SpikingLinear))}
+
+
+def input_densities(variant: Variant) -> dict[str, dict[str, float | int]]:
+    """One training step of the project ``variant``, recording for every synapse layer the
+    fraction of its input entries that are nonzero (spikes) and how many chunks took the
+    event-driven and the dense path.
+
+    Returns:
+        ``{layer: {"density", "event_chunks", "dense_chunks"}}`` in the model's order.
+    """
+    synapses = _synapses(variant.model)
+    counts = {name: [0, 0] for name in synapses}
+    before = {name: (m.event_chunks, m.dense_chunks) for name, m in synapses.items()}
+
+    def hook(name: str) -> Callable:
+        def record(module, args) -> None:
+            counts[name][0] += int(torch.count_nonzero(args[0]))
+            counts[name][1] += args[0].numel()
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in synapses.items()]
+    try:
+        variant.train_step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: {"density": counts[name][0] / max(1, counts[name][1]),
+                   "event_chunks": m.event_chunks - before[name][0],
+                   "dense_chunks": m.dense_chunks - before[name][1]}
+            for name, m in synapses.items()}
+
+
 def _project_variant(model: models.SpikingNetwork, encoder: PoissonEncoder, images: Tensor,
                      target: Tensor, amp: bool) -> Variant:
     """The project; with ``amp``, its synapses under bfloat16 autocast (what ``--amp`` runs)."""
@@ -216,7 +279,7 @@ def _project_variant(model: models.SpikingNetwork, encoder: PoissonEncoder, imag
         with torch.no_grad(), precision:
             return model(encoder(images)).argmax(1)
 
-    return Variant("project", train_step, eval_step, optimizer)
+    return Variant("project", train_step, eval_step, optimizer, model)
 
 
 def _authors_variant(arch: str, weights: Mapping[str, Tensor], model: models.SpikingNetwork,
@@ -272,14 +335,20 @@ def _ann_variant(arch: str, weights: Mapping[str, Tensor], images: Tensor, targe
 def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS,
                    seed: int = 0, amp: bool = False,
-                   time_chunk: int | None = None) -> dict[str, Variant]:
+                   time_chunk: int | None = None, data: Path | None = None,
+                   resume: str | None = None,
+                   threshold_scale: float = 1.0) -> dict[str, Variant]:
     """Build the variants ``names`` from one ``models.get_model(arch, width=width)`` instance.
 
-    All variants start from that instance's weights and share one synthetic batch of ``batch``
-    images at the model's ``input_shape`` with one-hot targets. The seed makes a variant built
-    alone (e.g. in a memory-measuring child process) identical to one built with the others.
-    ``amp`` runs the project's synapses under bfloat16 autocast; the other variants stay float32.
-    ``time_chunk`` sets the project's time steps per chunk (None: the model's default).
+    All variants start from that instance's weights and share one batch of ``batch`` images at
+    the model's ``input_shape`` with one-hot targets: synthetic, or real MNIST test digits from
+    ``data`` (LeNet only). The seed makes a variant built alone (e.g. in a memory-measuring
+    child process) identical to one built with the others. ``amp`` runs the project's synapses
+    under bfloat16 autocast; the other variants stay float32. ``time_chunk`` sets the project's
+    time steps per chunk (None: the model's default). ``resume`` loads the weights of that
+    checkpoint (``training.checkpoint``). ``threshold_scale`` multiplies every neuron's threshold
+    (hidden LIF and pooling; the output scaling too): below 1 more spikes, for measuring how the
+    cost grows with spike density.
 
     Returns:
         ``{name: Variant}`` in the order of ``names``.
@@ -290,10 +359,24 @@ def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.d
     device = torch.device(device)
     arch = arch.lower()
     torch.manual_seed(seed)
-    model = models.get_model(arch, width=width).to(device)
+    neuron_kwargs = {}
+    if threshold_scale != 1.0:
+        defaults = inspect.signature(models.MODELS[arch]).parameters
+        neuron_kwargs = {key: threshold_scale * defaults[key].default
+                         for key in ("threshold", "pool_threshold")}
+    model = models.get_model(arch, width=width, **neuron_kwargs)
+    if resume:
+        load_weights(model, load_checkpoint(resume), arch, resume)
+    model = model.to(device)
     model.time_chunk = time_chunk
     weights = {name: w.detach().clone() for name, w in model.state_dict().items()}
-    images, target = _synthetic_batch(arch, model.input_shape, batch, model.num_classes, device)
+    if data is not None:
+        if arch != "lenet":
+            raise UsageError(f"--data reads MNIST digits, for lenet only, not {arch}")
+        images, target = _mnist_batch(data, batch, model.num_classes, device, seed)
+    else:
+        images, target = _synthetic_batch(arch, model.input_shape, batch, model.num_classes,
+                                          device)
     scale = ENCODING_SCALE.get(arch, 1.0)
 
     # The shapes of the hidden layers' outputs, for the authors' masks: one image through the floor.
@@ -405,7 +488,9 @@ def step_memory(variant: Variant, device: str | torch.device = "cpu") -> dict[st
 def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
                    width: float = 1.0, names: Sequence[str] = VARIANTS, seed: int = 0,
                    threads: int | None = None, amp: bool = False,
-                   time_chunk: int | None = None) -> dict[str, dict[str, int | bool]]:
+                   time_chunk: int | None = None, data: Path | None = None,
+                   resume: str | None = None,
+                   threshold_scale: float = 1.0) -> dict[str, dict[str, int | bool]]:
     """Training-step peak memory of each variant (see :func:`step_memory`), in bytes.
 
     CUDA: in this process, one variant built at a time (the allocator's statistics are exact).
@@ -417,7 +502,7 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
     for name in names:
         if device.type == "cuda":
             variant = build_variants(arch, time_steps, batch, device, width, [name], seed,
-                                     amp, time_chunk)[name]
+                                     amp, time_chunk, data, resume, threshold_scale)[name]
             results[name] = step_memory(variant, device)
             del variant
             torch.cuda.empty_cache()
@@ -427,6 +512,11 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
                    "--seed", str(seed), "--threads", str(threads or torch.get_num_threads())]
         command += ["--amp"] if amp else []
         command += ["--time-chunk", str(time_chunk)] if time_chunk else []
+        command += ["--data", str(data)] if data is not None else []
+        command += ["--resume", resume] if resume else []
+        command += ["--threshold-scale", repr(threshold_scale)]
+        if not isinstance(backend.EVENT_DENSITY_MAX, dict):
+            command += ["--event-density-max", repr(backend.EVENT_DENSITY_MAX)]
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
@@ -438,7 +528,7 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
 
 def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
               memory: Mapping[str, Mapping[str, int | bool]] | None) -> dict:
-    """Medians and spreads, the ratios project/authors and project/ann, and the issue's targets.
+    """Medians and spreads, the ratios project/authors and project/ann, and the targets.
 
     Returns:
         ``{"time": {variant: {phase: {"median", "min", "max"}}}, "memory": ...,
@@ -523,7 +613,8 @@ def _ratio(ratio: float | None) -> str:
     return "      n/a" if ratio is None else f"{ratio:8.3f}x"
 
 
-def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) -> str:
+def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping,
+           densities: Mapping[str, Mapping[str, float | int]] | None = None) -> str:
     """The printed tables: machine and settings, times, memory, ratios, targets."""
     lines = [f"command : {shlex.join([Path(sys.executable).name, *sys.argv])}"]
     lines += [f"{key:8s}: {value}" for key, value in info.items()]
@@ -531,7 +622,15 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) 
                  f"batch {args.batch}, device {args.device}, repeats {args.repeats}, "
                  f"warmup {args.warmup}, seed {args.seed}, variants {','.join(args.variants)}, "
                  f"project precision {'bf16 autocast' if args.amp else 'float32'}, "
-                 f"project time chunk {args.time_chunk or 'default'}")
+                 f"project time chunk {args.time_chunk or 'default'}, "
+                 f"images {args.data or 'synthetic'}, weights {args.resume or 'initialisation'}, "
+                 f"threshold scale {args.threshold_scale}, event density max "
+                 f"{backend.EVENT_DENSITY_MAX}")
+    if densities:
+        lines += ["", "project synapse inputs (one training step): layer, fraction of entries "
+                      "that are spikes, chunks event-driven / dense"]
+        lines += [f"  {name:14s} {row['density']:8.4f}   {row['event_chunks']:4d} / "
+                  f"{row['dense_chunks']}" for name, row in densities.items()]
     lines += ["", "step   variant   median ms     min ms     max ms"]
     for phase in PHASES:
         for name, phases in summary["time"].items():
@@ -555,9 +654,10 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping) 
         lines.append(f"{key:16s}" + "".join(f"{_ratio(row[metric]):>11s}" for metric in columns))
     config = (args.arch.lower(), args.time_steps, args.batch)
     at_target = config in TARGET_CONFIGS and args.width == 1 and args.device == "cpu"
-    lines += ["", "issue 4 targets" + ("" if at_target else
-                                       " (set for LeNet T100 B32 and VGG9 T25 B16 on the "
-                                       "2-core CPU; shown for reference)")]
+    lines += ["", "targets" + ("" if at_target else
+                               " (set for LeNet T100 B32 on real digits with trained weights, "
+                               "VGG9 T25 B16 training <= 0.35x, on the 2-core CPU; shown for "
+                               "reference)")]
     for target in summary["targets"]:
         verdict = {None: "n/a", True: "met", False: "NOT met"}[target["met"]]
         lines.append(f"  {target['what']:21s} <= {target['bound']:.2f} x {target['baseline']:7s}"
@@ -587,11 +687,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="the project's time steps per chunk (default: the model's choice)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="real MNIST digits from this folder (torchvision's MNIST/raw under "
+                             "it; lenet only) instead of synthetic images")
+    parser.add_argument("--resume", default=None,
+                        help="start from the weights of this checkpoint (a training run's .pth.tar)")
+    parser.add_argument("--threshold-scale", type=float, default=1.0,
+                        help="multiply every neuron threshold (below 1: denser spikes)")
+    parser.add_argument("--event-density-max", type=float, default=None,
+                        help="override spiking.backend.EVENT_DENSITY_MAX for every kind of "
+                             "layer (0: never event-driven, 1: whenever the input is spikes)")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
+    if args.threshold_scale <= 0:
+        parser.error("--threshold-scale must be positive")
+    if args.data is not None and args.arch != "lenet":
+        parser.error("--data reads MNIST digits: for --arch lenet only")
     return args
 
 
@@ -599,17 +713,24 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.event_density_max is not None:
+        backend.EVENT_DENSITY_MAX = args.event_density_max
     device = torch.device(args.device)
-    if args.memory_child:
-        variant = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                                 [args.memory_child], args.seed, args.amp,
-                                 args.time_chunk)[args.memory_child]
-        print(json.dumps(step_memory(variant, device)))
-        return
+    inputs = (args.data, args.resume, args.threshold_scale)
+    try:
+        if args.memory_child:
+            variant = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
+                                     [args.memory_child], args.seed, args.amp,
+                                     args.time_chunk, *inputs)[args.memory_child]
+            print(json.dumps(step_memory(variant, device)))
+            return
+        variants = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
+                                  args.variants, args.seed, args.amp, args.time_chunk, *inputs)
+    except UsageError as error:
+        sys.exit(f"error: {error}")
 
     info = machine_info(device)
-    variants = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                              args.variants, args.seed, args.amp, args.time_chunk)
+    densities = input_densities(variants["project"]) if "project" in variants else None
     samples = time_variants(variants, args.repeats, args.warmup, device)
     del variants
     memory, memory_error = None, None
@@ -617,16 +738,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         try:
             memory = measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
                                     args.variants, args.seed, args.threads, args.amp,
-                                    args.time_chunk)
+                                    args.time_chunk, *inputs)
         except RuntimeError as error:  # keep the timings of a long run when a child dies
             memory_error = str(error)
     summary = summarise(samples, memory)
-    print(report(args, info, summary))
+    print(report(args, info, summary, densities))
     if args.json:
         args.json.write_text(json.dumps({"command": sys.argv, "machine": info,
                                          "settings": {k: v for k, v in vars(args).items()
                                                       if k not in ("json", "memory_child")},
-                                         "samples": samples, **summary}, indent=2, default=str))
+                                         "densities": densities, "samples": samples, **summary},
+                                        indent=2, default=str))
     if memory_error:
         sys.exit(f"memory measurement failed: {memory_error}")
 

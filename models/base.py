@@ -130,6 +130,13 @@ class SpikingNetwork(nn.Module):
         network that, like the authors', has no dropout module by default."""
         return TimeHeldDropout(self.dropout) if self.dropout > 0 else nn.Identity()
 
+    def inputs_from_neurons(self, *synapses: SpikingConv2d | SpikingLinear) -> None:
+        """Declare that each of ``synapses`` reads the spikes of a layer of spiking neurons (or
+        of dropout over one), which reads its gradient only where it spiked: their event-driven
+        backward may leave the input gradient 0 elsewhere. Not for the input layer."""
+        for synapse in synapses:
+            synapse.input_from_neurons = True
+
     def pooling_neuron(self) -> PoolingNeuron:
         return PoolingNeuron(self.pool_threshold)
 

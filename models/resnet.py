@@ -67,6 +67,9 @@ class ResNet11(SpikingNetwork):
         self.fc0, self.lif_fc0, self.drop_fc0 = self.hidden(SpikingLinear(fc0_inputs, f0))
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
+        self.inputs_from_neurons(self.cnn21, self.cnn22, self.shortcut1[0], self.cnn31,
+                                 self.cnn32, self.shortcut2[0], self.cnn41, self.cnn42,
+                                 self.shortcut3[0], self.cnn51, self.cnn52, self.fc0, self.fc1)
         self.reset_parameters()
 
     def features(self, spikes: Tensor) -> Tensor:
@@ -102,6 +105,7 @@ class ResNet13(ResNet11):
         c4 = self.cnn52.out_channels
         self.cnn61, self.lif61, self.drop61 = self.hidden(conv3x3(c4, c4))
         self.cnn62, self.lif62, self.drop62 = self.hidden(conv3x3(c4, c4))
+        self.inputs_from_neurons(self.cnn61, self.cnn62)
         self.reset_parameters()
 
     def features(self, spikes: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ they differ in speed, memory and where they run:
 |-------------|--------------------------------------------------------------|-------------|
 | ``reference`` | the algorithm step by step, slowest and clearest (:mod:`spiking.reference`) | any device |
 | ``torch``     | PyTorch loops over time steps of time-folded layers (:mod:`spiking.functional`) | any device |
-| ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`) | CPU |
+| ``cpu``       | fused C kernels for the scans (:mod:`spiking.cpu_kernels`), event-driven synapses (:mod:`spiking.event_kernels`) | CPU |
 | ``triton``    | fused Triton kernels, the time loop inside (:mod:`spiking.triton_kernels`) | CUDA; CPU under ``TRITON_INTERPRET=1`` (tests) |
 
 ``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere. ``triton`` runs
@@ -26,16 +26,32 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-__all__ = ["BACKENDS", "backend_for", "describe", "requested_backend", "set_backend",
-           "use_backend"]
+__all__ = ["BACKENDS", "EVENT_DENSITY_MAX", "backend_for", "describe", "event_density_max",
+           "requested_backend", "set_backend", "use_backend"]
+
+
+# The ``cpu`` backend runs a synapse layer event-driven (spiking.event_kernels) in a chunk whose
+# input spike train has at most this fraction of its entries nonzero, densely above it: per kind
+# of layer, where forward plus backward of the two paths cost the same on the 2-core CPU
+# (benchmarks/crossover.py; table in benchmarks/README.md, *Event-driven synapses*: 3x3 and 5x5
+# convolutions 0.16 to 0.25, lower for one input channel and 1x1; linear layers 0.02 to 0.05).
+# One number sets both kinds: 0 turns the event-driven path off, 1 forces it (tests).
+EVENT_DENSITY_MAX: float | dict[str, float] = {"conv": 0.15, "linear": 0.03}
+
+
+def event_density_max(kind: str) -> float:
+    """The crossover density of :data:`EVENT_DENSITY_MAX` for ``kind``, ``conv`` or ``linear``."""
+    if isinstance(EVENT_DENSITY_MAX, dict):
+        return EVENT_DENSITY_MAX[kind]
+    return EVENT_DENSITY_MAX
 
 
 def _cpu_unavailable(device: torch.device) -> str | None:
     if device.type != "cpu":
         return f"it runs on CPU tensors, not {device.type}"
-    from . import cpu_kernels  # imports this module: the choice is looked up per call
+    from . import cpu_kernels, event_kernels  # import this module: the choice is per call
 
-    if not cpu_kernels.available():
+    if not (cpu_kernels.available() and event_kernels.available()):
         return (f"its C kernels could not be built: {cpu_kernels.build_error()}; set CC to a C "
                 "compiler, or SPIKING_KERNEL_CACHE to a writable folder")
     return None
@@ -55,7 +71,8 @@ def _runs_anywhere(device: torch.device) -> str | None:
 BACKENDS: dict[str, tuple[str, Callable[[torch.device], str | None]]] = {
     "reference": ("the algorithm step by step (spiking.reference)", _runs_anywhere),
     "torch": ("PyTorch loops over time-folded layers (spiking.functional)", _runs_anywhere),
-    "cpu": ("fused C kernels (spiking.cpu_kernels)", _cpu_unavailable),
+    "cpu": ("fused C kernels (spiking.cpu_kernels), event-driven synapses "
+            "(spiking.event_kernels)", _cpu_unavailable),
     "triton": ("fused Triton kernels (spiking.triton_kernels)", _triton_unavailable),
 }
 
@@ -118,4 +135,8 @@ def backend_for(device: torch.device | str) -> str:
 def describe(device: torch.device | str) -> str:
     """One line for logs: the backend that runs on ``device``, and what was asked for."""
     chosen = backend_for(device)
-    return f"spiking backend {chosen}: {BACKENDS[chosen][0]} (requested {_requested})"
+    line = f"spiking backend {chosen}: {BACKENDS[chosen][0]} (requested {_requested})"
+    if chosen == "cpu":
+        line += (f"; synapses event-driven up to input density conv "
+                 f"{event_density_max('conv')}, linear {event_density_max('linear')}")
+    return line

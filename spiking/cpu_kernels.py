@@ -46,27 +46,28 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SPIKING_KERNEL_CACHE", default))
 
 
-def _compile(flags: list[str], target: Path) -> None:
+def _compile(flags: list[str], target: Path, source: Path) -> None:
     """Build the library into ``target`` atomically: processes that compile at once (DDP ranks)
     each write their own temporary file, and a reader never sees a partial library."""
     target.parent.mkdir(parents=True, exist_ok=True)
     compiler = os.environ.get("CC", "cc")
     with tempfile.TemporaryDirectory(dir=target.parent) as build:
         partial = Path(build) / target.name
-        subprocess.run([compiler, *flags, str(_SOURCE), "-o", str(partial)], check=True,
+        subprocess.run([compiler, *flags, str(source), "-o", str(partial)], check=True,
                        capture_output=True, text=True, timeout=120)
         os.replace(partial, target)
 
 
-def _build() -> Path:
-    """The cached library, built first if needed, with the first flag set that compiles."""
+def build(source: Path = _SOURCE) -> Path:
+    """The cached library of the C file ``source``, built first if needed, with the first flag
+    set that compiles (also used by :mod:`spiking.event_kernels`)."""
     failures: list[Exception] = []
     for flags in _FLAG_SETS:
-        key = f"{_SOURCE.read_text()}{flags}{platform.machine()}".encode()
-        target = _cache_dir() / f"cpu_kernels-{hashlib.sha256(key).hexdigest()[:16]}.so"
+        key = f"{source.read_text()}{flags}{platform.machine()}".encode()
+        target = _cache_dir() / f"{source.stem}-{hashlib.sha256(key).hexdigest()[:16]}.so"
         try:
             if not target.exists():
-                _compile(flags, target)
+                _compile(flags, target, source)
             return target
         except (OSError, subprocess.SubprocessError) as error:
             failures.append(error)
@@ -81,7 +82,7 @@ def _library() -> ctypes.CDLL | None:
     """The compiled kernels, or None when they cannot be built (:func:`build_error` says why)."""
     _build_error.clear()
     try:
-        library = ctypes.CDLL(str(_build()))
+        library = ctypes.CDLL(str(build()))
     except (OSError, subprocess.SubprocessError) as error:
         detail = getattr(error, "stderr", None) or error
         _build_error.append(str(detail).strip().splitlines()[-1] if str(detail).strip() else

@@ -77,3 +77,71 @@ def test_amp_runs_the_project_synapses_under_bf16_autocast():
     finally:
         handle.remove()
     assert currents and set(currents) == {torch.bfloat16}
+
+
+def write_tiny_mnist(root, images=6):
+    """torchvision's raw MNIST files with ``images`` random digits in each split."""
+    import struct
+
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    gen = torch.Generator().manual_seed(0)
+    for split in ("train", "t10k"):
+        pixels = (torch.rand(images, 28, 28, generator=gen) * 255).to(torch.uint8)
+        pixels[:, :, :14] = 0  # half of every image dark, like the digits' background
+        (raw / f"{split}-images-idx3-ubyte").write_bytes(
+            struct.pack(">IIII", 2051, images, 28, 28) + pixels.numpy().tobytes())
+        labels = torch.arange(images, dtype=torch.uint8) % 10
+        (raw / f"{split}-labels-idx1-ubyte").write_bytes(
+            struct.pack(">II", 2049, images) + labels.numpy().tobytes())
+
+
+def test_real_digits_and_checkpoint_weights_reach_every_variant(tmp_path):
+    write_tiny_mnist(tmp_path)
+    trained = models.get_model("lenet", width=0.25)
+    with torch.no_grad():
+        for weight in trained.parameters():
+            weight.mul_(1.5)
+    torch.save({"state_dict": trained.state_dict(), "arch": "lenet"}, tmp_path / "ckpt.pth.tar")
+    variants = bench.build_variants("lenet", 2, 3, width=0.25, data=tmp_path,
+                                    resume=str(tmp_path / "ckpt.pth.tar"))
+    for name, value in trained.state_dict().items():
+        assert torch.equal(variants["project"].model.state_dict()[name], value)
+    densities = bench.input_densities(variants["project"])
+    assert list(densities) == ["cnn1", "cnn2", "fc0", "fc1"]
+    # a digit's dark half never spikes: the input density is at most half the pixels' rate
+    assert 0 < densities["cnn1"]["density"] < 0.5 * 0.5
+    assert all(row["event_chunks"] + row["dense_chunks"] == 1 for row in densities.values())
+    assert variants["authors"].eval_step().shape == (3,)
+
+
+def test_threshold_scale_makes_spikes_denser():
+    def hidden_density(scale):
+        variant = bench.build_variants("lenet", 3, 2, width=0.25, names=["project"],
+                                       threshold_scale=scale)["project"]
+        return bench.input_densities(variant)["fc0"]["density"]
+
+    assert hidden_density(0.3) > hidden_density(1.0)
+
+
+def test_bad_data_or_checkpoint_is_one_error_line(tmp_path, capsys):
+    import pytest
+
+    for argv in (["--data", str(tmp_path)], ["--resume", str(tmp_path / "missing.pth")]):
+        with pytest.raises(SystemExit) as exit_info:
+            bench.main(["-T", "2", "-b", "2", "--width", "0.25", "--variants", "project",
+                        "--no-memory", *argv])
+        assert str(exit_info.value).startswith("error: ")
+
+
+def test_crossover_and_density_sweep_run_at_toy_sizes(capsys):
+    from benchmarks import crossover, density_sweep
+
+    crossover.main(["--images", "4", "--repeats", "1", "--densities", "0.05,0.5",
+                    "--layers", "lenet cnn2"])
+    density_sweep.main(["-T", "2", "-b", "2", "--width", "0.25", "--scales", "1,0.5",
+                        "--repeats", "1", "--warmup", "0"])
+    out = capsys.readouterr().out
+    assert "lenet cnn2" in out and "crossover" in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1.00", "0.50"))]
+    assert len(rows) == 2 and all(float(row[-1]) > 0 for row in rows)

@@ -21,7 +21,7 @@ import torch
 
 import models
 from oracle import oracle_forward
-from spiking import TimeHeldDropout, backend
+from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backend, event_kernels
 
 F64 = torch.float64
 INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
@@ -97,8 +97,8 @@ def hidden_layers(weights) -> set[str]:
 
 def run_network(arch: str, backend_name: str, training: bool, time_chunk: int,
                 device: str = "cpu"):
-    """One forward and backward of the seeded test network with ``backend_name``:
-    ``(output, {parameter name: gradient}, {layer: dropout mask}, oracle weights, spikes)``."""
+    """One forward and backward of the seeded test network with ``backend_name``: ``(output,
+    {parameter name: gradient}, {layer: dropout mask}, oracle weights, spikes, model)``."""
     model, gen = build(arch, seed=1)
     weights = oracle_weights(model)
     spikes = input_spikes(arch, gen, time_steps=5)
@@ -110,13 +110,13 @@ def run_network(arch: str, backend_name: str, training: bool, time_chunk: int,
         out = model(spikes.to(device))
         mse_sum(out, spikes.shape[1]).backward()
     grads = {name: param.grad.cpu() for name, param in model.named_parameters()}
-    return out.detach().cpu(), grads, masks, weights, spikes
+    return out.detach().cpu(), grads, masks, weights, spikes, model
 
 
 @functools.cache
 def reference_run(arch: str, training: bool):
     """The reference backend's output, gradients and masks over all T steps at once."""
-    out, grads, masks, _, _ = run_network(arch, "reference", training, time_chunk=5)
+    out, grads, masks, _, _, _ = run_network(arch, "reference", training, time_chunk=5)
     return out, grads, masks
 
 
@@ -124,7 +124,7 @@ def reference_run(arch: str, training: bool):
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("time_chunk", [5, 2, 1], ids=["whole", "chunks-2-2-1", "per-step"])
 def test_the_reference_equals_the_authors_loop(arch, training, time_chunk):
-    out, grads, masks, weights, spikes = run_network(arch, "reference", training, time_chunk)
+    out, grads, masks, weights, spikes, _ = run_network(arch, "reference", training, time_chunk)
     expected = oracle_forward(arch, weights, spikes, masks if training else None,
                               leak=LEAK, threshold=THRESHOLD)
     mse_sum(expected, spikes.shape[1]).backward()
@@ -145,11 +145,29 @@ def test_every_backend_equals_the_reference(backend_name, device, arch, training
     if reason is not None:
         pytest.skip(f"backend {backend_name} cannot run on {device}: {reason}")
     expected_out, expected_grads, expected_masks = reference_run(arch, training)
-    out, grads, masks, _, _ = run_network(arch, backend_name, training, time_chunk, device)
+    out, grads, masks, _, _, _ = run_network(arch, backend_name, training, time_chunk, device)
 
     assert masks.keys() == expected_masks.keys()
     assert all(torch.equal(masks[k], expected_masks[k]) for k in masks)
     assert_close(out, expected_out, "output")
     assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert_close(grad, expected_grads[name], f"grad of {name}")
+
+
+@pytest.mark.skipif(not event_kernels.available(), reason="no C compiler: no event kernels")
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_event_driven_synapses_equal_the_reference(arch, training, monkeypatch):
+    # Every chunk of every synapse event-driven, whatever its density; the input gradients of
+    # the declared layers only at their input spikes.
+    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 1.0)
+    expected_out, expected_grads, _ = reference_run(arch, training)
+    out, grads, _, _, _, model = run_network(arch, "cpu", training, time_chunk=2)
+
+    synapses = [m for m in model.modules() if isinstance(m, (SpikingConv2d, SpikingLinear))]
+    assert all(m.event_chunks == 3 and m.dense_chunks == 0 for m in synapses)
+    assert sum(m.input_from_neurons for m in synapses) == len(synapses) - 1
+    assert_close(out, expected_out, "output")
     for name, grad in grads.items():
         assert_close(grad, expected_grads[name], f"grad of {name}")

@@ -1,0 +1,359 @@
+/* Event-driven synapses for spiking/synapses.py: a convolution or linear layer whose input is a
+ * spike train computed from its spikes alone; loaded by spiking/event_kernels.py.
+ *
+ * A spike train x [images, C_in, H, W] holds -c, 0 or c. Its events are stored per image (an
+ * image is one time step of one sample) as int32 positions ci * H * W + iy * W + ix, negated
+ * minus one (~p) for a -c spike, in image order: offsets [images + 1] into positions. A linear
+ * layer is the 1x1 convolution with H = W = 1.
+ *
+ * The weight comes re-laid channels-last, w[ci, ky, kx, co], so every product below runs over
+ * C_out contiguous floats:
+ *   forward      out[n, co, oy, ox] = sum over events (ci, iy, ix) of +-c w[ci, ky, kx, co],
+ *                oy * stride = iy + pad - ky (the scatter of each event's weight columns);
+ *   weight grad  dw[ci, ky, kx, co] += +-c g[n, co, oy, ox] for every event and tap;
+ *   input grad   dx[n, ci, iy, ix] = sum over taps and co of w[ci, ky, kx, co] g[n, co, oy, ox],
+ *                at the events only (0 elsewhere).
+ * Each thread takes the images holding an equal share of the events, accumulates an image's
+ * output (or reads its gradient) channels-last in its own buffer, and owns a private weight
+ * gradient, summed at the end: no atomics. Build flags as cpu_kernels.c (-ffp-contract=off).
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MAX_K = 32, MAX_THREADS = 256 };  /* spiking/event_kernels.py refuses larger kernels */
+
+typedef struct {
+    int64_t images, cin, height, width, cout, k, stride, pad, out_h, out_w;
+} Geometry;
+
+/* The first image of thread `part` of `parts`: images split at equal shares of the events. */
+static int64_t first_image(const int64_t *offsets, int64_t images, int part, int parts) {
+    const int64_t total = offsets[images], goal = total * part / parts;
+    int64_t lo = 0, hi = images;  /* first n with offsets[n] >= goal */
+    if (part == 0) return 0;
+    if (part == parts) return images;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi) / 2;
+        if (offsets[mid] < goal) lo = mid + 1; else hi = mid;
+    }
+    return lo;
+}
+
+/* Per image: the count of nonzero entries. */
+#define DEFINE_COUNT(NAME, T)                                                                 \
+    static void NAME(const T *x, int64_t images, int64_t size, int64_t *counts, int threads) { \
+        _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
+        for (int64_t n = 0; n < images; ++n) {                                                 \
+            const T *restrict image = x + n * size;                                            \
+            int64_t count = 0;                                                                  \
+            for (int64_t i = 0; i < size; ++i) count += image[i] != (T)0;                      \
+            counts[n] = count;                                                                  \
+        }                                                                                       \
+    }
+
+/* Fill the positions; return 1 if some nonzero value is neither c nor -c. */
+#define DEFINE_EXTRACT(NAME, T)                                                               \
+    static int NAME(const T *x, int64_t images, int64_t size, const int64_t *offsets,          \
+                    int32_t *positions, double scale, int threads) {                           \
+        const T c = (T)scale;                                                                   \
+        int other = 0;                                                                          \
+        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(| : other)") \
+        for (int64_t n = 0; n < images; ++n) {                                                 \
+            const T *restrict image = x + n * size;                                            \
+            int32_t *restrict out = positions + offsets[n];                                    \
+            int64_t e = 0, limit = offsets[n + 1] - offsets[n];                                \
+            for (int64_t i = 0; i < size; ++i) {                                               \
+                const T v = image[i];                                                           \
+                if (v == (T)0) continue;                                                        \
+                if (e == limit) { other = 1; break; }                                           \
+                other |= (v != c) & (v != -c);                                                  \
+                out[e++] = v == c ? (int32_t)i : ~(int32_t)i;                                   \
+            }                                                                                   \
+            other |= e != limit;                                                                \
+        }                                                                                       \
+        return other;                                                                           \
+    }
+
+/* The taps of an input row (or column) i: tap[j] = ky and out[j] = oy for the j-th output row
+ * it reaches, oy * stride = i + pad - ky; returns how many. */
+static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *tap,
+                          int64_t *out) {
+    int n = 0;
+    for (int64_t t = 0; t < g->k; ++t) {
+        const int64_t shifted = i + g->pad - t;
+        if (shifted < 0) break;  /* larger taps shift further below 0 */
+        if (g->stride == 1 ? 0 : shifted % g->stride) continue;
+        const int64_t o = g->stride == 1 ? shifted : shifted / g->stride;
+        if (o < limit) { tap[n] = t; out[n++] = o; }
+    }
+    return n;
+}
+
+/* One image's events scattered into its channels-last output acc [H', W', C_out]. */
+#define DEFINE_FORWARD_IMAGE(NAME, T, TARGET)                                                 \
+    TARGET static void NAME(const Geometry *g, const int32_t *positions, int64_t count,       \
+                            T c, const T *weight, T *acc) {                                    \
+        typedef T vec __attribute__((vector_size(32)));                                        \
+        enum { L = 32 / sizeof(T) };                                                           \
+        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
+        for (int64_t e = 0; e < count; ++e) {                                                  \
+            const int32_t code = positions[e];                                                  \
+            const int64_t p = code < 0 ? ~code : code;                                          \
+            const T v = code < 0 ? -c : c;                                                      \
+            const vec vv = (vec){0} + v;                                                        \
+            const int64_t ci = p / plane, rest = p - ci * plane;                               \
+            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
+            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
+            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
+            for (int a = 0; a < ny; ++a)                                                        \
+                for (int b = 0; b < nx; ++b) {                                                  \
+                    const T *restrict w = weight + ((ci * k + tky[a]) * k + tkx[b]) * cout;    \
+                    T *restrict o = acc + (toy[a] * g->out_w + tox[b]) * cout;                 \
+                    int64_t co = 0;                                                             \
+                    for (; co + L <= cout; co += L) {                                           \
+                        vec ov, wv;                                                             \
+                        memcpy(&ov, o + co, sizeof ov);                                         \
+                        memcpy(&wv, w + co, sizeof wv);                                         \
+                        ov += vv * wv;                                                          \
+                        memcpy(o + co, &ov, sizeof ov);                                         \
+                    }                                                                           \
+                    for (; co < cout; ++co) o[co] += v * w[co];                                 \
+                }                                                                               \
+        }                                                                                       \
+    }
+
+/* One image's weight gradient (into dw, or not if NULL) and input gradient at its events (into
+ * dx [C_in * H * W], or not if NULL), from its channels-last output gradient go [H', W', C'].
+ * Both read the same gradient row per tap, in one pass; the dot product accumulates in vector
+ * registers (GCC vector extensions: 32 bytes, AVX2 in the wide clone, two SSE halves else). */
+#define DEFINE_BACKWARD_IMAGE(NAME, T, TARGET)                                                \
+    TARGET static void NAME(const Geometry *g, const int32_t *positions, int64_t count,       \
+                            T c, const T *weight, const T *go, T *dw, T *dx) {                 \
+        typedef T vec __attribute__((vector_size(32)));                                        \
+        enum { L = 32 / sizeof(T) };                                                           \
+        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
+        for (int64_t e = 0; e < count; ++e) {                                                  \
+            const int32_t code = positions[e];                                                  \
+            const int64_t p = code < 0 ? ~code : code;                                          \
+            const T v = code < 0 ? -c : c;                                                      \
+            const vec vv = (vec){0} + v;                                                        \
+            const int64_t ci = p / plane, rest = p - ci * plane;                               \
+            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
+            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
+            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
+            vec sum = {0};                                                                      \
+            T tail = 0;                                                                         \
+            for (int a = 0; a < ny; ++a)                                                        \
+                for (int b = 0; b < nx; ++b) {                                                  \
+                    const int64_t tap = ((ci * k + tky[a]) * k + tkx[b]) * cout;               \
+                    const T *restrict gr = go + (toy[a] * g->out_w + tox[b]) * cout;           \
+                    const T *restrict w = weight + tap;                                         \
+                    T *restrict d = dw ? dw + tap : NULL;                                       \
+                    int64_t co = 0;                                                             \
+                    for (; co + L <= cout; co += L) {                                           \
+                        vec gv;                                                                 \
+                        memcpy(&gv, gr + co, sizeof gv);                                        \
+                        if (d) {                                                                \
+                            vec dv;                                                             \
+                            memcpy(&dv, d + co, sizeof dv);                                     \
+                            dv += vv * gv;                                                      \
+                            memcpy(d + co, &dv, sizeof dv);                                     \
+                        }                                                                       \
+                        if (dx) {                                                               \
+                            vec wv;                                                             \
+                            memcpy(&wv, w + co, sizeof wv);                                     \
+                            sum += wv * gv;                                                     \
+                        }                                                                       \
+                    }                                                                           \
+                    for (; co < cout; ++co) {                                                   \
+                        if (d) d[co] += v * gr[co];                                             \
+                        tail += w[co] * gr[co];                                                 \
+                    }                                                                           \
+                }                                                                               \
+            if (dx) {                                                                           \
+                T total = tail;                                                                 \
+                for (int l = 0; l < L; ++l) total += sum[l];                                    \
+                dx[p] = total;                                                                  \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+#define WIDE __attribute__((target("avx2")))
+#define HAVE_WIDE 1
+#else
+#define WIDE
+#define HAVE_WIDE 0
+#endif
+
+static int wide(void) {
+#if HAVE_WIDE
+    return __builtin_cpu_supports("avx2");
+#else
+    return 0;
+#endif
+}
+
+DEFINE_FORWARD_IMAGE(forward_image_f32, float, )
+DEFINE_FORWARD_IMAGE(forward_image_f64, double, )
+DEFINE_BACKWARD_IMAGE(backward_image_f32, float, )
+DEFINE_BACKWARD_IMAGE(backward_image_f64, double, )
+DEFINE_FORWARD_IMAGE(forward_image_f32_wide, float, WIDE)
+DEFINE_FORWARD_IMAGE(forward_image_f64_wide, double, WIDE)
+DEFINE_BACKWARD_IMAGE(backward_image_f32_wide, float, WIDE)
+DEFINE_BACKWARD_IMAGE(backward_image_f64_wide, double, WIDE)
+
+#define DEFINE_FORWARD(NAME, T, IMAGE)                                                        \
+    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
+                     double scale, const T *weight, T *out, int threads) {                     \
+        const int64_t out_plane = g->out_h * g->out_w, cout = g->cout;                        \
+        const int use_wide = wide();                                                            \
+        _Pragma("omp parallel num_threads(threads)")                                           \
+        {                                                                                       \
+            const int part = omp_thread(), parts = omp_threads();                              \
+            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
+            const int64_t begin = first_image(offsets, g->images, part, parts);                \
+            const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
+            for (int64_t n = begin; n < end; ++n) {                                            \
+                T *restrict acc = buffer ? buffer : out + n * cout;                            \
+                memset(acc, 0, sizeof(T) * out_plane * cout);                                  \
+                (use_wide ? IMAGE##_wide : IMAGE)(g, positions + offsets[n],                   \
+                    offsets[n + 1] - offsets[n], (T)scale, weight, acc);                       \
+                if (buffer) {                                                                   \
+                    T *restrict image = out + n * cout * out_plane;                            \
+                    for (int64_t co = 0; co < cout; ++co)                                      \
+                        for (int64_t s = 0; s < out_plane; ++s)                                \
+                            image[co * out_plane + s] = buffer[s * cout + co];                 \
+                }                                                                               \
+            }                                                                                   \
+            free(buffer);                                                                       \
+        }                                                                                       \
+    }
+
+/* grad [images, C_out, H', W'] -> grad_weight [C_in, k, k, C_out] (summed over all images; NULL
+ * to skip) and grad_input [images, C_in, H, W] (NULL to skip). */
+#define DEFINE_BACKWARD(NAME, T, IMAGE)                                                       \
+    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
+                     double scale, const T *weight, const T *grad, T *grad_weight,             \
+                     T *grad_input, int threads) {                                             \
+        const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
+        const int64_t cout = g->cout, weights = g->cin * g->k * g->k * cout;                  \
+        const int use_wide = wide();                                                            \
+        T *partial[MAX_THREADS] = {0};                                                          \
+        threads = threads > MAX_THREADS ? MAX_THREADS : threads;                                \
+        _Pragma("omp parallel num_threads(threads)")                                           \
+        {                                                                                       \
+            const int part = omp_thread(), parts = omp_threads();                              \
+            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
+            T *dw = NULL;                                                                       \
+            if (grad_weight) {                                                                  \
+                dw = part == 0 ? grad_weight : malloc(sizeof(T) * weights);                    \
+                memset(dw, 0, sizeof(T) * weights);                                             \
+                partial[part] = dw;                                                             \
+            }                                                                                   \
+            const int64_t begin = first_image(offsets, g->images, part, parts);                \
+            const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
+            for (int64_t n = begin; n < end; ++n) {                                            \
+                const T *restrict gn = grad + n * cout * out_plane;                            \
+                if (buffer) {                                                                   \
+                    for (int64_t s = 0; s < out_plane; ++s)                                    \
+                        for (int64_t co = 0; co < cout; ++co)                                  \
+                            buffer[s * cout + co] = gn[co * out_plane + s];                    \
+                    gn = buffer;                                                                \
+                }                                                                               \
+                T *restrict dx = grad_input ? grad_input + n * g->cin * plane : NULL;         \
+                if (dx) memset(dx, 0, sizeof(T) * g->cin * plane);                              \
+                (use_wide ? IMAGE##_wide : IMAGE)(g, positions + offsets[n],                   \
+                    offsets[n + 1] - offsets[n], (T)scale, weight, gn, dw, dx);                \
+            }                                                                                   \
+            free(buffer);                                                                       \
+            _Pragma("omp barrier")                                                             \
+            if (grad_weight) {                                                                  \
+                /* thread `part` sums its slice of every partial gradient into thread 0's */  \
+                const int64_t lo = weights * part / parts, hi = weights * (part + 1) / parts;  \
+                for (int q = 1; q < parts; ++q)                                                 \
+                    for (int64_t i = lo; i < hi; ++i) grad_weight[i] += partial[q][i];         \
+                _Pragma("omp barrier")                                                         \
+                if (part > 0) free(dw);                                                         \
+            }                                                                                   \
+        }                                                                                       \
+    }
+
+#ifdef _OPENMP
+#include <omp.h>
+static int omp_thread(void) { return omp_get_thread_num(); }
+static int omp_threads(void) { return omp_get_num_threads(); }
+#else
+static int omp_thread(void) { return 0; }
+static int omp_threads(void) { return 1; }
+#endif
+
+DEFINE_COUNT(count_f32, float)
+DEFINE_COUNT(count_f64, double)
+DEFINE_EXTRACT(extract_f32, float)
+DEFINE_EXTRACT(extract_f64, double)
+DEFINE_FORWARD(forward_f32, float, forward_image_f32)
+DEFINE_FORWARD(forward_f64, double, forward_image_f64)
+DEFINE_BACKWARD(backward_f32, float, backward_image_f32)
+DEFINE_BACKWARD(backward_f64, double, backward_image_f64)
+
+void count_events(int is_double, const void *x, int64_t images, int64_t size, int64_t *counts,
+                  int threads) {
+    if (is_double) count_f64(x, images, size, counts, threads);
+    else count_f32(x, images, size, counts, threads);
+}
+
+/* The magnitude c of x's first nonzero (0 if none), found from the per-image offsets. */
+static double first_magnitude(int is_double, const void *x, int64_t images, int64_t size,
+                              const int64_t *offsets) {
+    for (int64_t n = 0; n < images; ++n) {
+        if (offsets[n + 1] == offsets[n]) continue;
+        for (int64_t i = n * size; i < (n + 1) * size; ++i) {
+            const double v = is_double ? ((const double *)x)[i] : ((const float *)x)[i];
+            if (v != 0.0) return fabs(v);
+        }
+    }
+    return 0.0;
+}
+
+/* 1 if every nonzero of x is c or -c for one finite c, the magnitude of its first nonzero
+ * (stored in *scale), and the counts were right, with the positions written; else 0. */
+int extract_events(int is_double, const void *x, int64_t images, int64_t size,
+                   const int64_t *offsets, int32_t *positions, double *scale, int threads) {
+    const double c = first_magnitude(is_double, x, images, size, offsets);
+    *scale = c == 0.0 ? 1.0 : c;
+    if (!isfinite(c)) return 0;
+    return !(is_double ? extract_f64(x, images, size, offsets, positions, *scale, threads)
+                       : extract_f32(x, images, size, offsets, positions, *scale, threads));
+}
+
+static Geometry geometry(const int64_t *shape) {
+    Geometry g = {shape[0], shape[1], shape[2], shape[3], shape[4], shape[5], shape[6], shape[7],
+                  shape[8], shape[9]};
+    return g;
+}
+
+/* shape: images, C_in, H, W, C_out, k, stride, pad, H', W' */
+void event_forward(int is_double, const int64_t *shape, const int64_t *offsets,
+                   const int32_t *positions, double scale, const void *weight, void *out,
+                   int threads) {
+    const Geometry g = geometry(shape);
+    if (is_double) forward_f64(&g, offsets, positions, scale, weight, out, threads);
+    else forward_f32(&g, offsets, positions, scale, weight, out, threads);
+}
+
+void event_backward(int is_double, const int64_t *shape, const int64_t *offsets,
+                    const int32_t *positions, double scale, const void *weight, const void *grad,
+                    void *grad_weight, void *grad_input, int threads) {
+    const Geometry g = geometry(shape);
+    if (is_double)
+        backward_f64(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
+                     threads);
+    else
+        backward_f32(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
+                     threads);
+}

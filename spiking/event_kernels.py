@@ -1,0 +1,217 @@
+"""Event-driven CPU kernels for synapses fed by spikes, compiled from ``csrc/event_kernels.c`` at
+first use (as :mod:`spiking.cpu_kernels`, same flags, cache and OpenMP thread pool).
+
+A spike train holds few nonzero entries (1 to 7 % in a trained LeNet), so a convolution or linear
+layer over it can follow its events: the forward adds each event's weight columns to the output
+around it, the weight gradient correlates each event with the output's gradient around it, and
+the input gradient is a dot product per event. Each costs ``C_out * k * k`` per event instead of
+per input entry. :mod:`spiking.synapses` decides per layer and chunk, from the measured density,
+whether they or the dense PyTorch ops run (:data:`spiking.backend.EVENT_DENSITY_MAX`).
+
+Events of ``x`` ``[images, C, H, W]`` (or ``[images, F]``): ``offsets`` ``[images + 1]`` into
+``positions`` (int32 ``c * H * W + y * W + x``, stored as ``~p`` for a ``-c`` spike), and the
+scale ``c``. They are also what a synapse keeps for its backward: 4 bytes per spike instead of
+the 1 byte per entry of int8 codes.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from . import cpu_kernels
+
+__all__ = ["Events", "available", "conv_backward", "conv_forward", "count_events",
+           "extract_events"]
+
+_SOURCE = Path(__file__).with_name("csrc") / "event_kernels.c"
+_INT32_MAX = 2**31 - 1
+_MAX_KERNEL = 32  # MAX_K of the C code
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    try:
+        library = ctypes.CDLL(str(cpu_kernels.build(_SOURCE)))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    pointer, int64, double, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
+    library.count_events.argtypes = [c_int, pointer, int64, int64, pointer, c_int]
+    library.count_events.restype = None
+    library.extract_events.argtypes = [c_int, pointer, int64, int64, pointer, pointer,
+                                       ctypes.POINTER(double), c_int]
+    library.extract_events.restype = c_int
+    library.event_forward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
+                                      c_int]
+    library.event_forward.restype = None
+    library.event_backward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
+                                       pointer, pointer, c_int]
+    library.event_backward.restype = None
+    return library
+
+
+def available() -> bool:
+    """Whether the kernels are built (building them if needed)."""
+    return _library() is not None
+
+
+@dataclass
+class Events:
+    """The nonzero entries of a spike train ``[images, *image_shape]`` holding ``-c, 0, c``.
+
+    Attributes:
+        offsets: int64 ``[images + 1]``: image n's events are ``positions[offsets[n]:
+            offsets[n + 1]]``.
+        positions: int32 ``[events]``: flat index in the image, ``~index`` for a ``-c`` spike.
+        scale: c.
+        image_shape: ``(C, H, W)`` or ``(F,)``.
+        dtype: the dtype of the spike train.
+    """
+
+    offsets: Tensor
+    positions: Tensor
+    scale: float
+    image_shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def images(self) -> int:
+        return self.offsets.numel() - 1
+
+    @property
+    def density(self) -> float:
+        return self.positions.numel() / max(1, self.images * math.prod(self.image_shape))
+
+    def dense(self) -> Tensor:
+        """The spike train ``[images, *image_shape]`` again (what the tests compare)."""
+        size = math.prod(self.image_shape)
+        out = torch.zeros(self.images * size, dtype=self.dtype)
+        counts = self.offsets.diff()
+        image = torch.repeat_interleave(torch.arange(self.images), counts)
+        codes = self.positions.long()
+        negative = codes < 0
+        index = torch.where(negative, ~codes, codes) + image * size
+        out[index] = torch.where(negative, -self.scale, self.scale).to(self.dtype)
+        return out.view(self.images, *self.image_shape)
+
+
+# A thread gets at least this many multiply-adds or output writes: starting one costs about as
+# much as 10^4 of them (as in spiking.cpu_kernels).
+_WORK_PER_THREAD = 65536
+
+
+def _threads(work: int) -> int:
+    return max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
+
+
+def _work(events: Events, weight_cl: Tensor, outputs: int) -> int:
+    """Multiply-adds of one pass over the events, plus the output entries written."""
+    return events.positions.numel() * weight_cl[0].numel() + outputs
+
+
+def count_events(x: Tensor) -> Tensor:
+    """int64 ``[images]``: the nonzero entries of each image of ``x`` ``[images, ...]``
+    (contiguous float32/float64 CPU)."""
+    counts = torch.empty(x.shape[0], dtype=torch.int64)
+    _library().count_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0],
+                            x[0].numel() if x.shape[0] else 0, counts.data_ptr(),
+                            _threads(x.numel()))
+    return counts
+
+
+def extract_events(x: Tensor, counts: Tensor) -> Events | None:
+    """The :class:`Events` of ``x`` ``[images, ...]`` with ``counts`` from :func:`count_events`,
+    or None if ``x`` is not a spike train: a nonzero other than ``c`` or ``-c``, where c is the
+    magnitude of its first nonzero (and finite), or an image too large for int32 positions."""
+    size = x[0].numel() if x.shape[0] else 0
+    if size > _INT32_MAX or counts.shape != (x.shape[0],):
+        return None
+    offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    positions = torch.empty(int(offsets[-1]), dtype=torch.int32)
+    scale = ctypes.c_double()
+    ok = _library().extract_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0], size,
+                                   offsets.data_ptr(), positions.data_ptr(), ctypes.byref(scale),
+                                   _threads(x.numel()))
+    if not ok:
+        return None
+    return Events(offsets, positions, scale.value, tuple(x.shape[1:]), x.dtype)
+
+
+def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
+              ) -> tuple[Tensor, tuple[int, int]]:
+    """The kernels' ``shape`` argument, checked against the buffers they will touch."""
+    channels, height, width = (events.image_shape if len(events.image_shape) == 3
+                               else (events.image_shape[0], 1, 1))
+    cin, k, k2, cout = weight_cl.shape
+    if ((cin, k) != (channels, k2) or not 1 <= k <= _MAX_KERNEL or stride < 1 or padding < 0
+            or not weight_cl.is_contiguous()):
+        raise ValueError(f"weight [C_in, k, k, C_out] {tuple(weight_cl.shape)} does not fit "
+                         f"events of images {events.image_shape} (stride {stride}, padding "
+                         f"{padding})")
+    size = channels * height * width
+    offsets, positions = events.offsets, events.positions
+    if (offsets.dtype != torch.int64 or positions.dtype != torch.int32 or offsets.numel() < 1
+            or int(offsets[0]) != 0 or int(offsets[-1]) != positions.numel()
+            or bool((offsets.diff() < 0).any())
+            or (positions.numel() and not -size <= int(positions.min()) <= int(positions.max())
+                < size)):
+        raise ValueError("events are inconsistent: offsets must rise from 0 to the number of "
+                         f"positions, positions lie in [-{size}, {size})")
+    if weight_cl.dtype != events.dtype:
+        raise ValueError(f"weight dtype {weight_cl.dtype} differs from the spikes' {events.dtype}")
+    out_h = (height + 2 * padding - k) // stride + 1
+    out_w = (width + 2 * padding - k) // stride + 1
+    if out_h < 1 or out_w < 1:
+        raise ValueError(f"a {k}x{k} kernel does not fit {height}x{width} with padding {padding}")
+    shape = torch.tensor([events.images, cin, height, width, cout, k, stride, padding, out_h,
+                          out_w], dtype=torch.int64)
+    return shape, (out_h, out_w)
+
+
+def conv_forward(events: Events, weight_cl: Tensor, stride: int = 1, padding: int = 0) -> Tensor:
+    """The convolution (no bias) of the spike train of ``events`` ``[images, C, H, W]`` with
+    the channels-last weight ``weight_cl`` ``[C, k, k, C']``: ``[images, C', H', W']``. For
+    ``[images, F]`` events and a ``[F, 1, 1, F']`` weight, the linear layer: ``[images, F']``."""
+    shape, (out_h, out_w) = _geometry(events, weight_cl, stride, padding)
+    cout = weight_cl.shape[-1]
+    out_shape = ((events.images, cout, out_h, out_w) if len(events.image_shape) == 3
+                 else (events.images, cout))
+    out = torch.empty(out_shape, dtype=events.dtype)
+    _library().event_forward(events.dtype == torch.float64, shape.data_ptr(),
+                             events.offsets.data_ptr(), events.positions.data_ptr(), events.scale,
+                             weight_cl.data_ptr(), out.data_ptr(),
+                             _threads(_work(events, weight_cl, out.numel())))
+    return out
+
+
+def conv_backward(events: Events, weight_cl: Tensor, grad: Tensor, stride: int = 1,
+                  padding: int = 0, weight_grad: bool = True, input_grad: bool = True
+                  ) -> tuple[Tensor | None, Tensor | None]:
+    """Gradients of :func:`conv_forward` from ``grad`` (its output's shape): the weight's,
+    channels-last ``[C, k, k, C']``, and the input's ``[images, C, H, W]`` at the events only
+    (0 elsewhere); None for one not asked for."""
+    shape, (out_h, out_w) = _geometry(events, weight_cl, stride, padding)
+    cout = weight_cl.shape[-1]
+    expected = ((events.images, cout, out_h, out_w) if len(events.image_shape) == 3
+                else (events.images, cout))
+    if tuple(grad.shape) != expected or grad.dtype != events.dtype:
+        raise ValueError(f"grad has shape {tuple(grad.shape)} and dtype {grad.dtype}, expected "
+                         f"{expected} and {events.dtype}")
+    grad = grad.contiguous()
+    grad_weight = torch.empty_like(weight_cl) if weight_grad else None
+    grad_input = (torch.empty((events.images, *events.image_shape), dtype=events.dtype)
+                  if input_grad else None)
+    _library().event_backward(events.dtype == torch.float64, shape.data_ptr(),
+                              events.offsets.data_ptr(), events.positions.data_ptr(),
+                              events.scale, weight_cl.data_ptr(), grad.data_ptr(),
+                              None if grad_weight is None else grad_weight.data_ptr(),
+                              None if grad_input is None else grad_input.data_ptr(),
+                              _threads(_work(events, weight_cl, grad.numel())))
+    return grad_weight, grad_input
