@@ -73,8 +73,8 @@ VARIANTS: tuple[str, ...] = ("project", "authors", "ann")
 PHASES: tuple[str, ...] = ("train", "eval")
 # Small, so that repeated steps leave the weights (and with them the spike rates) where they began.
 LEARNING_RATE = 1e-4
-WEIGHT_DECAY = 5e-4  # SPEC section 4
-# Input scale a of SPEC section 5: MNIST 0.5, CIFAR-10 and SVHN 1.
+WEIGHT_DECAY = 5e-4  # docs/algorithm.md, *Loss and optimiser*
+# Input scale a (docs/algorithm.md, *Input encoding*): MNIST 0.5, CIFAR-10 and SVHN 1.
 ENCODING_SCALE = {"lenet": 0.5}
 # glibc keeps freed blocks above its (self-raising) mmap threshold in the heap for reuse, so after
 # a warm-up step RSS would not show a step's peak; a fixed threshold returns every large block.
