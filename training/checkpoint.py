@@ -40,9 +40,6 @@ from models import MODELS
 
 from .experiment import Experiment, UsageError
 
-__all__ = ["atomic_save", "capture_rng_state", "checkpoint_paths", "load_checkpoint",
-           "load_weights", "restore_rng_state", "run_tag", "save_checkpoint"]
-
 
 def run_tag(settings: Experiment) -> str:
     """The script's tag, plus ``_synthetic`` for ``--synthetic``: a smoke test never overwrites

@@ -19,9 +19,6 @@ from torch.utils.data import DistributedSampler
 
 from .experiment import UsageError
 
-__all__ = ["DistContext", "ResumableSampler", "all_gather", "all_reduce", "barrier", "cleanup",
-           "init_distributed", "is_main_process", "per_rank_batch"]
-
 
 @dataclass(frozen=True)
 class DistContext:

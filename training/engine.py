@@ -1,9 +1,6 @@
 """The training engine: :func:`run` reads set up -> resume -> for each epoch: train, check, test,
-save; :func:`main` is what the entry scripts call (the command line and exit statuses).
-
-The steps of ``run`` share one :class:`_Run` holding what the run built (model, optimiser,
-loaders, ...), in the manner of pytorch/examples' imagenet script. What ends a run early is here
-too: SIGINT/SIGTERM and ``--save-every``, answered between steps, and a layer gone silent.
+save; its steps share one :class:`_Run` with what the run built. :func:`main` is what the entry
+scripts call. What ends a run early is here too: signals, ``--save-every``, a silent layer.
 """
 from __future__ import annotations
 
@@ -17,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -39,9 +37,6 @@ from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimiz
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, MetricsLog,
                       format_epoch_table)
 from .reports import make_spike_monitor, report_spike_stats, write_training_curves
-
-__all__ = ["AfterStep", "Interrupted", "RunResult", "build_model", "epoch_seed", "main",
-           "resolve_device", "run", "seed_everything", "set_deterministic"]
 
 AfterStep = Callable[[int, int], None]
 _SAVE_NOW = 1  # the --save-every timer's request, below every signal number
@@ -121,31 +116,29 @@ def _say(*parts: object) -> None:
 
 
 class SpikeCounts:
-    """Spikes of every hidden LIF and pooling layer, and nonzero outputs of the output layer,
-    summed over a training epoch by forward hooks while the ``with`` block runs (on the device:
-    no synchronisation in the hot loop)."""
+    """Spikes of every hidden LIF and pooling layer (nonzero outputs of the output layer) in a
+    training epoch, counted by forward hooks on the device: no synchronisation in the hot loop."""
 
     def __init__(self, model: nn.Module, device: torch.device) -> None:
         kinds = (LIFNeuron, PoolingNeuron, OutputIntegrator)
         self.layers = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-        self.device, self.handles = device, []
-        self.reset()
+        self.device, self.counts = device, {}
 
-    def reset(self, counts: dict[str, int] | None = None) -> None:
-        self.counts = {name: torch.tensor((counts or {}).get(name, 0), device=self.device)
+    @contextlib.contextmanager
+    def counting(self, counts: dict[str, int]) -> Iterator[None]:
+        """Count on from ``counts`` (a resumed epoch's; else 0) while the block runs."""
+        self.counts = {name: torch.tensor(counts.get(name, 0), device=self.device)
                        for name in self.layers}
+        hooks = [m.register_forward_hook(partial(self._count, name))
+                 for name, m in self.layers.items()]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
-    def __enter__(self) -> SpikeCounts:
-        def counter(name: str) -> Callable:
-            def count(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-                self.counts[name] += torch.count_nonzero(output.detach())
-            return count
-        self.handles = [m.register_forward_hook(counter(n)) for n, m in self.layers.items()]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for handle in self.handles:
-            handle.remove()
+    def _count(self, name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.counts[name] += torch.count_nonzero(output.detach())
 
     def local(self) -> dict[str, int]:
         return {name: int(count) for name, count in self.counts.items()}
@@ -165,12 +158,14 @@ class _Run:
     command: Sequence[str]
     after_step: AfterStep | None
     context: DistContext
+    device: torch.device
     precision: Precision
     model: models.SpikingNetwork
     optimizer: torch.optim.Optimizer
     tag: str
     last: str
     best: str
+    csv_path: str
     monitor: Any  # --stats counts in one test pass: the evaluation's, or the last epoch's
     start_epoch: int
     start_step: int = 0
@@ -188,14 +183,6 @@ class _Run:
     signum: int = 0
     last_save: float = 0.0
 
-    @property
-    def device(self) -> torch.device:
-        return self.context.device
-
-    @property
-    def csv_path(self) -> str:
-        return os.path.join(self.settings.out_dir, f"metrics_{self.tag}.csv")
-
     def on_signal(self, signum: int, frame: object) -> None:
         """The first SIGINT/SIGTERM is answered after the current step; a second stops at once."""
         if self.signum:
@@ -211,10 +198,15 @@ class _Run:
         return self.signum or (_SAVE_NOW if due and is_main_process() else 0)
 
     def step_done(self, step: int, meters: EpochMeters, request: int) -> None:
+        """After a step: the caller's hook; on request, the latest checkpoint with every rank's
+        generators, partial meters and spike counts (the best stays that of a whole epoch)."""
         if self.after_step is not None:
             self.after_step(self.epoch, step)
         if request:
-            _save_inside_epoch(self, step, meters)
+            ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
+                                "spikes": self.spikes.local()})
+            _save(self, self.epoch, step=step, ranks=ranks)
+            barrier()
             self.last_save = time.monotonic()
         if request > _SAVE_NOW:
             raise Interrupted(request, step)
@@ -224,25 +216,17 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
         command: Sequence[str] | None = None) -> RunResult:
     """Train (or with ``settings.evaluate``, only test) as ``settings`` says.
 
-    Training writes ``checkpointT1_<tag>.pth.tar`` after every epoch (and inside one at SIGINT,
-    SIGTERM or every ``--save-every`` minutes), ``model_bestT1_<tag>.pth.tar`` whenever test
-    top-1 improves, and ``metrics_<tag>.csv``, all in ``settings.out_dir``.
-
-    Under ``torchrun`` (DDP) every process trains on its shard of each global batch of
-    ``settings.batch_size`` images; only rank 0 prints and writes files, and the metrics are
-    averages over all ranks. The caller leaves the process group (``main`` does).
-
-    Args:
-        settings: the experiment.
-        after_step: called as ``after_step(epoch, step)`` (0-based epoch, 1-based step) after
-            every training step, e.g. to log or, in tests, to send a signal.
-        command: the command line that started the run (script and arguments; default
-            ``sys.argv``), for the resume hint printed at an interrupt.
+    Writes ``checkpointT1_<tag>.pth.tar`` after every epoch (and inside one at SIGINT, SIGTERM
+    or every ``--save-every`` minutes), ``model_bestT1_<tag>.pth.tar`` whenever test top-1
+    improves, and ``metrics_<tag>.csv`` into ``settings.out_dir``. Under ``torchrun`` every
+    process trains on its shard of each global batch, rank 0 alone prints and writes, the
+    metrics average all ranks, and the caller leaves the process group (``main`` does).
+    ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
+    ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt.
 
     Raises:
-        UsageError: bad checkpoint, missing data, images of the wrong shape, outputs of a
-            previous run without ``--resume``/``--overwrite``, a diverged loss, a layer gone
-            silent, an unwritable ``out_dir``, ``evaluate`` without ``resume``.
+        UsageError: anything the user can fix, in one line (bad checkpoint or data, a previous
+            run's outputs, a diverged loss, a silent layer, an unwritable ``out_dir``, ...).
         Interrupted: SIGINT/SIGTERM, after the mid-epoch checkpoint was written.
     """
     r = _set_up(settings, command or sys.argv, after_step)
@@ -280,9 +264,10 @@ def _set_up(settings: Experiment, command: Sequence[str], after_step: AfterStep 
     seed_everything(settings.seed)
     model = build_model(settings).to(context.device)
     tag = run_tag(settings)
-    return _Run(settings, command, after_step, context,
+    return _Run(settings, command, after_step, context, context.device,
                 make_precision(settings.amp, context.device), model,
                 build_optimizer(model, settings), tag, *checkpoint_paths(settings.out_dir, tag),
+                os.path.join(settings.out_dir, f"metrics_{tag}.csv"),
                 make_spike_monitor(model, settings) if settings.stats else None,
                 start_epoch=settings.start_epoch or 0)
 
@@ -464,11 +449,12 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
         done, resumed = r.start_step, r.checkpoint["ranks"][rank]
         restore_rng_state(resumed["rng"])
     r.sampler.skip, r.epoch = done * r.train_loader.batch_size, epoch
-    r.spikes.reset(resumed.get("spikes"))
     encoder = PoissonEncoder(settings.time_steps, settings.input_scale)
+    title = f"Epoch {epoch + 1}/{settings.epochs}"
     try:
-        with r.spikes, EpochProgress(done + len(r.train_loader), f"Epoch {epoch + 1}/"
-                                     f"{settings.epochs}", settings.print_freq, done=done) as bar:
+        with (r.spikes.counting(resumed.get("spikes", {})),
+              EpochProgress(done + len(r.train_loader), title, settings.print_freq, done=done)
+              as bar):
             return lr, train_one_epoch(train_model, encoder, r.train_loader, r.optimizer,
                                        r.device, bar, r.context.world_size, r.precision,
                                        EpochMeters(resumed.get("meters")), r, done + 1)
@@ -531,15 +517,6 @@ def _save(r: _Run, epoch_done: int, is_best: bool = False, **inside_epoch: Any) 
                          f"{error.strerror or error}; the previous checkpoint is kept") from None
 
 
-def _save_inside_epoch(r: _Run, step: int, meters: EpochMeters) -> None:
-    """The latest checkpoint after ``step`` steps of the epoch, with every rank's generators,
-    partial meters and spike counts (the best checkpoint stays that of a whole epoch)."""
-    ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
-                        "spikes": r.spikes.local()})
-    _save(r, r.epoch, step=step, ranks=ranks)
-    barrier()
-
-
 def _end_epoch(r: _Run, epoch: int, lr: float, train: EpochStats, test: EpochStats) -> None:
     """Best top-1, the epoch's record (history, checkpoints, CSV, summary line)."""
     is_best = r.best_prec1 is None or test.top1 > r.best_prec1
@@ -550,7 +527,7 @@ def _end_epoch(r: _Run, epoch: int, lr: float, train: EpochStats, test: EpochSta
     r.history.append(record.row())
     _save(r, epoch + 1, is_best)
     if r.log is not None:
-        r.log.append(record.row())
+        r.log.append(r.history[-1])
     _say(record.summary(r.settings.epochs, r.best_prec1))
 
 

@@ -13,7 +13,6 @@ import torch
 
 from models import MODELS
 
-__all__ = ["Experiment", "UsageError", "build_parser", "parse_settings", "setting"]
 
 AUTHORS, OURS, STATS = "the authors' flags", "this project's flags", "spike statistics"
 

@@ -7,7 +7,6 @@ through all T steps (BPTT), one SGD step. Cross-entropy of the output is compute
 """
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -21,10 +20,6 @@ from torch.utils.data import DataLoader
 from .distributed import all_reduce
 from .experiment import Experiment
 from .metrics import EpochMeters, EpochProgress, EpochStats
-
-__all__ = ["EvalMonitor", "NonFiniteLoss", "Precision", "adjust_learning_rate", "build_optimizer",
-           "evaluate", "learning_rate", "make_precision", "schedule_state", "spike_loss",
-           "train_one_epoch"]
 
 
 def spike_loss(output: Tensor, target: Tensor) -> Tensor:
@@ -76,9 +71,7 @@ class Precision:
         default_factory=lambda: torch.amp.GradScaler(enabled=False))
 
     def autocast(self) -> AbstractContextManager:
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def describe(self) -> str:
         if self.dtype is None:

@@ -21,9 +21,6 @@ from tqdm import tqdm
 
 from .distributed import all_reduce, is_main_process
 
-__all__ = ["CSV_FIELDS", "AverageMeter", "EpochMeters", "EpochProgress", "EpochRecord",
-           "EpochStats", "MetricsLog", "accuracy", "format_epoch_table", "format_text_table"]
-
 
 @torch.no_grad()
 def accuracy(output: Tensor, target: Tensor, topk: Sequence[int] = (1,)) -> list[float]:
