@@ -78,13 +78,9 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
-    """Seed of epoch ``epoch``'s draws on process ``rank``, independent of all other epochs'.
-
-    Seeding the loader (augmentation) and, separately, the global generators (spikes, dropout)
-    from it at the start of every epoch makes an epoch's draws depend only on (seed, epoch,
-    rank): a run resumed at an epoch boundary draws what the uninterrupted run drew, and DDP
-    ranks draw independently. Inside an epoch, a checkpoint's generator states take over.
-    """
+    """Seed of epoch ``epoch``'s draws on process ``rank``, independent of all other epochs': a
+    run resumed at an epoch boundary draws what the uninterrupted run drew, and DDP ranks draw
+    independently (inside an epoch, a checkpoint's generator states take over)."""
     entropy = [seed, epoch] if rank == 0 else [seed, epoch, rank]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
@@ -139,14 +135,6 @@ class SpikeCounts:
 
     def _count(self, name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self.counts[name] += torch.count_nonzero(output.detach())
-
-    def local(self) -> dict[str, int]:
-        return {name: int(count) for name, count in self.counts.items()}
-
-    def total(self) -> dict[str, int]:
-        """The counts summed over all ranks."""
-        summed = all_reduce([float(c) for c in self.counts.values()], self.device, "sum")
-        return dict(zip(self.counts, map(int, summed)))
 
 
 @dataclass
@@ -204,7 +192,7 @@ class _Run:
             self.after_step(self.epoch, step)
         if request:
             ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
-                                "spikes": self.spikes.local()})
+                                "spikes": {n: int(c) for n, c in self.spikes.counts.items()}})
             _save(self, self.epoch, step=step, ranks=ranks)
             barrier()
             self.last_save = time.monotonic()
@@ -476,7 +464,8 @@ def _check_silence(r: _Run, epoch: int) -> None:
     """A layer that fired in an earlier epoch and emitted nothing in this one has gone silent:
     no gradient passes it any more, so the run stops (``--allow-silent``: warns) before this
     epoch is saved. Layers silent from the start get a warning in the run's first epoch."""
-    counts = r.spikes.total()
+    summed = all_reduce([float(c) for c in r.spikes.counts.values()], r.device, "sum")
+    counts = dict(zip(r.spikes.counts, map(int, summed)))  # over all ranks
     silent = [name for name, count in counts.items() if count == 0]
     gone = [name for name in silent if name in r.fired]
     r.fired |= {name for name, count in counts.items() if count}

@@ -109,13 +109,9 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
     ``encoder`` draws fresh spikes ``[T, B, C, H, W]`` every step and ``model`` its dropout
     masks, both from torch's global generator. A resumed epoch passes the interrupted pass's
     ``meters``, a ``loader`` over the remaining batches and their 1-based ``first_step``.
-    ``control`` (the engine's run) answers ``request()`` before each update (0: nothing to do);
-    the largest request of all ranks goes, after the update, to ``step_done(step, meters,
-    request)``, which may save or end the epoch.
-
-    Raises:
-        NonFiniteLoss: the loss is NaN or infinite on any rank; checked before the update, so
-            the weights are those after the last good step.
+    ``control.request()`` (0: nothing) is read before each update; the largest over all ranks
+    goes to ``control.step_done(step, meters, request)`` after it, which may save or stop.
+    A NaN or infinite loss on any rank raises :class:`NonFiniteLoss` before the update.
     """
     precision = precision or Precision(device.type)
     meters = meters or EpochMeters()

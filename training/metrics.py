@@ -1,9 +1,6 @@
 """What a run measures and shows: top-k accuracy, the sums over one pass, the progress display,
-and the per-epoch record that feeds the CSV, the epoch summary line and the final table.
-
-A new per-epoch metric is one field of :class:`EpochRecord`, plus the line in the engine that
-computes it.
-"""
+and the per-epoch record that feeds the CSV, the epoch summary line and the final table (a new
+metric is one field of :class:`EpochRecord` and the line in the engine that computes it)."""
 from __future__ import annotations
 
 import csv
