@@ -85,15 +85,6 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
 
 
-def set_deterministic() -> None:
-    """``--deterministic``: deterministic cuDNN/cuBLAS kernels, no autotuning; operations without
-    a deterministic kernel warn instead of failing. Call before the first cuBLAS call."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-    torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def build_model(settings: Experiment) -> models.SpikingNetwork:
     """``settings.arch`` for ``settings.dataset``'s image shape and classes."""
     info = DATASETS[settings.dataset]
@@ -247,7 +238,10 @@ def _set_up(settings: Experiment, command: Sequence[str], after_step: AfterStep 
         raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
                          "(refusing to evaluate untrained weights)")
     if settings.deterministic:
-        set_deterministic()
+        # before the first cuBLAS call; operations without a deterministic kernel only warn
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.use_deterministic_algorithms(True, warn_only=True)
     context = init_distributed(resolve_device(settings.device))
     seed_everything(settings.seed)
     model = build_model(settings).to(context.device)
@@ -391,8 +385,7 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
 
 
 def _open_log(r: _Run) -> str:
-    """Rank 0: refuse to overwrite a previous run's outputs, then start the CSV; returns what
-    went wrong, or an empty string."""
+    """Rank 0's part of :func:`_prepare_training`: returns what went wrong, or ``""``."""
     settings = r.settings
     found = [p for p in (r.last, r.best, r.csv_path) if os.path.exists(p)]
     if found and not settings.resume and not settings.overwrite:
@@ -450,8 +443,7 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
         raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
                          f"{_kept(r)} (lower --lr?)") from None
     except Interrupted as interrupt:  # after the bar is closed, so that the line stands alone
-        _say(f"interrupted at epoch {epoch + 1}, step {interrupt.step}; resume with: "
-             f"{_resume_command(r)}")
+        _say_interrupted(r, f"at epoch {epoch + 1}, step {interrupt.step}")
         raise
 
 
@@ -525,13 +517,13 @@ def _stop_if_signalled(r: _Run, epoch: int) -> None:
     so stop here."""
     signum = int(all_reduce([float(r.signum)], r.device, "max")[0])
     if signum and epoch + 1 < r.settings.epochs:
-        _say(f"interrupted after epoch {epoch + 1}; resume with: {_resume_command(r)}")
+        _say_interrupted(r, f"after epoch {epoch + 1}")
         raise Interrupted(signum)
 
 
-def _resume_command(r: _Run) -> str:
-    """The command that started the run, without --resume/--start-epoch/--overwrite, resuming
-    from the latest checkpoint."""
+def _say_interrupted(r: _Run, where: str) -> None:
+    """Where the run stopped, and its command line (without --resume, --start-epoch and
+    --overwrite) resuming from the latest checkpoint."""
     script, *args = r.command
     kept, skip = [], False
     for arg in args:
@@ -541,7 +533,8 @@ def _resume_command(r: _Run) -> str:
             kept.append(arg)
     launcher = (["torchrun", f"--nproc_per_node={r.context.world_size}"] if r.context.enabled
                 else ["python"])
-    return shlex.join([*launcher, script, *kept, "--resume", r.last])
+    _say(f"interrupted {where}; resume with: "
+         f"{shlex.join([*launcher, script, *kept, '--resume', r.last])}")
 
 
 def _finish(r: _Run, test: EpochStats | None) -> None:
