@@ -106,9 +106,8 @@ class EpochProgress:
     def __init__(self, total: int, description: str, print_freq: int = 10,
                  bar_stream: TextIO | None = None, line_stream: TextIO | None = None,
                  done: int = 0) -> None:
-        self.total, self.description, self.print_freq, self.batches = (total, description,
-                                                                       print_freq, done)
-        self.line_stream = line_stream or sys.stdout
+        self.total, self.description, self.print_freq = total, description, print_freq
+        self.batches, self.line_stream = done, line_stream or sys.stdout
         self.loss, self.top1 = AverageMeter("Loss", ":.4f"), AverageMeter("Prec@1", ":6.2f")
         self.start, self.shown = time.perf_counter(), is_main_process()
         bar_stream = bar_stream or sys.stderr
@@ -177,9 +176,11 @@ class EpochRecord:
 
     def summary(self, epochs: int, best: float) -> str:
         """``Epoch 3/10 | lr 0.0085 | train loss ... | test loss ... | ... | best 98.10%``."""
-        parts = [f.metadata["summary"].format(format(getattr(self, f.name), f.metadata["fmt"]),
-                                              epochs=epochs)
-                 for f in fields(self) if f.metadata["summary"]]
+        parts = []
+        for f in fields(self):
+            if f.metadata["summary"]:
+                value = format(getattr(self, f.name), f.metadata["fmt"])
+                parts.append(f.metadata["summary"].format(value, epochs=epochs))
         return " ".join([*parts, f"| best {best:.2f}%"])
 
 
@@ -190,8 +191,9 @@ def format_epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
     """The end-of-run table of ``history`` (CSV rows, e.g. a checkpoint's) in the columns that
     :class:`EpochRecord` marks for it; a column an older checkpoint's history lacks stays empty."""
     def cell(value: Any, fmt: str) -> str:
-        return "" if value in (None, "") else format(int(value) if fmt == "d" else float(value),
-                                                     fmt)
+        if value in (None, ""):
+            return ""
+        return format(int(value) if fmt == "d" else float(value), fmt)
 
     columns = [f for f in fields(EpochRecord) if f.metadata["table"]]
     rows = [[cell(row.get(f.name), f.metadata["fmt"]) for f in columns] for row in history]
