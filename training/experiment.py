@@ -13,7 +13,6 @@ import torch
 
 from models import MODELS
 
-
 AUTHORS, OURS, STATS = "the authors' flags", "this project's flags", "spike statistics"
 
 
