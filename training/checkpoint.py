@@ -1,7 +1,6 @@
 """Checkpoints: the authors' layout plus what an exact resume needs, written atomically, and a
-loader that also reads the authors' released PyTorch 0.3 / Python 2 files.
-
-Layout written here (all ``weights_only``-loadable)::
+loader that also reads the authors' released PyTorch 0.3 / Python 2 files. The layout (all
+``weights_only``-loadable)::
 
     epoch        completed epochs = 0-based index of the next epoch (pytorch/examples convention)
     arch         network name, e.g. "resnet11"
@@ -9,19 +8,15 @@ Layout written here (all ``weights_only``-loadable)::
     best_prec1   best test top-1 so far (percent)
     optimizer    optimizer.state_dict()
     scheduler    learning-rate schedule and its position (training.loop.schedule_state)
-    rng          Python, NumPy, torch CPU and CUDA generator states of rank 0 when written
+    rng          Python, NumPy, torch CPU and CUDA generator states of rank 0
     settings     the run's Experiment as a dict
     history      one dict per finished epoch (the CSV rows)
     fired        hidden layers that have emitted spikes in some epoch (the silence check)
-
-A checkpoint written inside an epoch (at an interrupt, or by --save-every) also has::
-
-    step         training steps done in epoch ``epoch`` (0-based), all of them if only the
-                 epoch's test pass is missing
-    ranks        per process: ``rng`` (generator states after that step), ``meters`` (the
-                 epoch's partial sums, training.loop.EpochMeters.state) and ``spikes`` (the
-                 epoch's partial spike counts per layer); the data order follows from the seed,
-                 the epoch and ``step``
+    scaler       float16's gradient scaler (--amp on GPUs without bfloat16 only)
+    step         inside an epoch only (an interrupt, --save-every): steps done in epoch
+                 ``epoch`` (0-based); the data order follows from the seed, epoch and step
+    ranks        inside an epoch only, per process: ``rng`` (generator states after that
+                 step), ``meters`` (EpochMeters.state) and ``spikes`` (counts per layer so far)
 """
 from __future__ import annotations
 
@@ -29,9 +24,9 @@ import importlib.util
 import io
 import os
 import pickle
+import random
 import re
 import sys
-import random
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -45,13 +40,10 @@ from models import MODELS
 
 from .experiment import Experiment, UsageError
 
-__all__ = ["atomic_save", "capture_rng_state", "checkpoint_paths", "load_checkpoint",
-           "load_weights", "restore_rng_state", "run_tag", "save_checkpoint"]
-
 
 def run_tag(settings: Experiment) -> str:
-    """The output tag: the script's, with ``_synthetic`` appended for ``--synthetic`` runs so a
-    smoke test never overwrites a real run's checkpoints."""
+    """The script's tag, plus ``_synthetic`` for ``--synthetic``: a smoke test never overwrites
+    a real run's checkpoints."""
     return f"{settings.tag}_synthetic" if settings.synthetic else settings.tag
 
 
@@ -66,8 +58,10 @@ def atomic_save(data: bytes, path: str) -> None:
     so ``path`` holds either the old or the new complete file, even after a crash."""
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
+    umask = os.umask(0)  # read by setting it, so set it back at once
+    os.umask(umask)
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide checkpoints from the group
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide checkpoints from the group
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -79,18 +73,9 @@ def atomic_save(data: bytes, path: str) -> None:
         raise
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(state: Mapping[str, Any], is_best: bool, out_dir: str, tag: str) -> list[str]:
-    """Save ``state`` as the latest checkpoint and, if ``is_best``, as the best too.
-
-    Returns:
-        The paths written.
-    """
+    """Save ``state`` as the latest checkpoint and, if ``is_best``, as the best; returns the
+    paths written."""
     os.makedirs(out_dir, exist_ok=True)
     buffer = io.BytesIO()
     torch.save(dict(state), buffer)
@@ -134,7 +119,7 @@ SCRIPTS = {("mnist", "lenet"): "mnist_LeNet.py", ("cifar10", "vgg9"): "cifar10_V
 
 
 def _unreadable(path: str, error: BaseException) -> str:
-    """What the file at ``path`` is, given that ``torch.load`` failed with ``error``."""
+    """What the file at ``path`` is, ``torch.load`` having failed with ``error``."""
     with open(path, "rb") as f:
         head = f.read(len(_LEGACY_MAGIC))
     if not head:
@@ -157,12 +142,6 @@ def _exists(name: str) -> bool:
     return importlib.util.find_spec(name.split(".")[0]) is not None
 
 
-def _strip_prefix(state_dict: Mapping[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    if state_dict and all(k.startswith(prefix) for k in state_dict):
-        return {k[len(prefix):]: v for k, v in state_dict.items()}
-    return dict(state_dict)
-
-
 def _safe_load(path: str) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; Python 2 byte strings decoded as latin1."""
     # torch warns about pickle protocols and, for Python 2 pickles (the authors' release), that
@@ -176,15 +155,9 @@ def _safe_load(path: str) -> Any:
 
 
 def load_checkpoint(path: str) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only=True``) onto the CPU.
-
-    Accepts this project's files, the authors' legacy-serialised Python 2 files (decoded with
-    ``encoding='latin1'``), a ``module.`` prefix from DataParallel (removed), and a bare
-    state_dict (wrapped as ``{'state_dict': ...}``).
-
-    Raises:
-        UsageError: the path is missing or not a readable checkpoint.
-    """
+    """Read a checkpoint safely (``weights_only=True``) onto the CPU: this project's files, the
+    authors' legacy Python 2 files, DataParallel's ``module.`` prefix (removed), a bare
+    state_dict (wrapped as ``{'state_dict': ...}``); anything else is a :class:`UsageError`."""
     if not path or not os.path.isfile(path):
         raise UsageError(f"no checkpoint found at {path!r}")
     try:
@@ -199,7 +172,10 @@ def load_checkpoint(path: str) -> dict[str, Any]:
             checkpoint = {"state_dict": checkpoint}
         else:
             raise UsageError(f"cannot read checkpoint {path}: it has no 'state_dict' entry")
-    checkpoint["state_dict"] = _strip_prefix(checkpoint["state_dict"])
+    weights = checkpoint["state_dict"]
+    if weights and all(k.startswith("module.") for k in weights):
+        weights = {k.removeprefix("module."): v for k, v in weights.items()}
+    checkpoint["state_dict"] = dict(weights)
     return checkpoint
 
 
@@ -219,13 +195,9 @@ def _suggestion(saved_arch: str, saved_dataset: str | None, dataset: str | None)
 
 def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], arch: str, path: str,
                  dataset: str | None = None) -> None:
-    """Load ``checkpoint['state_dict']`` into ``model`` (``arch``, for ``dataset``) strictly.
-
-    Raises:
-        UsageError: the checkpoint names another known architecture (the message suggests the
-            flag or script that fits it), or its keys or shapes do not fit ``model`` (one line
-            naming the first differences).
-    """
+    """Load ``checkpoint['state_dict']`` into ``model`` (``arch``, for ``dataset``) strictly; a
+    checkpoint of another known network (the message suggests what fits it) or with keys or
+    shapes that do not fit is a one-line :class:`UsageError`."""
     saved_arch = str(checkpoint.get("arch", "")).lower()
     if saved_arch in MODELS and saved_arch != arch:
         settings = checkpoint.get("settings")
@@ -238,15 +210,10 @@ def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], arch: str, pat
     wrong = sorted(k for k in set(saved) & set(expected)
                    if tuple(saved[k].shape) != tuple(expected[k].shape))
     if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}")
-        if unexpected:
-            details.append(f"unexpected {', '.join(unexpected[:3])}"
-                           f"{' ...' if len(unexpected) > 3 else ''}")
-        if wrong:
-            k = wrong[0]
-            details.append(f"{k} is {tuple(saved[k].shape)}, expected {tuple(expected[k].shape)}")
+        details = [f"{what} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                   for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        details += [f"{k} is {tuple(saved[k].shape)}, expected {tuple(expected[k].shape)}"
+                    for k in wrong[:1]]
         raise UsageError(f"checkpoint {path} does not fit {arch} at this --width: "
                          f"{'; '.join(details)}")
     model.load_state_dict(saved, strict=True)

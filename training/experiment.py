@@ -1,10 +1,6 @@
-"""An experiment's settings and the command line that follows from them.
-
-Each setting is one field of :class:`Experiment`; a field that has a flag carries its flag names,
-help text and check in its metadata (:func:`setting`), and :func:`build_parser` turns those into
-the command line. A new setting is therefore defined once, here, plus its value in each entry
-script that does not keep the default.
-"""
+"""An experiment's settings and the command line that follows from them: each setting is one
+field of :class:`Experiment`, and a field with a flag carries its flag names, help text and check
+(:func:`setting`), from which :func:`build_parser` makes the command line."""
 from __future__ import annotations
 
 import argparse
@@ -17,39 +13,27 @@ import torch
 
 from models import MODELS
 
-__all__ = ["Experiment", "UsageError", "build_parser", "parse_settings", "setting"]
-
 AUTHORS, OURS, STATS = "the authors' flags", "this project's flags", "spike statistics"
 
 
 class UsageError(Exception):
-    """A problem the user can fix (bad checkpoint path, wrong architecture, missing data).
-
-    The scripts print ``error: <message>`` on one line to stderr and exit with status 2, the
-    status argparse uses for bad arguments, so every user mistake ends the same way.
-    """
+    """A problem the user can fix (bad checkpoint path, wrong architecture, missing data): the
+    scripts print ``error: <message>`` and exit 2, as argparse does for bad arguments."""
 
 
 def setting(default: Any, *flags: str, help: str, group: str = OURS,
             rule: tuple[str, Callable[[Any], bool]] | None = None, what: str = "",
-            show_default: bool = True, only_for: str = "", **argparse_options: Any) -> Any:
-    """A field of :class:`Experiment` with a command-line flag.
+            only_for: str = "", **argparse_options: Any) -> Any:
+    """A field of :class:`Experiment` with the command-line ``flags``.
 
-    Args:
-        default: the field's neutral default (entry scripts set their own values), or
-            ``MISSING`` for a field every script must set.
-        flags: the option strings, e.g. ``"-b", "--batch-size"``.
-        help: the help text; `` (default: ...)`` is appended unless ``show_default`` is False.
-        group: the help section.
-        rule: ``(phrase, predicate)``: values failing ``predicate`` are rejected by the parser
-            with ``<what> must be <phrase>``; the value is converted to the default's type.
-        what: the setting's name in those messages (default: the field name, spaced).
-        only_for: the flag exists only in the script of this data set.
-        argparse_options: passed to ``add_argument`` as they are (``action``, ``choices``,
-            ``type``, ``metavar``).
+    ``default`` is neutral (``MISSING``: every script sets it); ``help`` gets `` (default:
+    ...)`` unless the flag is a switch or the default empty. Values failing ``rule``'s
+    ``(phrase, predicate)`` are rejected with ``<what> must be <phrase>`` (``what``: the field
+    name, spaced). ``only_for``: the flag exists only in that data set's script. The rest goes
+    to ``add_argument`` (``action``, ``choices``, ``type``, ``metavar``).
     """
-    metadata = dict(flags=flags, help=help, group=group, rule=rule, what=what,
-                    show_default=show_default, only_for=only_for, options=argparse_options)
+    metadata = dict(flags=flags, help=help, group=group, rule=rule, what=what, only_for=only_for,
+                    options=argparse_options)
     return field(default=default, metadata=metadata)
 
 
@@ -72,11 +56,9 @@ def _device(text: str) -> str:
 
 @dataclass(frozen=True)
 class Experiment:
-    """Everything one training or evaluation run needs; the command line overrides the fields
-    that have a flag (see each field's help, or ``python mnist_LeNet.py --help``).
-
-    The defaults here are neutral; each entry script (``mnist_LeNet.py`` and friends) sets the
-    values of its published run. Fields without a flag, set only by the scripts:
+    """Everything one training or evaluation run needs. The defaults are neutral; each entry
+    script sets the values of its published run, and the command line overrides the fields that
+    have a flag (``python mnist_LeNet.py --help``). Fields without a flag:
 
     Attributes:
         tag: names the outputs: ``checkpointT1_<tag>.pth.tar``, ``model_bestT1_<tag>.pth.tar``,
@@ -100,14 +82,13 @@ class Experiment:
     epochs: int = setting(1, "--epochs", group=AUTHORS, rule=_AT_LEAST_1,
                           help="total number of epochs")
     start_epoch: int | None = setting(
-        None, "--start-epoch", group=AUTHORS, rule=_AT_LEAST_0, show_default=False, type=int,
+        None, "--start-epoch", group=AUTHORS, rule=_AT_LEAST_0, type=int,
         help="epoch index to start at (default: 0, or the resumed checkpoint's)")
     batch_size: int = setting(64, "-b", "--batch-size", group=AUTHORS, rule=_AT_LEAST_1,
                               help="global training mini-batch size, split evenly over "
                                    "torchrun's processes")
     lr: float = setting(0.1, "--lr", "--learning-rate", group=AUTHORS, rule=_POSITIVE,
-                        what="learning rate",
-                        help="initial learning rate")
+                        what="learning rate", help="initial learning rate")
     momentum: float = setting(0.0, "--momentum", group=AUTHORS, rule=_AT_LEAST_0,
                               help="SGD momentum (the authors' scripts parsed it but never "
                                    "used it)")
@@ -117,11 +98,10 @@ class Experiment:
                               what="print frequency",
                               help="batches between progress lines when output is not a "
                                    "terminal")
-    resume: str = setting("", "--resume", group=AUTHORS, metavar="PATH", show_default=False,
+    resume: str = setting("", "--resume", group=AUTHORS, metavar="PATH",
                           help="checkpoint to continue from (ours, also one written mid-epoch "
                                "at an interrupt, or the authors' released files)")
     evaluate: bool = setting(False, "-e", "--evaluate", group=AUTHORS, action="store_true",
-                             show_default=False,
                              help="only evaluate the --resume checkpoint on the test set")
 
     time_steps: int = setting(100, "-T", "--time-steps", rule=_AT_LEAST_1,
@@ -143,8 +123,7 @@ class Experiment:
     horizontal_flip: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    svhn_extra: bool = setting(False, "--svhn-extra", action="store_true", show_default=False,
-                               only_for="svhn",
+    svhn_extra: bool = setting(False, "--svhn-extra", action="store_true", only_for="svhn",
                                help="train on SVHN train + extra (604k images)")
     seed: int = setting(1, "--seed", rule=_AT_LEAST_0,
                         help="seed of all random draws (data order, dropout, spikes)")
@@ -152,10 +131,10 @@ class Experiment:
                             help="dataset directory (torchvision layout)")
     out_dir: str = setting("runs", "--out-dir", metavar="DIR",
                            help="where checkpoints and the metrics CSV are written")
-    overwrite: bool = setting(False, "--overwrite", action="store_true", show_default=False,
+    overwrite: bool = setting(False, "--overwrite", action="store_true",
                               help="start over even if --out-dir holds this run's checkpoints "
                                    "or CSV (they are replaced); without it such a run stops")
-    download: bool = setting(True, "--no-download", action="store_false", show_default=False,
+    download: bool = setting(True, "--no-download", action="store_false",
                              help="never download; stop with instructions if the data is "
                                   "missing")
     device: str = setting("auto", "--device", type=_device,
@@ -163,12 +142,12 @@ class Experiment:
     train_subset: int = setting(0, "--train-subset", metavar="N", rule=_AT_LEAST_0,
                                 help="train on N images drawn once from --seed (0 = all); the "
                                      "test set stays whole")
-    synthetic: bool = setting(False, "--synthetic", action="store_true", show_default=False,
+    synthetic: bool = setting(False, "--synthetic", action="store_true",
                               help="train on a small deterministic in-memory data set (no files "
                                    "needed)")
     synthetic_size: int = setting(400, "--synthetic-size", rule=_AT_LEAST_1,
                                   help="training images of --synthetic (test: a quarter as many)")
-    amp: bool = setting(False, "--amp", action="store_true", show_default=False,
+    amp: bool = setting(False, "--amp", action="store_true",
                         help="mixed precision: convolutions and linear layers in bfloat16 "
                              "(float16 with a grad scaler on GPUs without bf16), spiking scans "
                              "in float32; also runs (bf16) on the CPU")
@@ -177,18 +156,16 @@ class Experiment:
                                    "worth on the CPU (128 for LeNet), all T on a GPU (speed and "
                                    "memory only: the results are the same)")
     deterministic: bool = setting(False, "--deterministic", action="store_true",
-                                  show_default=False,
                                   help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
     save_every: float = setting(0.0, "--save-every", metavar="MINUTES", rule=_AT_LEAST_0,
                                 what="--save-every",
                                 help="also write a mid-epoch checkpoint every MINUTES of "
                                      "training (0 = only at epoch ends and on SIGINT/SIGTERM)")
     allow_silent: bool = setting(False, "--allow-silent", action="store_true",
-                                 show_default=False,
                                  help="only warn, instead of stopping, when a layer that fired "
                                       "before emits no spike for a whole training epoch")
 
-    stats: bool = setting(False, "--stats", group=STATS, action="store_true", show_default=False,
+    stats: bool = setting(False, "--stats", group=STATS, action="store_true",
                           help="count spikes and synaptic operations per layer in the test pass "
                                "(with --evaluate, else the last epoch's); print a table, write "
                                "spike_stats_<tag>.json and .png to --out-dir")
@@ -199,13 +176,12 @@ class Experiment:
     ac_energy: float = setting(0.9, "--ac-energy", group=STATS, metavar="PJ", rule=_POSITIVE,
                                what="AC energy", help="pJ per accumulate (addition) (same source)")
     raster_layer: str = setting("", "--raster-layer", group=STATS, metavar="NAME",
-                                show_default=False,
                                 help="spiking layer whose spikes of the first test image "
                                      "--stats draws (input, lif1, pool1, ...; default: the "
                                      "first hidden layer)")
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain, ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
+        """A ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
         return asdict(self)
 
 
@@ -240,7 +216,8 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
             kind = options.pop("type", type(f.default))
             what = meta["what"] or f.name.replace("_", " ")
             options["type"] = _checked(kind, what, meta["rule"])
-        text = meta["help"] + (" (default: %(default)s)" if meta["show_default"] else "")
+        quiet = "action" in options or f.default in (None, "")  # a switch, or nothing to show
+        text = meta["help"] + ("" if quiet else " (default: %(default)s)")
         groups[meta["group"]].add_argument(*meta["flags"], dest=f.name,
                                            default=getattr(defaults, f.name), help=text,
                                            **options)
@@ -249,11 +226,9 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
 
 def parse_settings(defaults: Experiment, argv: Sequence[str] | None = None,
                    description: str | None = None) -> Experiment:
-    """Apply the command line ``argv`` (``sys.argv[1:]`` if None) to ``defaults``.
-
-    Choosing another architecture with ``-a`` renames the outputs to ``<dataset>_<arch>`` so
-    they never overwrite the script's own checkpoints.
-    """
+    """``defaults`` with the command line ``argv`` (``sys.argv[1:]`` if None) applied; another
+    architecture (``-a``) renames the outputs ``<dataset>_<arch>``, so that they never overwrite
+    the script's own."""
     args = build_parser(defaults, description).parse_args(argv)
     settings = replace(defaults, **vars(args))
     if settings.arch != defaults.arch:

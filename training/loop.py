@@ -7,11 +7,9 @@ through all T steps (BPTT), one SGD step. Cross-entropy of the output is compute
 """
 from __future__ import annotations
 
-import contextlib
-import time
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -19,25 +17,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from .distributed import all_reduce_max, all_reduce_sum
+from .distributed import all_reduce
 from .experiment import Experiment
-from .metrics import AverageMeter, EpochProgress, accuracy
-
-__all__ = ["EpochMeters", "EpochStats", "EvalMonitor", "NonFiniteLoss", "Precision",
-           "StepControl", "adjust_learning_rate", "build_optimizer", "evaluate", "learning_rate",
-           "make_precision", "schedule_state", "spike_loss", "train_one_epoch"]
+from .metrics import EpochMeters, EpochProgress, EpochStats
 
 
 def spike_loss(output: Tensor, target: Tensor) -> Tensor:
-    """The authors' loss: ``sum((output - onehot(target))^2)`` over batch and classes.
-
-    Args:
-        output: ``[B, K]`` network output.
-        target: ``[B]`` labels.
-    """
+    """The authors' loss: ``sum((output - onehot(target))^2)`` over the batch and classes of
+    ``output`` ``[B, K]`` and labels ``target`` ``[B]``."""
     output = output.float()  # under autocast the output layer may be bf16/fp16; sum in float32
-    onehot = F.one_hot(target, output.shape[1]).to(output.dtype)
-    return F.mse_loss(output, onehot, reduction="sum")
+    return F.mse_loss(output, F.one_hot(target, output.shape[1]).to(output.dtype), reduction="sum")
 
 
 def build_optimizer(model: nn.Module, settings: Experiment) -> torch.optim.SGD:
@@ -47,11 +36,9 @@ def build_optimizer(model: nn.Module, settings: Experiment) -> torch.optim.SGD:
 
 
 def learning_rate(epoch: int, base_lr: float, milestones: Sequence[int], gamma: float) -> float:
-    """The rate for 0-based ``epoch``: ``base_lr * gamma ** (milestones reached)``.
-
-    A pure function of the epoch (like MultiStepLR's closed form), so a resumed run gets exactly
-    the rate an uninterrupted one had.
-    """
+    """The rate of 0-based ``epoch``: ``base_lr * gamma ** (milestones reached)``, a pure function
+    of the epoch (MultiStepLR's closed form), so a resumed run gets the rate an uninterrupted
+    one had."""
     return base_lr * gamma ** sum(1 for m in milestones if epoch >= m)
 
 
@@ -75,24 +62,22 @@ def schedule_state(settings: Experiment, next_epoch: int) -> dict[str, Any]:
 
 @dataclass
 class Precision:
-    """How the forward pass runs: ``dtype`` of autocast (``None`` = full float32) on
-    ``device_type``, and the float16 gradient ``scaler`` if one is needed."""
+    """How the forward pass runs: autocast to ``dtype`` (``None``: float32) on ``device_type``;
+    ``scaler`` is float16's gradient scaler, or a disabled one that passes everything through."""
 
     device_type: str
     dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = None
+    scaler: torch.amp.GradScaler = field(
+        default_factory=lambda: torch.amp.GradScaler(enabled=False))
 
     def autocast(self) -> AbstractContextManager:
-        """The context the forward pass and loss run in."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def describe(self) -> str:
         if self.dtype is None:
             return "float32"
-        name = str(self.dtype).removeprefix("torch.")
-        return f"amp {name}" + (" with grad scaler" if self.scaler is not None else "")
+        scaled = " with grad scaler" if self.scaler.is_enabled() else ""
+        return f"amp {str(self.dtype).removeprefix('torch.')}{scaled}"
 
 
 def make_precision(amp: bool, device: torch.device) -> Precision:
@@ -114,111 +99,39 @@ class NonFiniteLoss(ArithmeticError):
         self.step, self.value = step, value
 
 
-@dataclass(frozen=True)
-class EpochStats:
-    """Averages over one pass. ``loss`` is the summed-MSE loss per sample; ``top1``/``top5`` in
-    percent; ``samples_per_s`` counts images (each presented for T steps)."""
-
-    loss: float
-    cross_entropy: float
-    top1: float
-    top5: float
-    samples: int
-    seconds: float
-
-    @property
-    def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
-
-
-class EpochMeters:
-    """This process's sums over a pass; ``state`` (from :meth:`state`) continues a pass that a
-    mid-epoch checkpoint interrupted."""
-
-    def __init__(self, state: Sequence[float] | None = None) -> None:
-        self.loss, self.ce = AverageMeter("loss"), AverageMeter("ce")
-        self.top1, self.top5 = AverageMeter("top1"), AverageMeter("top5")
-        *sums, count, seconds = state or (0.0,) * 6
-        for meter, total in zip(self._meters, sums):
-            meter.sum, meter.count = total, int(count)
-        self.start = time.perf_counter() - seconds
-
-    @property
-    def _meters(self) -> tuple[AverageMeter, ...]:
-        return self.loss, self.ce, self.top1, self.top5
-
-    def state(self) -> list[float]:
-        """The four sums, the image count and the seconds so far."""
-        return [m.sum for m in self._meters] + [self.loss.count,
-                                                time.perf_counter() - self.start]
-
-    def update(self, output: Tensor, target: Tensor, loss: Tensor) -> tuple[float, float]:
-        n = target.shape[0]
-        top1, top5 = accuracy(output, target, (1, 5))
-        loss_per_image = loss.item() / n
-        self.loss.update(loss_per_image, n)
-        self.ce.update(F.cross_entropy(output.detach().float(), target).item(), n)
-        self.top1.update(top1, n)
-        self.top5.update(top5, n)
-        return loss_per_image, top1
-
-    def stats(self, device: torch.device) -> EpochStats:
-        """Sample-weighted averages over all ranks (this process's alone when not distributed)."""
-        *sums, count = all_reduce_sum([m.sum for m in self._meters] + [self.loss.count], device)
-        averages = [s / count if count else 0.0 for s in sums]
-        return EpochStats(*averages, int(count), time.perf_counter() - self.start)
-
-
-class StepControl(Protocol):
-    """What :func:`train_one_epoch` asks between steps (the engine's interrupts and checkpoints).
-
-    ``request()``: this process's pending request (0 = none; the engine's codes otherwise),
-    read before each update; the largest over all ranks is passed, after the update, to
-    ``step_done(step, meters, request)``, which may save, or raise to end the epoch.
-    """
-
-    def request(self) -> int: ...
-
-    def step_done(self, step: int, meters: EpochMeters, request: int) -> None: ...
-
-
 def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     progress: EpochProgress | None = None, world_size: int = 1,
                     precision: Precision | None = None, meters: EpochMeters | None = None,
-                    control: StepControl | None = None, first_step: int = 1) -> EpochStats:
+                    control: Any = None, first_step: int = 1) -> EpochStats:
     """One pass of spike-based BPTT over ``loader`` (images ``[B, C, H, W]``, labels ``[B]``).
 
-    ``encoder`` maps images to spikes ``[T, B, C, H, W]`` (fresh draws every step; dropout masks
-    are drawn inside ``model``, both from torch's global generator). A resumed epoch passes the
-    interrupted pass's ``meters``, a ``loader`` over the remaining batches and their 1-based
-    ``first_step``.
-
-    Under DistributedDataParallel (``world_size`` processes, ``model`` wrapped) each rank's loss
-    is multiplied by ``world_size`` before the backward: DDP averages the ranks' gradients, and
-    the average of ``world_size * (sum over this rank's samples)`` is the gradient of the
-    authors' sum over the whole global batch.
-
-    Raises:
-        NonFiniteLoss: the loss is NaN or infinite on any rank; checked before the update, so
-            the weights are those after the last good step.
+    ``encoder`` draws fresh spikes ``[T, B, C, H, W]`` every step and ``model`` its dropout
+    masks, both from torch's global generator. A resumed epoch passes the interrupted pass's
+    ``meters``, a ``loader`` over the remaining batches and their 1-based ``first_step``.
+    ``control.request()`` (0: nothing) is read before each update; the largest over all ranks
+    goes to ``control.step_done(step, meters, request)`` after it, which may save or stop.
+    A NaN or infinite loss on any rank raises :class:`NonFiniteLoss` before the update.
     """
     precision = precision or Precision(device.type)
-    model.train()
     meters = meters or EpochMeters()
-    for step, (images, target) in enumerate(loader, first_step):
-        images = images.to(device, non_blocking=True)
-        target = target.to(device, non_blocking=True)
+    model.train()
+    for step, batch in enumerate(loader, first_step):
+        images, target = (t.to(device, non_blocking=True) for t in batch)
         with precision.autocast():
             output = model(encoder(images))
             loss = spike_loss(output, target)
         # one collective per step: any rank's non-finite loss, and the largest request
-        bad, request = all_reduce_max([float(not torch.isfinite(loss).item()),
-                                       float(control.request() if control else 0)], device)
+        bad, request = all_reduce([float(not torch.isfinite(loss).item()),
+                                   float(control.request() if control else 0)], device, "max")
         if bad:
             raise NonFiniteLoss(step, loss.item())
         optimizer.zero_grad(set_to_none=True)
-        _backward_and_step(loss * world_size if world_size > 1 else loss, optimizer, precision)
+        # DDP averages the ranks' gradients: the average of world_size * (this rank's sum) is
+        # the gradient of the authors' sum over the whole global batch
+        precision.scaler.scale(loss * world_size).backward()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
         batch_loss, batch_top1 = meters.update(output, target, loss)
         if progress is not None:
             progress.update(target.shape[0], batch_loss, batch_top1)
@@ -227,24 +140,10 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
     return meters.stats(device)
 
 
-def _backward_and_step(loss: Tensor, optimizer: torch.optim.Optimizer,
-                       precision: Precision) -> None:
-    if precision.scaler is None:
-        loss.backward()
-        optimizer.step()
-        return
-    precision.scaler.scale(loss).backward()
-    precision.scaler.step(optimizer)
-    precision.scaler.update()
-
-
 class EvalMonitor(Protocol):
-    """What :func:`evaluate` calls on an optional monitor (e.g. spike statistics).
-
-    ``attach(model)`` before the first batch (register forward hooks there), ``observe(output,
-    target)`` after every batch with the ``[B, K]`` output and ``[B]`` labels, ``detach()``
-    after the pass, also when it fails.
-    """
+    """What :func:`evaluate` calls on its optional monitor (e.g. spike statistics):
+    ``attach(model)`` before the first batch, ``observe(output, target)`` after each with the
+    ``[B, K]`` output and ``[B]`` labels, ``detach()`` after the pass, also when it fails."""
 
     def attach(self, model: nn.Module) -> None: ...
 
@@ -255,35 +154,22 @@ class EvalMonitor(Protocol):
 
 @torch.no_grad()
 def evaluate(model: nn.Module, encoder: nn.Module, loader: DataLoader, device: torch.device,
-             monitor: EvalMonitor | None = None,
-             progress: EpochProgress | None = None,
+             monitor: EvalMonitor | None = None, progress: EpochProgress | None = None,
              precision: Precision | None = None) -> EpochStats:
     """Test ``model`` on ``loader`` without dropout; nothing is learned.
 
     Give ``encoder`` its own seeded generator (as the engine does) for an accuracy that is
-    reproducible for the same weights, data and device.
-
-    Args:
-        model: maps spikes ``[T, B, C, H, W]`` to output ``[B, K]``.
-        encoder: maps images ``[B, C, H, W]`` to spikes ``[T, B, C, H, W]``.
-        loader: yields images ``[B, C, H, W]`` and labels ``[B]``.
-        device: where the batches go.
-        monitor: optional :class:`EvalMonitor`, e.g. to count spikes per layer.
-        progress: optional progress display.
-        precision: optional autocast (``--amp``).
-
-    Under DDP give each rank its share of the test set; the returned averages are over all
-    ranks' images.
+    reproducible for the same weights, data and device. Under DDP give each rank its share of
+    the test set; the averages are over all ranks' images.
     """
     precision = precision or Precision(device.type)
-    model.eval()
     meters = EpochMeters()
+    model.eval()
     if monitor is not None:
         monitor.attach(model)
     try:
-        for images, target in loader:
-            images = images.to(device, non_blocking=True)
-            target = target.to(device, non_blocking=True)
+        for batch in loader:
+            images, target = (t.to(device, non_blocking=True) for t in batch)
             with precision.autocast():
                 output = model(encoder(images))
             batch_loss, batch_top1 = meters.update(output, target, spike_loss(output, target))

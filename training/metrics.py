@@ -1,9 +1,6 @@
-"""What a run measures and shows: top-k accuracy, running averages, the progress display, and the
-per-epoch record that feeds the CSV, the epoch summary line and the final table.
-
-A new per-epoch metric is one field of :class:`EpochRecord` (with its label and format), plus
-the line that computes it in the engine.
-"""
+"""What a run measures and shows: top-k accuracy, the sums over one pass, the progress display,
+and the per-epoch record that feeds the CSV, the epoch summary line and the final table (a new
+metric is one field of :class:`EpochRecord` and the line in the engine that computes it)."""
 from __future__ import annotations
 
 import csv
@@ -15,43 +12,31 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TextIO
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-__all__ = ["CSV_FIELDS", "AverageMeter", "EpochProgress", "EpochRecord", "MetricsLog",
-           "ProgressMeter", "accuracy", "format_epoch_table", "format_text_table"]
+from .distributed import all_reduce, is_main_process
 
 
+@torch.no_grad()
 def accuracy(output: Tensor, target: Tensor, topk: Sequence[int] = (1,)) -> list[float]:
-    """Percentage of ``target`` labels among the top-k entries of ``output`` for each k.
-
-    Args:
-        output: ``[B, K]`` network outputs (any monotone score).
-        target: ``[B]`` labels.
-        topk: the k values; each is capped at K.
-
-    Returns:
-        One percentage (0..100) per k.
-    """
-    with torch.no_grad():
-        maxk = min(max(topk), output.shape[1])
-        top = output.topk(maxk, dim=1).indices
-        hits = top.eq(target[:, None])
-        return [hits[:, :min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
+    """Percentage of ``target`` labels ``[B]`` among the top-k entries of ``output`` ``[B, K]``
+    for each k (k above K counts as K)."""
+    maxk = min(max(topk), output.shape[1])
+    hits = output.topk(maxk, dim=1).indices.eq(target[:, None])
+    return [hits[:, :min(k, maxk)].any(dim=1).float().mean().item() * 100.0 for k in topk]
 
 
 class AverageMeter:
     """Current value and running, sample-weighted average of one quantity."""
 
     def __init__(self, name: str, fmt: str = ":f") -> None:
-        self.name = name
-        self.fmt = fmt
+        self.name, self.fmt = name, fmt
         self.reset()
 
     def reset(self) -> None:
-        self.val = 0.0
-        self.avg = 0.0
-        self.sum = 0.0
+        self.val = self.avg = self.sum = 0.0
         self.count = 0
 
     def update(self, val: float, n: int = 1) -> None:
@@ -64,77 +49,102 @@ class AverageMeter:
         return ("{name} {val" + self.fmt + "} ({avg" + self.fmt + "})").format(**self.__dict__)
 
 
-class ProgressMeter:
-    """Formats ``prefix [batch/total] meter meter ...`` lines."""
+@dataclass(frozen=True)
+class EpochStats:
+    """Averages over one pass: ``loss`` is the summed-MSE loss per image, ``cross_entropy`` that
+    of the output (logged only), ``top1``/``top5`` in percent."""
 
-    def __init__(self, num_batches: int, meters: Sequence[AverageMeter], prefix: str = "") -> None:
-        digits = len(str(num_batches))
-        self.batch_fmt = "[{:" + str(digits) + "d}/" + str(num_batches) + "]"
-        self.meters = meters
-        self.prefix = prefix
+    loss: float
+    cross_entropy: float
+    top1: float
+    top5: float
+    samples: int
+    seconds: float
 
-    def line(self, batch: int) -> str:
-        """The progress line after ``batch`` batches (1-based)."""
-        return "  ".join([self.prefix + self.batch_fmt.format(batch), *map(str, self.meters)])
+    @property
+    def samples_per_s(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+class EpochMeters:
+    """This process's sample-weighted sums over a pass (loss, CE, top-1, top-5), image count and
+    seconds; ``state`` (from :meth:`state`) continues a pass a mid-epoch checkpoint interrupted."""
+
+    def __init__(self, state: Sequence[float] | None = None) -> None:
+        *self.sums, self.count, seconds = state or (0.0,) * 6
+        self.start = time.perf_counter() - seconds
+
+    def state(self) -> list[float]:
+        return [*self.sums, self.count, time.perf_counter() - self.start]
+
+    def update(self, output: Tensor, target: Tensor, loss: Tensor) -> tuple[float, float]:
+        """Add one batch; returns its loss per image and top-1."""
+        n = target.shape[0]
+        top1, top5 = accuracy(output, target, (1, 5))
+        values = [loss.item() / n, F.cross_entropy(output.detach().float(), target).item(),
+                  top1, top5]
+        self.sums = [total + value * n for total, value in zip(self.sums, values)]
+        self.count += n
+        return values[0], top1
+
+    def stats(self, device: torch.device) -> EpochStats:
+        """Sample-weighted averages over all ranks (this process's alone when not distributed)."""
+        *sums, count = all_reduce([*self.sums, self.count], device, "sum")
+        averages = [total / count if count else 0.0 for total in sums]
+        return EpochStats(*averages, int(count), time.perf_counter() - self.start)
 
 
 class EpochProgress:
-    """Shows loss, top-1 and throughput while one pass over a loader runs.
+    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only.
 
-    On a terminal (``bar_stream`` is a TTY) it draws a tqdm bar on ``bar_stream``; otherwise, as
-    in a log file or under a batch scheduler, it writes a plain line to ``line_stream`` every
-    ``print_freq`` batches and after the last one, so logs carry no carriage-return clutter.
-    ``done`` batches were run before (a resumed epoch) and count towards ``total``.
+    On a terminal (``bar_stream`` a TTY) a tqdm bar; otherwise (a log file, a batch scheduler) a
+    plain line on ``line_stream`` every ``print_freq`` batches and after the last, so that logs
+    carry no carriage-return clutter. ``done`` batches ran before (a resumed epoch) and count
+    towards ``total``.
     """
 
     def __init__(self, total: int, description: str, print_freq: int = 10,
                  bar_stream: TextIO | None = None, line_stream: TextIO | None = None,
                  done: int = 0) -> None:
-        self.bar_stream = bar_stream or sys.stderr
-        self.line_stream = line_stream or sys.stdout
-        self.total = total
-        self.print_freq = print_freq
-        self.loss = AverageMeter("Loss", ":.4f")
-        self.top1 = AverageMeter("Prec@1", ":6.2f")
-        self.meter = ProgressMeter(total, [self.loss, self.top1], prefix=f"{description} ")
-        self.samples = 0
-        self.batches = done
-        self.start = time.perf_counter()
+        self.total, self.description, self.print_freq = total, description, print_freq
+        self.batches, self.line_stream = done, line_stream or sys.stdout
+        self.loss, self.top1 = AverageMeter("Loss", ":.4f"), AverageMeter("Prec@1", ":6.2f")
+        self.start, self.shown = time.perf_counter(), is_main_process()
+        bar_stream = bar_stream or sys.stderr
         self.bar = (tqdm(total=total, initial=done, desc=description, unit="batch",
-                         file=self.bar_stream, dynamic_ncols=True, leave=False)
-                    if _isatty(self.bar_stream) else None)
+                         file=bar_stream, dynamic_ncols=True, leave=False)
+                    if self.shown and bar_stream.isatty() else None)
 
     def update(self, batch_size: int, loss: float, top1: float) -> None:
-        """Record one finished batch (``loss`` per sample, ``top1`` in percent)."""
+        """One finished batch: its ``loss`` per image and ``top1`` in percent."""
         self.loss.update(loss, batch_size)
         self.top1.update(top1, batch_size)
-        self.samples += batch_size
         self.batches += 1
-        rate = self.samples / max(time.perf_counter() - self.start, 1e-9)
+        rate = self.loss.count / max(time.perf_counter() - self.start, 1e-9)
         if self.bar is not None:
             self.bar.set_postfix({"loss": f"{self.loss.avg:.4f}", "top1": f"{self.top1.avg:.2f}",
                                   "samples/s": f"{rate:.1f}"}, refresh=False)
             self.bar.update(1)
-        elif self.batches % self.print_freq == 0 or self.batches == self.total:
-            print(f"{self.meter.line(self.batches)}  {rate:.1f} samples/s",
-                  file=self.line_stream, flush=True)
+        elif self.shown and (self.batches % self.print_freq == 0 or self.batches == self.total):
+            print(f"{self.description} [{self.batches:{len(str(self.total))}d}/{self.total}]  "
+                  f"{self.loss}  {self.top1}  {rate:.1f} samples/s", file=self.line_stream,
+                  flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
+    def __enter__(self) -> EpochProgress:
+        return self
 
-def _isatty(stream: TextIO) -> bool:
-    return bool(getattr(stream, "isatty", None)) and stream.isatty()
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _metric(label: str, fmt: str = ".4f", unit: str = "", table: str = "", section: str = "",
-            summary: bool = True) -> Any:
-    """A field of :class:`EpochRecord`: its ``label`` and ``fmt``/``unit`` in the summary line
-    (shown unless ``summary`` is False; consecutive fields of one ``section`` share a part of
-    the line), its column header in the final table (``table``; empty = not in the table)."""
-    return field(metadata=dict(label=label, fmt=fmt, unit=unit, table=table, section=section,
-                               summary=summary))
+def _metric(summary: str, fmt: str = ".4f", table: str = "") -> Any:
+    """A field of :class:`EpochRecord`: its part of the summary line (``{}`` takes the value in
+    ``fmt``; empty: not shown) and its column header in the final table (empty: not shown)."""
+    return field(metadata=dict(summary=summary, fmt=fmt, table=table))
 
 
 @dataclass(frozen=True)
@@ -145,18 +155,18 @@ class EpochRecord:
     accuracies in percent, ``epoch`` numbered from 1.
     """
 
-    epoch: int = _metric("Epoch", "d", table="epoch")
-    lr: float = _metric("lr", ".3g", table="lr")
-    train_loss: float = _metric("loss", section="train", table="train loss")
-    train_ce: float = _metric("CE", section="train")
-    train_top1: float = _metric("top-1", ".2f", "%", section="train", table="train top-1")
-    train_top5: float = _metric("top-5", ".2f", "%", section="train", summary=False)
-    test_loss: float = _metric("loss", section="test", table="test loss")
-    test_ce: float = _metric("CE", section="test")
-    test_top1: float = _metric("top-1", ".2f", "%", section="test", table="test top-1")
-    test_top5: float = _metric("top-5", ".2f", "%", section="test", table="test top-5")
-    train_samples_per_s: float = _metric("", ".1f", " samples/s")
-    epoch_seconds: float = _metric("", ".1f", " s", table="seconds")
+    epoch: int = _metric("Epoch {}/{epochs}", "d", "epoch")
+    lr: float = _metric("| lr {}", ".3g", "lr")
+    train_loss: float = _metric("| train loss {}", table="train loss")
+    train_ce: float = _metric("CE {}")
+    train_top1: float = _metric("top-1 {}%", ".2f", "train top-1")
+    train_top5: float = _metric("", ".2f")
+    test_loss: float = _metric("| test loss {}", table="test loss")
+    test_ce: float = _metric("CE {}")
+    test_top1: float = _metric("top-1 {}%", ".2f", "test top-1")
+    test_top5: float = _metric("top-5 {}%", ".2f", "test top-5")
+    train_samples_per_s: float = _metric("| {} samples/s", ".1f")
+    epoch_seconds: float = _metric("| {} s", ".1f", "seconds")
 
     def row(self) -> dict[str, Any]:
         """The CSV row (and checkpoint history entry): floats to 6 significant digits, so the
@@ -166,22 +176,12 @@ class EpochRecord:
 
     def summary(self, epochs: int, best: float) -> str:
         """``Epoch 3/10 | lr 0.0085 | train loss ... | test loss ... | ... | best 98.10%``."""
-        parts, section = [], None
+        parts = []
         for f in fields(self):
-            meta, value = f.metadata, getattr(self, f.name)
-            if not meta["summary"]:
-                continue
-            text = f"{value:{meta['fmt']}}{meta['unit']}"
-            if f.name == "epoch":
-                text += f"/{epochs}"
-            prefix = meta["section"] or None
-            item = " ".join(filter(None, (meta["label"], text)))
-            if prefix is not None and prefix == section:
-                parts[-1] += f" {item}"
-            else:
-                parts.append(" ".join(filter(None, (prefix, item))))
-            section = prefix
-        return " | ".join([*parts, f"best {best:.2f}%"])
+            if f.metadata["summary"]:
+                value = format(getattr(self, f.name), f.metadata["fmt"])
+                parts.append(f.metadata["summary"].format(value, epochs=epochs))
+        return " ".join([*parts, f"| best {best:.2f}%"])
 
 
 CSV_FIELDS = tuple(f.name for f in fields(EpochRecord))
@@ -189,16 +189,15 @@ CSV_FIELDS = tuple(f.name for f in fields(EpochRecord))
 
 def format_epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
     """The end-of-run table of ``history`` (CSV rows, e.g. a checkpoint's) in the columns that
-    :class:`EpochRecord` marks for it."""
+    :class:`EpochRecord` marks for it; a column an older checkpoint's history lacks stays empty."""
+    def cell(value: Any, fmt: str) -> str:
+        if value in (None, ""):
+            return ""
+        return format(int(value) if fmt == "d" else float(value), fmt)
+
     columns = [f for f in fields(EpochRecord) if f.metadata["table"]]
-    rows = [[_cell(row.get(f.name), f.metadata["fmt"]) for f in columns] for row in history]
+    rows = [[cell(row.get(f.name), f.metadata["fmt"]) for f in columns] for row in history]
     return format_text_table([f.metadata["table"] for f in columns], rows)
-
-
-def _cell(value: Any, fmt: str) -> str:
-    if value is None or value == "":  # a column an older checkpoint's history lacks
-        return ""
-    return str(int(value)) if fmt == "d" else f"{float(value):{fmt}}"
 
 
 def format_text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -212,15 +211,11 @@ def format_text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
 
 
 class MetricsLog:
-    """Per-epoch metrics as CSV rows (``CSV_FIELDS``, epoch numbered from 1).
-
-    On resume the file is rewritten with only the rows before ``first_epoch``, so epochs redone
-    after a crash appear once.
-    """
+    """Per-epoch CSV rows (``CSV_FIELDS``). On resume the file is rewritten with only the rows
+    before ``first_epoch``, so epochs redone after a crash appear once."""
 
     def __init__(self, path: str, first_epoch: int) -> None:
-        self.path = path
-        kept: list[dict[str, str]] = []
+        self.path, kept = path, []
         if first_epoch > 0 and os.path.exists(path):
             with open(path, newline="") as f:
                 kept = [row for row in csv.DictReader(f) if int(row["epoch"]) <= first_epoch]
