@@ -113,8 +113,9 @@ def lif_scan(current: Tensor, threshold: float, leak: float, *, membrane: Tensor
     """Run leaky integrate-and-fire neurons over time; return the spike train.
 
     Per step: ``u_t = m_{t-1} + I_t``; spike where ``u_t > threshold`` (strict); hard reset to 0
-    where it spiked; ``m_t = leak * r_t``. Contiguous float32/float64 CPU tensors go through the
-    fused kernel of :mod:`spiking.cpu_kernels` (same bits), others through a PyTorch loop.
+    where it spiked; ``m_t = leak * r_t``. Where :mod:`spiking.backend` chooses ``cpu`` or
+    ``triton``, contiguous float32/float64 tensors go through that backend's fused kernel (same
+    bits); otherwise through a PyTorch loop.
 
     Args:
         current: input currents ``[T, B, ...]``.
@@ -202,8 +203,9 @@ def spike_gradient_scan(grad_spikes: Tensor, spikes: Tensor, scale: Tensor | flo
     Going backwards in time from ``delta_T = carry`` (0 at the end of the sequence):
     ``delta_t = scale * g_t`` where the neuron spiked, else ``delta_{t+1}``. The leak is
     straight-through and the reset cuts the path, so the current at step t is credited with the
-    gradient of that neuron's next spike. Contiguous float32/float64 CPU tensors go through the
-    fused kernel of :mod:`spiking.cpu_kernels` (same bits), others through a PyTorch loop.
+    gradient of that neuron's next spike. Where :mod:`spiking.backend` chooses ``cpu`` or
+    ``triton``, contiguous float32/float64 tensors go through that backend's fused kernel (same
+    bits); otherwise through a PyTorch loop.
 
     Args:
         grad_spikes: ``g_t = dLoss/ds_t``, ``[T, B, ...]``.
