@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .backend import backend_for
+from .cpu_kernels import _check  # the same refusal of arguments that would overrun a buffer
 
 __all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "output_integrator",
            "pack_spikes", "pooling_gradient_scan", "pooling_scan", "unavailable_reason",
@@ -100,17 +101,6 @@ def _launch(kernel: Callable, size: int, device: torch.device, *args, block: int
     grid = (-(-size // block),)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         kernel[grid](*args, BLOCK=block, enable_fp_fusion=False, **constexprs)
-
-
-def _check(tensor: Tensor | None, shape: torch.Size, name: str,
-           dtype: torch.dtype | None = None) -> None:
-    """The kernels index raw memory: a wrong shape would read or write past a buffer."""
-    if tensor is None:
-        return
-    if tensor.shape != shape:
-        raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-    if dtype is not None and tensor.dtype != dtype:
-        raise ValueError(f"{name} has dtype {tensor.dtype}, expected {dtype}")
 
 
 def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
