@@ -140,6 +140,17 @@ def _check(tensor: Tensor | None, shape: torch.Size, name: str,
         raise ValueError(f"{name} has dtype {tensor.dtype}, expected {dtype}")
 
 
+def _check_scan(values: Tensor, membrane: Tensor, spikes_out: Tensor | None,
+                trace: Tensor | None, count: Tensor | None) -> None:
+    """The arguments of a LIF scan kernel fit ``values`` ``[T, B, ...]``."""
+    _check(membrane, values.shape[1:], "membrane")
+    _check(spikes_out, values.shape, "spikes_out", torch.bool)
+    _check(trace, membrane.shape, "trace")
+    _check(count, membrane.shape, "count")
+    if (trace is None) != (count is None):
+        raise ValueError("trace and count go together")
+
+
 def _threads(steps: int, neurons: int) -> int:
     return max(1, min(torch.get_num_threads(), steps * neurons // _WORK_PER_THREAD,
                       neurons // _NEURONS_PER_THREAD))
@@ -154,12 +165,7 @@ def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
     updated; ``spikes_out`` (bool ``[T, B, ...]``) receives the spikes too. Check :func:`usable`
     first."""
     steps, neurons = values.shape[0], membrane.numel()
-    _check(membrane, values.shape[1:], "membrane")
-    _check(spikes_out, values.shape, "spikes_out", torch.bool)
-    _check(trace, membrane.shape, "trace")
-    _check(count, membrane.shape, "count")
-    if (trace is None) != (count is None):
-        raise ValueError("trace and count go together")
+    _check_scan(values, membrane, spikes_out, trace, count)
     _library().lif_scan(values.dtype == torch.float64, _pointer(values), _pointer(spikes_out),
                         _pointer(membrane), _pointer(trace), _pointer(count), steps, neurons,
                         threshold, leak, _threads(steps, neurons))

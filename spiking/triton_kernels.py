@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from .backend import backend_for
-from .cpu_kernels import _check  # the same refusal of arguments that would overrun a buffer
+from .cpu_kernels import _check, _check_scan  # the same refusal of arguments that overrun
 
 __all__ = ["available", "avg_pool", "gradient_scan", "lif_scan", "output_integrator",
            "pack_spikes", "pooling_gradient_scan", "pooling_scan", "unavailable_reason",
@@ -110,12 +110,7 @@ def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
     and receives the spikes, in place; ``membrane`` (and ``trace``, ``count``, both or neither)
     ``[B, ...]`` are updated; ``spikes_out`` (bool ``[T, B, ...]``) receives the spikes too.
     Check :func:`usable` first."""
-    _check(membrane, values.shape[1:], "membrane")
-    _check(spikes_out, values.shape, "spikes_out", torch.bool)
-    _check(trace, membrane.shape, "trace")
-    _check(count, membrane.shape, "count")
-    if (trace is None) != (count is None):
-        raise ValueError("trace and count go together")
+    _check_scan(values, membrane, spikes_out, trace, count)
     constants = _constants(values.dtype, values.device, threshold, leak)
     neurons = membrane.numel()
     _launch(_jit().lif_scan, neurons, values.device, values,
