@@ -91,23 +91,33 @@ static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *
     return n;
 }
 
+/* An event's flat position in [C_in, H, W]: its code, bit-inverted for a negative spike. */
+static inline int64_t event_position(int32_t code) { return code < 0 ? ~code : code; }
+
+/* An event's input channel, returned, and the taps of its row and column (see taps_of). */
+static inline int64_t event_taps(int32_t code, const Geometry *g, int64_t *tky, int64_t *toy,
+                                 int *ny, int64_t *tkx, int64_t *tox, int *nx) {
+    const int64_t p = event_position(code), plane = g->height * g->width;
+    const int64_t ci = p / plane, rest = p - ci * plane;
+    const int64_t iy = rest / g->width, ix = rest - iy * g->width;
+    *ny = taps_of(iy, g, g->out_h, tky, toy);
+    *nx = taps_of(ix, g, g->out_w, tkx, tox);
+    return ci;
+}
+
 /* One image's events scattered into its channels-last output acc [H', W', C_out]. */
 #define DEFINE_FORWARD_IMAGE(NAME, T, TARGET)                                                 \
     TARGET static void NAME(const Geometry *g, const int32_t *positions, int64_t count,       \
                             T c, const T *weight, T *acc) {                                    \
         typedef T vec __attribute__((vector_size(32)));                                        \
         enum { L = 32 / sizeof(T) };                                                           \
-        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        const int64_t cout = g->cout, k = g->k;                                                \
         int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
         for (int64_t e = 0; e < count; ++e) {                                                  \
-            const int32_t code = positions[e];                                                  \
-            const int64_t p = code < 0 ? ~code : code;                                          \
-            const T v = code < 0 ? -c : c;                                                      \
+            int ny, nx;                                                                         \
+            const int64_t ci = event_taps(positions[e], g, tky, toy, &ny, tkx, tox, &nx);      \
+            const T v = positions[e] < 0 ? -c : c;                                              \
             const vec vv = (vec){0} + v;                                                        \
-            const int64_t ci = p / plane, rest = p - ci * plane;                               \
-            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
-            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
-            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
             for (int a = 0; a < ny; ++a)                                                        \
                 for (int b = 0; b < nx; ++b) {                                                  \
                     const T *restrict w = weight + ((ci * k + tky[a]) * k + tkx[b]) * cout;    \
@@ -134,17 +144,13 @@ static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *
                             T c, const T *weight, const T *go, T *dw, T *dx) {                 \
         typedef T vec __attribute__((vector_size(32)));                                        \
         enum { L = 32 / sizeof(T) };                                                           \
-        const int64_t plane = g->height * g->width, cout = g->cout, k = g->k;                \
+        const int64_t cout = g->cout, k = g->k;                                                \
         int64_t tky[MAX_K], toy[MAX_K], tkx[MAX_K], tox[MAX_K];                               \
         for (int64_t e = 0; e < count; ++e) {                                                  \
-            const int32_t code = positions[e];                                                  \
-            const int64_t p = code < 0 ? ~code : code;                                          \
-            const T v = code < 0 ? -c : c;                                                      \
+            int ny, nx;                                                                         \
+            const int64_t ci = event_taps(positions[e], g, tky, toy, &ny, tkx, tox, &nx);      \
+            const T v = positions[e] < 0 ? -c : c;                                              \
             const vec vv = (vec){0} + v;                                                        \
-            const int64_t ci = p / plane, rest = p - ci * plane;                               \
-            const int64_t iy = rest / g->width, ix = rest - iy * g->width;                     \
-            const int ny = taps_of(iy, g, g->out_h, tky, toy);                                 \
-            const int nx = taps_of(ix, g, g->out_w, tkx, tox);                                 \
             vec sum = {0};                                                                      \
             T tail = 0;                                                                         \
             for (int a = 0; a < ny; ++a)                                                        \
@@ -177,7 +183,7 @@ static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *
             if (dx) {                                                                           \
                 T total = tail;                                                                 \
                 for (int l = 0; l < L; ++l) total += sum[l];                                    \
-                dx[p] = total;                                                                  \
+                dx[event_position(positions[e])] = total;                                                                  \
             }                                                                                   \
         }                                                                                       \
     }
