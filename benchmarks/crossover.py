@@ -70,7 +70,7 @@ def layer_times(layer: tuple, density: float, images: int, repeats: int,
     grad = torch.randn(out.shape, generator=generator)
 
     def event_step() -> None:
-        events = event_kernels.extract_events(spikes, event_kernels.count_events(spikes))
+        events = event_kernels.find_events(spikes)
         event_kernels.conv_forward(events, weight_cl, stride, padding)
         event_kernels.conv_backward(events, weight_cl, grad, stride, padding,
                                     input_grad=input_gradient)

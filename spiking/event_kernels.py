@@ -27,8 +27,7 @@ from torch import Tensor
 
 from . import cpu_kernels
 
-__all__ = ["Events", "available", "conv_backward", "conv_forward", "count_events",
-           "extract_events"]
+__all__ = ["Events", "available", "conv_backward", "conv_forward", "find_events"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "event_kernels.c"
 _INT32_MAX = 2**31 - 1
@@ -42,11 +41,9 @@ def _library() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     pointer, int64, double, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    library.count_events.argtypes = [c_int, pointer, int64, int64, pointer, c_int]
-    library.count_events.restype = None
-    library.extract_events.argtypes = [c_int, pointer, int64, int64, pointer, pointer,
-                                       ctypes.POINTER(double), c_int]
-    library.extract_events.restype = c_int
+    library.find_events.argtypes = [c_int, pointer, int64, int64, int64, pointer, pointer,
+                                    ctypes.POINTER(double), c_int]
+    library.find_events.restype = int64
     library.event_forward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
                                       c_int]
     library.event_forward.restype = None
@@ -115,33 +112,26 @@ def _work(events: Events, weight_cl: Tensor, outputs: int) -> int:
     return events.positions.numel() * weight_cl[0].numel() + outputs
 
 
-def count_events(x: Tensor) -> Tensor:
-    """int64 ``[images]``: the nonzero entries of each image of ``x`` ``[images, ...]``
-    (contiguous float32/float64 CPU)."""
-    counts = torch.empty(x.shape[0], dtype=torch.int64)
-    _library().count_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0],
-                            x[0].numel() if x.shape[0] else 0, counts.data_ptr(),
-                            _threads(x.numel()))
-    return counts
-
-
-def extract_events(x: Tensor, counts: Tensor) -> Events | None:
-    """The :class:`Events` of ``x`` ``[images, ...]`` with ``counts`` from :func:`count_events`,
-    or None if ``x`` is not a spike train: a nonzero other than ``c`` or ``-c``, where c is the
+def find_events(x: Tensor, max_events: int | None = None) -> Events | None:
+    """The :class:`Events` of ``x`` ``[images, ...]`` (contiguous float32/float64 CPU), found in
+    one pass over it; None if it holds more than ``max_events`` nonzero entries (default: no
+    limit), or is not a spike train: a nonzero other than ``c`` or ``-c``, where c is the
     magnitude of its first nonzero (and finite), or an image too large for int32 positions."""
-    size = x[0].numel() if x.shape[0] else 0
-    if size > _INT32_MAX or counts.shape != (x.shape[0],):
+    images = x.shape[0]
+    size = x[0].numel() if images else 0
+    if size > _INT32_MAX:
         return None
-    offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    positions = torch.empty(int(offsets[-1]), dtype=torch.int32)
+    capacity = x.numel() if max_events is None else max(0, min(max_events, x.numel()))
+    offsets = torch.empty(images + 1, dtype=torch.int64)
+    positions = torch.empty(capacity, dtype=torch.int32)
     scale = ctypes.c_double()
-    ok = _library().extract_events(x.dtype == torch.float64, x.data_ptr(), x.shape[0], size,
-                                   offsets.data_ptr(), positions.data_ptr(), ctypes.byref(scale),
-                                   _threads(x.numel()))
-    if not ok:
+    found = _library().find_events(x.dtype == torch.float64, x.data_ptr(), images, size,
+                                   capacity, offsets.data_ptr(), positions.data_ptr(),
+                                   ctypes.byref(scale), _threads(x.numel()))
+    if found < 0:
         return None
-    return Events(offsets, positions, scale.value, tuple(x.shape[1:]), x.dtype)
+    # A copy of the right size: a view would keep the whole buffer alive for the backward.
+    return Events(offsets, positions[:found].clone(), scale.value, tuple(x.shape[1:]), x.dtype)
 
 
 def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int

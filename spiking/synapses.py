@@ -72,10 +72,7 @@ def spike_events(x: Tensor, weight: Tensor) -> Events | None:
     density_max = backend.event_density_max("conv" if weight.dim() == 4 else "linear")
     if density_max <= 0:
         return None
-    counts = event_kernels.count_events(folded)
-    if int(counts.sum()) > density_max * folded.numel():
-        return None
-    return event_kernels.extract_events(folded, counts)
+    return event_kernels.find_events(folded, int(density_max * folded.numel()))
 
 
 def _channels_last(weight: Tensor) -> Tensor:

@@ -38,7 +38,7 @@ def events_always(monkeypatch):
 
 
 def events_of(x):
-    return event_kernels.extract_events(x, event_kernels.count_events(x))
+    return event_kernels.find_events(x)
 
 
 def channels_last(weight):
@@ -101,6 +101,34 @@ def test_extraction_refuses_what_is_not_one_spike_magnitude():
     assert silent.positions.numel() == 0 and silent.density == 0
     weight = torch.randn(5, 4)
     assert (event_kernels.conv_forward(silent, channels_last(weight)) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_events_are_found_in_one_pass_up_to_a_limit(dtype):
+    # 3 threads of the search (enough entries for 3), each scanning a third of the images
+    x = signed_spikes((60, 7, 25, 25), dtype, density=0.05)
+    spikes = int((x != 0).sum())
+    crowded = x.clone()
+    crowded[20:] = 0  # every event in the first thread's third: its share of the buffer overflows
+    two_magnitudes = x.clone()
+    two_magnitudes[40:] *= 2  # each third is a spike train, but not with one magnitude
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        exact = event_kernels.find_events(x, spikes)  # some third holds more than its share
+        loose = event_kernels.find_events(x)  # every third within its share: moved together
+        too_many = event_kernels.find_events(x, spikes - 1)
+        crowded_events = event_kernels.find_events(crowded, int((crowded != 0).sum()))
+        mixed = event_kernels.find_events(two_magnitudes)
+    finally:
+        torch.set_num_threads(previous)
+    assert exact is not None and torch.equal(exact.dense(), x) and exact.scale == 1.25
+    assert exact.positions.numel() == spikes and exact.offsets[-1] == spikes
+    assert torch.equal(loose.positions, exact.positions) and torch.equal(loose.offsets,
+                                                                         exact.offsets)
+    assert too_many is None
+    assert crowded_events is not None and torch.equal(crowded_events.dense(), crowded)
+    assert mixed is None
 
 
 def test_kernels_refuse_arguments_that_would_overrun_a_buffer():

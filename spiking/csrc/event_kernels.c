@@ -41,41 +41,38 @@ static int64_t first_image(const int64_t *offsets, int64_t images, int part, int
     return lo;
 }
 
-/* Per image: the count of nonzero entries. */
-#define DEFINE_COUNT(NAME, T)                                                                 \
-    static void NAME(const T *x, int64_t images, int64_t size, int64_t *counts, int threads) { \
-        _Pragma("omp parallel for num_threads(threads) schedule(static)")                     \
-        for (int64_t n = 0; n < images; ++n) {                                                 \
-            const T *restrict image = x + n * size;                                            \
-            int64_t count = 0;                                                                  \
-            for (int64_t i = 0; i < size; ++i) count += image[i] != (T)0;                      \
-            counts[n] = count;                                                                  \
+/* One image's events, from entry `i` on, appended to out[count...] while there is room (entries
+ * past `room` are counted, not written): returns the new count. *c is the spike magnitude, 0
+ * until the first nonzero sets it; *other is set, and the scan stops, at a nonzero that is not
+ * +-c or at a magnitude that is not finite. */
+#define DEFINE_SCAN_TAIL(NAME, T)                                                             \
+    static int64_t NAME(const T *restrict x, int64_t i, int64_t size, int32_t *restrict out,  \
+                        int64_t count, int64_t room, T *c, int *other) {                      \
+        T mag = *c;                                                                             \
+        for (; i < size; ++i) {                                                                 \
+            const T v = x[i];                                                                   \
+            if (v == (T)0) continue;                                                            \
+            if (mag == (T)0 && !isfinite(mag = fabs(v))) { *other = 1; break; }                 \
+            if (v != mag && v != -mag) { *other = 1; break; }                                   \
+            if (count < room) out[count] = v > (T)0 ? (int32_t)i : ~(int32_t)i;                \
+            ++count;                                                                            \
         }                                                                                       \
+        *c = mag;                                                                               \
+        return count;                                                                           \
     }
 
-/* Fill the positions; return 1 if some nonzero value is neither c nor -c. */
-#define DEFINE_EXTRACT(NAME, T)                                                               \
-    static int NAME(const T *x, int64_t images, int64_t size, const int64_t *offsets,          \
-                    int32_t *positions, double scale, int threads) {                           \
-        const T c = (T)scale;                                                                   \
-        int other = 0;                                                                          \
-        _Pragma("omp parallel for num_threads(threads) schedule(static) reduction(| : other)") \
-        for (int64_t n = 0; n < images; ++n) {                                                 \
-            const T *restrict image = x + n * size;                                            \
-            int32_t *restrict out = positions + offsets[n];                                    \
-            int64_t e = 0, limit = offsets[n + 1] - offsets[n];                                \
-            for (int64_t i = 0; i < size; ++i) {                                               \
-                const T v = image[i];                                                           \
-                if (v == (T)0) continue;                                                        \
-                if (e == limit) { other = 1; break; }                                           \
-                other |= (v != c) & (v != -c);                                                  \
-                out[e++] = v == c ? (int32_t)i : ~(int32_t)i;                                   \
-            }                                                                                   \
-            other |= e != limit;                                                                \
-        }                                                                                       \
-        return other;                                                                           \
-    }
+DEFINE_SCAN_TAIL(scan_tail_f32, float)
+DEFINE_SCAN_TAIL(scan_tail_f64, double)
 
+static int64_t scan_image_f32(const float *x, int64_t size, int32_t *out, int64_t room,
+                              float *c, int *other) {
+    return scan_tail_f32(x, 0, size, out, 0, room, c, other);
+}
+
+static int64_t scan_image_f64(const double *x, int64_t size, int32_t *out, int64_t room,
+                              double *c, int *other) {
+    return scan_tail_f64(x, 0, size, out, 0, room, c, other);
+}
 /* The taps of an input row (or column) i: tap[j] = ky and out[j] = oy for the j-th output row
  * it reaches, oy * stride = i + pad - ky; returns how many. */
 static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *tap,
@@ -183,7 +180,7 @@ static inline int64_t event_taps(int32_t code, const Geometry *g, int64_t *tky, 
             if (dx) {                                                                           \
                 T total = tail;                                                                 \
                 for (int l = 0; l < L; ++l) total += sum[l];                                    \
-                dx[event_position(positions[e])] = total;                                                                  \
+                dx[event_position(positions[e])] = total;                           \
             }                                                                                   \
         }                                                                                       \
     }
@@ -203,6 +200,96 @@ static int wide(void) {
     return 0;
 #endif
 }
+
+/* scan_image with AVX2. A vector compare gives the mask of the nonzero lanes of 8 floats; their
+ * codes (position, bit-inverted where negative) are packed to the front of a vector by a
+ * permutation looked up from the mask and stored at once, so a group of 8 costs the same
+ * branch-free instructions whatever its spikes (a loop over the set bits mispredicts about once
+ * per group at the densities of trained networks). Where fewer than 8 slots are left, the set
+ * bits are visited one by one. float64 (the tests' precision) visits the bits of 4 lanes. */
+#if HAVE_WIDE
+#include <immintrin.h>
+
+static int32_t packed_lanes[256][8]; /* for a mask of 8 lanes: its set lanes in order, then 0 */
+
+__attribute__((constructor)) static void fill_packed_lanes(void) {
+    for (int mask = 0; mask < 256; ++mask) {
+        int n = 0;
+        for (int lane = 0; lane < 8; ++lane)
+            if (mask >> lane & 1) packed_lanes[mask][n++] = lane;
+        while (n < 8) packed_lanes[mask][n++] = 0;
+    }
+}
+
+/* Append the events of the `lanes` set in a group starting at entry i (`negative`: the lanes
+ * holding -c), one by one, writing while there is room; returns the new count. */
+static inline int64_t append_lanes(unsigned lanes, unsigned negative, int64_t i, int32_t *out,
+                                   int64_t count, int64_t room) {
+    for (; lanes; lanes &= lanes - 1, ++count) {
+        const int lane = __builtin_ctz(lanes);
+        const int32_t p = (int32_t)(i + lane);
+        if (count < room) out[count] = (negative >> lane) & 1 ? ~p : p;
+    }
+    return count;
+}
+
+WIDE static int64_t scan_image_f32_wide(const float *x, int64_t size, int32_t *out, int64_t room,
+                                        float *c, int *other) {
+    const __m256 zero = _mm256_setzero_ps();
+    const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 magnitude = _mm256_set1_ps(*c);
+    unsigned mismatch = 0;
+    int64_t count = 0, i = 0;
+    for (; i + 8 <= size; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const unsigned nonzero = (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(v, zero, _CMP_NEQ_UQ));
+        if (*c == 0.0f) {
+            if (!nonzero) continue;
+            if (!isfinite(*c = fabsf(x[i + __builtin_ctz(nonzero)]))) { *other = 1; return count; }
+            magnitude = _mm256_set1_ps(*c);
+        }
+        mismatch |= nonzero ^ (unsigned)_mm256_movemask_ps(
+            _mm256_cmp_ps(_mm256_and_ps(v, abs_mask), magnitude, _CMP_EQ_OQ));
+        if (count + 8 > room) {
+            count = append_lanes(nonzero, (unsigned)_mm256_movemask_ps(v), i, out, count, room);
+            continue;
+        }
+        const __m256i sign = _mm256_srai_epi32(_mm256_castps_si256(v), 31);
+        const __m256i codes = _mm256_xor_si256(_mm256_add_epi32(_mm256_set1_epi32((int32_t)i),
+                                                                lane), sign);
+        const __m256i order = _mm256_loadu_si256((const __m256i *)packed_lanes[nonzero]);
+        _mm256_storeu_si256((__m256i *)(out + count), _mm256_permutevar8x32_epi32(codes, order));
+        count += __builtin_popcount(nonzero);
+    }
+    if (mismatch) { *other = 1; return count; }
+    return scan_tail_f32(x, i, size, out, count, room, c, other);
+}
+
+WIDE static int64_t scan_image_f64_wide(const double *x, int64_t size, int32_t *out,
+                                        int64_t room, double *c, int *other) {
+    const __m256d zero = _mm256_setzero_pd();
+    const __m256d abs_mask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+    int64_t count = 0, i = 0;
+    for (; i + 4 <= size; i += 4) {
+        const __m256d v = _mm256_loadu_pd(x + i);
+        const unsigned nonzero = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(v, zero, _CMP_NEQ_UQ));
+        if (!nonzero) continue;
+        if (*c == 0.0 && !isfinite(*c = fabs(x[i + __builtin_ctz(nonzero)]))) {
+            *other = 1;
+            return count;
+        }
+        const unsigned spikes = (unsigned)_mm256_movemask_pd(
+            _mm256_cmp_pd(_mm256_and_pd(v, abs_mask), _mm256_set1_pd(*c), _CMP_EQ_OQ));
+        if (spikes != nonzero) { *other = 1; return count; }
+        count = append_lanes(nonzero, (unsigned)_mm256_movemask_pd(v), i, out, count, room);
+    }
+    return scan_tail_f64(x, i, size, out, count, room, c, other);
+}
+#else
+#define scan_image_f32_wide scan_image_f32
+#define scan_image_f64_wide scan_image_f64
+#endif
 
 DEFINE_FORWARD_IMAGE(forward_image_f32, float, )
 DEFINE_FORWARD_IMAGE(forward_image_f64, double, )
@@ -298,43 +385,83 @@ static int omp_thread(void) { return 0; }
 static int omp_threads(void) { return 1; }
 #endif
 
-DEFINE_COUNT(count_f32, float)
-DEFINE_COUNT(count_f64, double)
-DEFINE_EXTRACT(extract_f32, float)
-DEFINE_EXTRACT(extract_f64, double)
+/* The events of x [images, size] in one pass, at most `capacity` of them: each thread scans an
+ * equal share of the images into its share of `positions`, and the shares are then moved
+ * together. A thread whose images hold more events than its share keeps counting; if the total
+ * still fits, a second pass writes them at their now known offsets. Returns the number of
+ * events (offsets [images + 1] and positions written, *scale = c), -1 if x is not a spike train
+ * of one finite magnitude, -2 if it holds more than `capacity` events. */
+#define DEFINE_FIND(NAME, T, SCAN)                                                            \
+    static int64_t NAME(const T *x, int64_t images, int64_t size, int64_t capacity,           \
+                        int64_t *offsets, int32_t *positions, double *scale, int threads) {    \
+        int64_t found[MAX_THREADS], share_start[MAX_THREADS];                                  \
+        T magnitude[MAX_THREADS];                                                               \
+        int other[MAX_THREADS], parts = 1, overflow = 0;                                        \
+        const int use_wide = wide();                                                            \
+        threads = threads > MAX_THREADS ? MAX_THREADS : threads < 1 ? 1 : threads;              \
+        _Pragma("omp parallel num_threads(threads) reduction(| : overflow)")                   \
+        {                                                                                       \
+            const int part = omp_thread();                                                      \
+            if (part == 0) parts = omp_threads();                                               \
+            _Pragma("omp barrier")                                                             \
+            const int64_t begin = images * part / parts, end = images * (part + 1) / parts;    \
+            const int64_t start = capacity * begin / (images ? images : 1);                    \
+            const int64_t room = capacity * end / (images ? images : 1) - start;               \
+            int64_t count = 0;                                                                  \
+            T c = 0;                                                                            \
+            int bad = 0;                                                                        \
+            for (int64_t n = begin; n < end && !bad; ++n) {                                     \
+                const int64_t left = room > count ? room - count : 0;                          \
+                const int64_t events = (use_wide ? SCAN##_wide : SCAN)(                        \
+                    x + n * size, size, positions + start + (room > count ? count : room),     \
+                    left, &c, &bad);                                                            \
+                offsets[n + 1] = events;                                                        \
+                count += events;                                                                \
+            }                                                                                   \
+            found[part] = count, share_start[part] = start, magnitude[part] = c;               \
+            other[part] = bad;                                                                  \
+            overflow |= count > room;                                                           \
+        }                                                                                       \
+        T c = 0;                                                                                \
+        int64_t total = 0;                                                                      \
+        for (int p = 0; p < parts; ++p) {                                                       \
+            if (other[p] || (c != (T)0 && magnitude[p] != (T)0 && magnitude[p] != c))          \
+                return -1;                                                                      \
+            if (c == (T)0) c = magnitude[p];                                                    \
+            total += found[p];                                                                  \
+        }                                                                                       \
+        if (total > capacity) return -2;                                                        \
+        offsets[0] = 0;                                                                         \
+        for (int64_t n = 0; n < images; ++n) offsets[n + 1] += offsets[n];                      \
+        if (overflow) {                                                                         \
+            _Pragma("omp parallel for num_threads(parts) schedule(static)")                    \
+            for (int64_t n = 0; n < images; ++n) {                                             \
+                T known = c;                                                                    \
+                int bad = 0;                                                                    \
+                (use_wide ? SCAN##_wide : SCAN)(x + n * size, size, positions + offsets[n],    \
+                                                offsets[n + 1] - offsets[n], &known, &bad);    \
+            }                                                                                   \
+        } else {                                                                                \
+            for (int p = 1; p < parts; ++p)                                                     \
+                memmove(positions + offsets[images * p / parts], positions + share_start[p],   \
+                        sizeof(int32_t) * found[p]);                                            \
+        }                                                                                       \
+        *scale = c == (T)0 ? 1.0 : (double)c;                                                   \
+        return total;                                                                           \
+    }
+
 DEFINE_FORWARD(forward_f32, float, forward_image_f32)
 DEFINE_FORWARD(forward_f64, double, forward_image_f64)
 DEFINE_BACKWARD(backward_f32, float, backward_image_f32)
 DEFINE_BACKWARD(backward_f64, double, backward_image_f64)
+DEFINE_FIND(find_f32, float, scan_image_f32)
+DEFINE_FIND(find_f64, double, scan_image_f64)
 
-void count_events(int is_double, const void *x, int64_t images, int64_t size, int64_t *counts,
-                  int threads) {
-    if (is_double) count_f64(x, images, size, counts, threads);
-    else count_f32(x, images, size, counts, threads);
-}
-
-/* The magnitude c of x's first nonzero (0 if none), found from the per-image offsets. */
-static double first_magnitude(int is_double, const void *x, int64_t images, int64_t size,
-                              const int64_t *offsets) {
-    for (int64_t n = 0; n < images; ++n) {
-        if (offsets[n + 1] == offsets[n]) continue;
-        for (int64_t i = n * size; i < (n + 1) * size; ++i) {
-            const double v = is_double ? ((const double *)x)[i] : ((const float *)x)[i];
-            if (v != 0.0) return fabs(v);
-        }
-    }
-    return 0.0;
-}
-
-/* 1 if every nonzero of x is c or -c for one finite c, the magnitude of its first nonzero
- * (stored in *scale), and the counts were right, with the positions written; else 0. */
-int extract_events(int is_double, const void *x, int64_t images, int64_t size,
-                   const int64_t *offsets, int32_t *positions, double *scale, int threads) {
-    const double c = first_magnitude(is_double, x, images, size, offsets);
-    *scale = c == 0.0 ? 1.0 : c;
-    if (!isfinite(c)) return 0;
-    return !(is_double ? extract_f64(x, images, size, offsets, positions, *scale, threads)
-                       : extract_f32(x, images, size, offsets, positions, *scale, threads));
+int64_t find_events(int is_double, const void *x, int64_t images, int64_t size,
+                    int64_t capacity, int64_t *offsets, int32_t *positions, double *scale,
+                    int threads) {
+    return is_double ? find_f64(x, images, size, capacity, offsets, positions, scale, threads)
+                     : find_f32(x, images, size, capacity, offsets, positions, scale, threads);
 }
 
 static Geometry geometry(const int64_t *shape) {
