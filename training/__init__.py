@@ -2,8 +2,8 @@
 ``cifar10_ResNet11.py`` and ``svhn_ResNet13.py``: :mod:`training.engine` (``run``, ``main``)
 ties together the settings (:mod:`~training.experiment`), data (:mod:`~training.data`), the
 training and test passes (:mod:`~training.loop`), what they measure (:mod:`~training.metrics`),
-checkpoints (:mod:`~training.checkpoint`), DDP (:mod:`~training.distributed`) and the ``--stats``
-output and figures (:mod:`~training.reports`, :mod:`~training.plots`).
+checkpoints (:mod:`~training.checkpoint`) and DDP (:mod:`~training.distributed`); the ``--stats``
+counts and the figures are :mod:`analysis`'s.
 """
 from .checkpoint import (atomic_save, capture_rng_state, checkpoint_paths, load_checkpoint,
                          load_weights, restore_rng_state, run_tag, save_checkpoint)

@@ -17,23 +17,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from .experiment import Experiment, UsageError
 
-__all__ = ["DATASETS", "DatasetInfo", "build_datasets", "make_loader", "synthetic_dataset"]
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the engine needs to know about a data set before loading it.
-
-    Attributes:
-        input_shape: ``(C, H, W)`` of one image.
-        num_classes: number of labels.
-        files: the files torchvision needs, relative to ``--data``, for the missing-data message.
-        source: where to get them, as a phrase for the missing-data message.
-        pixel_mean, pixel_std: per-channel statistics of the real training images in [0, 1]
-            (what the synthetic stand-in imitates).
-        synthetic_style: ``"strokes"`` or ``"scenes"``, the stand-in's kind of image
-            (:func:`synthetic_dataset`).
-    """
+    """What the engine needs to know about a data set before loading it: the ``(C, H, W)`` of an
+    image, the classes, the files torchvision needs under ``--data`` and where to get them (for
+    the missing-data message), the real training images' per-channel mean and standard
+    deviation in [0, 1] and the kind of image (``"strokes"`` or ``"scenes"``) that the synthetic
+    stand-in imitates (:func:`synthetic_dataset`)."""
 
     input_shape: tuple[int, int, int]
     num_classes: int
@@ -191,27 +181,38 @@ def _load_split(settings: Experiment, split: str) -> Dataset:
 
 
 def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | None, Dataset]:
-    """The training set (``None`` unless ``train``) and the test set of ``settings.dataset``.
+    """The training set (``None`` unless ``train``) and the test set of ``settings.dataset``:
+    SVHN's ``train`` split plus ``extra`` with ``settings.svhn_extra``, cut to
+    ``settings.train_subset`` images drawn from the seed. A failure leaves no empty ``--data``
+    directory behind."""
+    existed = os.path.exists(settings.data_dir)
+    try:
+        train_set, test = _datasets(settings, train)
+    except UsageError:
+        if not existed and os.path.isdir(settings.data_dir):
+            for folder, _, files in sorted(os.walk(settings.data_dir), reverse=True):
+                if not files and not os.listdir(folder):
+                    os.rmdir(folder)
+        raise
+    if train_set is not None and 0 < settings.train_subset < len(train_set):
+        draw = torch.Generator().manual_seed(settings.seed)
+        order = torch.randperm(len(train_set), generator=draw)
+        train_set = Subset(train_set, order[:settings.train_subset].tolist())
+    return train_set, test
 
-    SVHN trains on its ``train`` split, plus ``extra`` when ``settings.svhn_extra``. With
-    ``settings.train_subset`` the training set is cut to that many images, chosen from the seed.
-    """
+
+def _datasets(settings: Experiment, train: bool) -> tuple[Dataset | None, Dataset]:
     info = DATASETS[settings.dataset]
     if settings.synthetic:
         test_size = max(settings.synthetic_size // 4, info.num_classes)
         test = synthetic_dataset(info, test_size, settings.seed, False, settings.mean,
                                  settings.std)
-        train_set = (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
-                                       settings.mean, settings.std) if train else None)
-    else:
-        test = _load_split(settings, "test")
-        train_set = _load_split(settings, "train") if train else None
-        if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
-            train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
-    if train_set is not None and 0 < settings.train_subset < len(train_set):
-        draw = torch.Generator().manual_seed(settings.seed)
-        order = torch.randperm(len(train_set), generator=draw)
-        train_set = Subset(train_set, order[:settings.train_subset].tolist())
+        return (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
+                                  settings.mean, settings.std) if train else None), test
+    test = _load_split(settings, "test")
+    train_set = _load_split(settings, "train") if train else None
+    if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
+        train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
     return train_set, test
 
 

@@ -1,6 +1,6 @@
-"""The training engine: :func:`run` reads set up -> resume -> for each epoch: train, check, test,
-save; its steps share one :class:`_Run` with what the run built. :func:`main` is what the entry
-scripts call. What ends a run early is here too: signals, ``--save-every``, a silent layer.
+"""The training engine: :func:`run` reads set up -> resume -> for each epoch: train, check,
+test, save; its steps share one :class:`_Run`. :func:`main` is what the entry scripts call. What
+ends a run early is here too: signals, ``--save-every``, a silent layer.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 import models
+from analysis import SpikeMonitor, plots, spiking_layer_names, write_report
 from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, backend
 
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
@@ -36,7 +37,6 @@ from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimiz
                    make_precision, schedule_state, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, MetricsLog,
                       format_epoch_table)
-from .reports import make_spike_monitor, report_spike_stats, write_training_curves
 
 AfterStep = Callable[[int, int], None]
 _SAVE_NOW = 1  # the --save-every timer's request, below every signal number
@@ -102,65 +102,63 @@ def _say(*parts: object) -> None:
         print(*parts, flush=True)
 
 
-class SpikeCounts:
-    """Spikes of every hidden LIF and pooling layer (nonzero outputs of the output layer) in a
-    training epoch, counted by forward hooks on the device: no synchronisation in the hot loop."""
+@contextlib.contextmanager
+def _counting_spikes(model: nn.Module, counts: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Add the spikes of every layer named in ``counts`` (hidden LIF and pooling layers; nonzero
+    outputs of the output layer) to its count while the block runs: forward hooks, counting on
+    the device, no synchronisation in the hot loop."""
+    def count(name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        counts[name] += torch.count_nonzero(output.detach())
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        kinds = (LIFNeuron, PoolingNeuron, OutputIntegrator)
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-        self.device, self.counts = device, {}
-
-    @contextlib.contextmanager
-    def counting(self, counts: dict[str, int]) -> Iterator[None]:
-        """Count on from ``counts`` (a resumed epoch's; else 0) while the block runs."""
-        self.counts = {name: torch.tensor(counts.get(name, 0), device=self.device)
-                       for name in self.layers}
-        hooks = [m.register_forward_hook(partial(self._count, name))
-                 for name, m in self.layers.items()]
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    def _count(self, name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self.counts[name] += torch.count_nonzero(output.detach())
+    hooks = [m.register_forward_hook(partial(count, name))
+             for name, m in model.named_modules() if name in counts]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
-@dataclass
 class _Run:
-    """What :func:`run` builds once and its steps share; also the ``control`` that the training
-    loop asks between steps (:meth:`request`, :meth:`step_done`)."""
+    """What :func:`run` sets up once (process group, device, precision, the model with the same
+    initial weights on every rank, SGD, the ``--stats`` monitor) and its steps share; also the
+    ``control`` that the training loop asks between steps (:meth:`request`, :meth:`step_done`)."""
 
-    settings: Experiment
-    command: Sequence[str]
-    after_step: AfterStep | None
-    context: DistContext
-    device: torch.device
-    precision: Precision
-    model: models.SpikingNetwork
-    optimizer: torch.optim.Optimizer
-    tag: str
-    last: str
-    best: str
-    csv_path: str
-    monitor: Any  # --stats counts in one test pass: the evaluation's, or the last epoch's
-    start_epoch: int
-    start_step: int = 0
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-    best_prec1: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    fired: set[str] = field(default_factory=set)
-    test_loader: DataLoader | None = None
-    train_loader: DataLoader | None = None
-    sampler: ResumableSampler | None = None
-    data_generator: torch.Generator = field(default_factory=torch.Generator)
-    log: MetricsLog | None = None
-    spikes: SpikeCounts | None = None
-    epoch: int = 0
-    signum: int = 0
-    last_save: float = 0.0
+    def __init__(self, settings: Experiment, command: Sequence[str],
+                 after_step: AfterStep | None) -> None:
+        if settings.evaluate and not settings.resume:
+            raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
+                             "(refusing to evaluate untrained weights)")
+        if settings.deterministic:
+            # before the first cuBLAS call; operations without a deterministic kernel only warn
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.settings, self.command, self.after_step = settings, command, after_step
+        self.context = init_distributed(resolve_device(settings.device))
+        self.device = self.context.device
+        seed_everything(settings.seed)
+        self.model = build_model(settings).to(self.device)
+        self.optimizer = build_optimizer(self.model, settings)
+        self.precision = make_precision(settings.amp, self.device)
+        self.tag = run_tag(settings)
+        self.last, self.best = checkpoint_paths(settings.out_dir, self.tag)
+        self.csv_path = os.path.join(settings.out_dir, f"metrics_{self.tag}.csv")
+        # --stats counts one test pass: --evaluate's, or the last epoch's
+        self.monitor = _spike_monitor(self.model, settings) if settings.stats else None
+        self.start_epoch, self.start_step = settings.start_epoch or 0, 0
+        self.checkpoint: dict[str, Any] = {}
+        self.best_prec1: float | None = None
+        self.history: list[dict[str, Any]] = []
+        self.fired: set[str] = set()  # layers that have spiked in some epoch
+        self.spikes: dict[str, torch.Tensor] = {}  # this epoch's spikes per layer, so far
+        self.data_generator = torch.Generator()
+        self.test_loader: DataLoader | None = None
+        self.train_loader: DataLoader | None = None
+        self.sampler: ResumableSampler | None = None
+        self.log: MetricsLog | None = None
+        self.epoch = self.signum = 0
+        self.last_save = 0.0
 
     def on_signal(self, signum: int, frame: object) -> None:
         """The first SIGINT/SIGTERM is answered after the current step; a second stops at once."""
@@ -183,7 +181,7 @@ class _Run:
             self.after_step(self.epoch, step)
         if request:
             ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
-                                "spikes": {n: int(c) for n, c in self.spikes.counts.items()}})
+                                "spikes": {n: int(c) for n, c in self.spikes.items()}})
             _save(self, self.epoch, step=step, ranks=ranks)
             barrier()
             self.last_save = time.monotonic()
@@ -193,13 +191,9 @@ class _Run:
 
 def run(settings: Experiment, after_step: AfterStep | None = None,
         command: Sequence[str] | None = None) -> RunResult:
-    """Train (or with ``settings.evaluate``, only test) as ``settings`` says.
-
-    Writes ``checkpointT1_<tag>.pth.tar`` after every epoch (and inside one at SIGINT, SIGTERM
-    or every ``--save-every`` minutes), ``model_bestT1_<tag>.pth.tar`` whenever test top-1
-    improves, and ``metrics_<tag>.csv`` into ``settings.out_dir``. Under ``torchrun`` every
-    process trains on its shard of each global batch, rank 0 alone prints and writes, the
-    metrics average all ranks, and the caller leaves the process group (``main`` does).
+    """Train (or with ``settings.evaluate``, only test) as ``settings`` says; the outputs in
+    ``settings.out_dir`` are listed in README.md, *Outputs*. Under ``torchrun`` rank 0 alone
+    prints and writes, and the caller leaves the process group (``main`` does).
     ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
     ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt.
 
@@ -208,7 +202,7 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
             run's outputs, a diverged loss, a silent layer, an unwritable ``out_dir``, ...).
         Interrupted: SIGINT/SIGTERM, after the mid-epoch checkpoint was written.
     """
-    r = _set_up(settings, command or sys.argv, after_step)
+    r = _Run(settings, command or sys.argv, after_step)
     if settings.resume:
         _resume(r)
     train_set = _load_data(r)
@@ -232,26 +226,14 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
     return RunResult(r.best_prec1, test, r.history, r.model)
 
 
-def _set_up(settings: Experiment, command: Sequence[str], after_step: AfterStep | None) -> _Run:
-    """Process group, device, precision, model (the same initial weights on every rank), SGD."""
-    if settings.evaluate and not settings.resume:
-        raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
-                         "(refusing to evaluate untrained weights)")
-    if settings.deterministic:
-        # before the first cuBLAS call; operations without a deterministic kernel only warn
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    context = init_distributed(resolve_device(settings.device))
-    seed_everything(settings.seed)
-    model = build_model(settings).to(context.device)
-    tag = run_tag(settings)
-    return _Run(settings, command, after_step, context, context.device,
-                make_precision(settings.amp, context.device), model,
-                build_optimizer(model, settings), tag, *checkpoint_paths(settings.out_dir, tag),
-                os.path.join(settings.out_dir, f"metrics_{tag}.csv"),
-                make_spike_monitor(model, settings) if settings.stats else None,
-                start_epoch=settings.start_epoch or 0)
+def _spike_monitor(model: nn.Module, settings: Experiment) -> SpikeMonitor:
+    """Keeps the raster of ``--raster-layer`` (default: the first hidden layer)."""
+    names = spiking_layer_names(model)
+    layer = settings.raster_layer or names[1]
+    if layer not in names:
+        raise UsageError(f"--raster-layer {layer!r} is not a spiking layer of {settings.arch}; "
+                         f"choose from {', '.join(names)}")
+    return SpikeMonitor(raster_layer=layer)
 
 
 def _resume(r: _Run) -> None:
@@ -283,11 +265,7 @@ def _resume(r: _Run) -> None:
     if checkpoint.get("best_prec1") is not None:
         r.best_prec1 = float(checkpoint["best_prec1"])
     r.history, r.fired = list(checkpoint.get("history", [])), set(checkpoint.get("fired", []))
-    saved, ours = checkpoint.get("scheduler"), schedule_state(settings, r.start_epoch)
-    if saved and any(saved.get(k) != ours[k] for k in ("base_lr", "milestones", "gamma")):
-        theirs = ", ".join(f"{k} {saved.get(k)}" for k in ("base_lr", "milestones", "gamma"))
-        _say(f"note: the checkpoint's learning-rate schedule ({theirs}) differs from this "
-             f"run's; this run's applies")
+    _check_schedule(checkpoint.get("scheduler"), schedule_state(settings, r.start_epoch))
     ranks = len(checkpoint.get("ranks", []))
     if r.start_step and ranks != r.context.world_size:
         raise UsageError(f"checkpoint {settings.resume} was written inside an epoch by {ranks} "
@@ -295,19 +273,19 @@ def _resume(r: _Run) -> None:
                          f"{r.context.world_size})")
 
 
+def _check_schedule(saved: dict[str, Any] | None, ours: dict[str, Any]) -> None:
+    keys = ("base_lr", "milestones", "gamma")
+    if saved and any(saved.get(k) != ours[k] for k in keys):
+        theirs = ", ".join(f"{k} {saved.get(k)}" for k in keys)
+        _say(f"note: the checkpoint's learning-rate schedule ({theirs}) differs from this "
+             f"run's; this run's applies")
+
+
 def _load_data(r: _Run) -> Dataset | None:
     """Both data sets (the test set alone for ``--evaluate``), checked against the network; the
     test loader; the header line. Returns the training set."""
     settings, context = r.settings, r.context
-    existed = os.path.exists(settings.data_dir)
-    try:
-        train_set, test_set = build_datasets(settings, train=not settings.evaluate)
-    except UsageError:  # leave no empty --data directory behind
-        if not existed and os.path.isdir(settings.data_dir):
-            for folder, _, files in sorted(os.walk(settings.data_dir), reverse=True):
-                if not files and not os.listdir(folder):
-                    os.rmdir(folder)
-        raise
+    train_set, test_set = build_datasets(settings, train=not settings.evaluate)
     expected = tuple(r.model.input_shape)
     for what, dataset in (("test", test_set), ("training", train_set)):
         if dataset is not None and tuple(dataset[0][0].shape) != expected:
@@ -323,15 +301,16 @@ def _load_data(r: _Run) -> Dataset | None:
                                 settings.workers, r.device,
                                 torch.Generator().manual_seed(settings.seed), shuffle=False,
                                 sampler=range(context.rank, len(test_set), context.world_size))
-    _say(_header(r, None if train_set is None else len(train_set), len(test_set)))
+    sizes = (f"{len(test_set)} test" if train_set is None
+             else f"{len(train_set)} train / {len(test_set)} test")
+    _say(_header(r, sizes))
     return train_set
 
 
-def _header(r: _Run, train_size: int | None, test_size: int) -> str:
+def _header(r: _Run, sizes: str) -> str:
     """The run's first line: what is trained on what, with which settings, and what runs it."""
     settings = r.settings
     data = "synthetic " + settings.dataset if settings.synthetic else settings.dataset
-    sizes = f"{test_size} test" if train_size is None else f"{train_size} train / {test_size} test"
     runtime = [f"device {r.device}", r.precision.describe(), backend.describe(r.device)]
     if r.context.enabled:
         runtime.append(f"DDP over {r.context.world_size} processes "
@@ -342,7 +321,7 @@ def _header(r: _Run, train_size: int | None, test_size: int) -> str:
             + ", ".join(runtime))
 
 
-def _test_pass(r: _Run, monitor: Any = None) -> EpochStats:
+def _test_pass(r: _Run, monitor: SpikeMonitor | None = None) -> EpochStats:
     """Every test pass re-seeds a generator of its own, so that test accuracy depends only on the
     weights, data and device (training draws from the global generators)."""
     generator = torch.Generator(device=r.device).manual_seed(r.settings.seed)
@@ -352,19 +331,17 @@ def _test_pass(r: _Run, monitor: Any = None) -> EpochStats:
 
 
 def _evaluate_only(r: _Run) -> RunResult:
-    settings = r.settings
     test = _test_pass(r, r.monitor)
     _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
     _say(f"Test: loss {test.loss:.4f} CE {test.cross_entropy:.4f} ({test.samples} images, "
-         f"T={settings.time_steps}, {test.seconds:.1f} s)")
-    if r.monitor is not None and is_main_process():
-        report_spike_stats(r.monitor, settings, settings.resume, test.top1)
+         f"T={r.settings.time_steps}, {test.seconds:.1f} s)")
+    _report_spikes(r, r.settings.resume, test)
     return RunResult(test.top1, test, model=r.model)
 
 
 def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
-    """Refuse to overwrite another run's outputs; the CSV; the training loader; the spike
-    counts. Returns the network to train (wrapped by DDP under torchrun)."""
+    """Refuse to overwrite another run's outputs; the CSV; the training loader. Returns the
+    network to train (wrapped by DDP under torchrun)."""
     settings, context = r.settings, r.context
     problem = _open_log(r) if is_main_process() else ""
     if all_reduce([float(bool(problem))], r.device, "max")[0]:  # all stop, rank 0 says why
@@ -377,7 +354,6 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
                                  per_rank_batch(settings.batch_size, context, "-b/--batch-size"),
                                  settings.workers, r.device, r.data_generator, shuffle=False,
                                  sampler=r.sampler)
-    r.spikes = SpikeCounts(r.model, r.device)
     if not context.enabled:
         return r.model
     return DistributedDataParallel(
@@ -430,10 +406,14 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
         done, resumed = r.start_step, r.checkpoint["ranks"][rank]
         restore_rng_state(resumed["rng"])
     r.sampler.skip, r.epoch = done * r.train_loader.batch_size, epoch
+    counted = {name: torch.tensor(resumed.get("spikes", {}).get(name, 0), device=r.device)
+               for name, m in r.model.named_modules()
+               if isinstance(m, (LIFNeuron, PoolingNeuron, OutputIntegrator))}
+    r.spikes = counted
     encoder = PoissonEncoder(settings.time_steps, settings.input_scale)
     title = f"Epoch {epoch + 1}/{settings.epochs}"
     try:
-        with (r.spikes.counting(resumed.get("spikes", {})),
+        with (_counting_spikes(r.model, counted),
               EpochProgress(done + len(r.train_loader), title, settings.print_freq, done=done)
               as bar):
             return lr, train_one_epoch(train_model, encoder, r.train_loader, r.optimizer,
@@ -456,8 +436,8 @@ def _check_silence(r: _Run, epoch: int) -> None:
     """A layer that fired in an earlier epoch and emitted nothing in this one has gone silent:
     no gradient passes it any more, so the run stops (``--allow-silent``: warns) before this
     epoch is saved. Layers silent from the start get a warning in the run's first epoch."""
-    summed = all_reduce([float(c) for c in r.spikes.counts.values()], r.device, "sum")
-    counts = dict(zip(r.spikes.counts, map(int, summed)))  # over all ranks
+    summed = all_reduce([float(c) for c in r.spikes.values()], r.device, "sum")
+    counts = dict(zip(r.spikes, map(int, summed)))  # over all ranks
     silent = [name for name, count in counts.items() if count == 0]
     gone = [name for name in silent if name in r.fired]
     r.fired |= {name for name, count in counts.items() if count}
@@ -538,13 +518,32 @@ def _say_interrupted(r: _Run, where: str) -> None:
 
 
 def _finish(r: _Run, test: EpochStats | None) -> None:
+    """The table of all epochs, where everything went, the curves and ``--stats``' report."""
+    settings = r.settings
     _say(format_epoch_table(r.history))
     _say(f"best test top-1 {r.best_prec1:.2f}%; checkpoints {r.last} and {r.best}; "
          f"metrics {r.csv_path}")
     if is_main_process():
-        write_training_curves(r.csv_path, r.settings)
-        if r.monitor is not None:
-            report_spike_stats(r.monitor, r.settings, r.last, test.top1)
+        data = f"synthetic {settings.dataset}" if settings.synthetic else settings.dataset
+        width = "" if settings.width == 1 else f", width {settings.width:g}"
+        title = f"{r.tag}: {settings.arch} on {data}, T = {settings.time_steps}{width}"
+        drawn = plots.plot_training_curves(
+            r.csv_path, os.path.join(settings.out_dir, f"curves_{r.tag}.png"), title=title)
+        print(f"training curves: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
+    _report_spikes(r, r.last, test)
+
+
+def _report_spikes(r: _Run, checkpoint: str, test: EpochStats) -> None:
+    """``--stats``: the table, ``spike_stats_<tag>.json`` and ``.png`` of the monitored pass."""
+    settings = r.settings
+    if r.monitor is None or not is_main_process():
+        return
+    meta = {"arch": settings.arch, "dataset": settings.dataset, "synthetic": settings.synthetic,
+            "width": settings.width, "checkpoint": checkpoint, "test_top1": test.top1,
+            "seed": settings.seed}
+    stem = os.path.join(settings.out_dir, f"spike_stats_{r.tag}")
+    write_report(r.monitor, f"{stem}.json", f"{stem}.png", settings.mac_energy,
+                 settings.ac_energy, meta)
 
 
 def main(defaults: Experiment, argv: Sequence[str] | None = None,

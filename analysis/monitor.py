@@ -60,9 +60,9 @@ from torch.nn.grad import conv2d_input
 from torch.nn.modules.utils import _pair
 from torch.utils.hooks import RemovableHandle
 
-from .dropout import TimeHeldDropout
-from .neurons import LIFNeuron, PoolingNeuron
-from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
+from spiking.dropout import TimeHeldDropout
+from spiking.neurons import LIFNeuron, PoolingNeuron
+from spiking.synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
 __all__ = ["INPUT", "LayerCounts", "OutputCounts", "SpikeMonitor", "SynapseCounts",
            "spiking_layer_names"]

@@ -1,4 +1,4 @@
-"""Turn :class:`~spiking.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
+"""Turn :class:`~analysis.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
 
 The summary is a plain dict (the JSON written by :func:`write_json`); all operation and energy
 figures in it are per image, averaged over the images seen. Its fields:
@@ -16,7 +16,7 @@ figures in it are per image, averaged over the images seen. Its fields:
   ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``,
   ``snn_energy_uj``, ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The
   input layer is included in every total.
-- ``output``: None when :meth:`~spiking.monitor.SpikeMonitor.observe` saw no output, else
+- ``output``: None when :meth:`~analysis.monitor.SpikeMonitor.observe` saw no output, else
   ``images``, ``silent`` (images whose output stayed exactly zero: no spike reached the output
   layer), ``silent_fraction`` and ``top1`` (percent of those images classified correctly).
 - ``raster``: None, or ``{"layer", "image", "time_steps", "neurons", "spike_times"}``: flat
@@ -32,10 +32,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from . import plots
 from .monitor import SpikeMonitor
 
 __all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "OUTPUT_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
-           "format_table", "raster_sample", "summarize", "write_json"]
+           "format_table", "raster_sample", "summarize", "write_json", "write_report"]
 
 ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
                  "ISSCC 2014: 45 nm CMOS, 32-bit float, "
@@ -184,3 +185,15 @@ def write_json(summary: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def write_report(monitor: SpikeMonitor, json_path: str, png_path: str, mac_energy_pj: float,
+                 ac_energy_pj: float, meta: dict[str, Any]) -> dict[str, Any]:
+    """Print the per-layer table, write the JSON and (with matplotlib) the PNG; return the
+    summary. ``meta`` records what the numbers belong to (network, checkpoint, top-1, ...)."""
+    summary = summarize(monitor, mac_energy_pj, ac_energy_pj, meta=meta)
+    print(format_table(summary))
+    print(f"spike statistics: {write_json(summary, json_path)}")
+    drawn = plots.plot_spike_stats(summary, png_path)
+    print(f"spike statistics plot: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
+    return summary

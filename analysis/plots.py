@@ -43,7 +43,7 @@ def spike_stats_figure(summary: dict[str, Any]):
     """Per-layer firing rate and SNN/ANN operation ratio bars, and the raster if recorded.
 
     Args:
-        summary: the dict of :func:`spiking.report.summarize`.
+        summary: the dict of :func:`analysis.report.summarize`.
 
     Returns:
         a matplotlib ``Figure``, or None when matplotlib is not installed.
