@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 
 from . import plots
-from .monitor import SpikeMonitor
+from .monitor import LayerCounts, SpikeMonitor
 
 __all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "OUTPUT_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
            "format_table", "raster_sample", "summarize", "write_json", "write_report"]
@@ -86,36 +86,8 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
     """
     if not monitor.layers:
         raise ValueError("the monitor has seen no forward pass")
-    layers = []
-    for index, layer in enumerate(monitor.layers.values()):
-        targets = [s for s in monitor.synapses.values() if s.source == layer.name]
-        snn_ac = sum(s.snn_ac / s.images for s in targets)
-        ann_mac = sum(s.ann_ops_per_image for s in targets if s.weighted)
-        ann_ac = sum(s.ann_ops_per_image for s in targets if not s.weighted)
-        layers.append({
-            "index": index, "name": layer.name, "kind": layer.kind, "neurons": layer.neurons,
-            "spikes_per_image": layer.spikes / layer.images,
-            "spikes_per_neuron": layer.spikes / (layer.neurons * layer.images),
-            "firing_rate": layer.spikes / layer.neuron_steps,
-            "targets": [s.name for s in targets],
-            "snn_ac": snn_ac, "ann_mac": ann_mac, "ann_ac": ann_ac,
-            "op_ratio": _ratio(snn_ac, ann_mac + ann_ac),
-            "snn_energy_uj": snn_ac * ac_energy_pj * _PJ_TO_UJ,
-            "ann_energy_uj": (ann_mac * mac_energy_pj + ann_ac * ac_energy_pj) * _PJ_TO_UJ,
-        })
-
-    def total(field: str) -> float:
-        return sum(row[field] for row in layers)
-
-    neuron_steps = sum(layer.neuron_steps / layer.images for layer in monitor.layers.values())
-    totals = {field: total(field) for field in
-              ("neurons", "spikes_per_image", "snn_ac", "ann_mac", "ann_ac",
-               "snn_energy_uj", "ann_energy_uj")}
-    totals["spikes_per_neuron"] = totals["spikes_per_image"] / totals["neurons"]
-    totals["firing_rate"] = totals["spikes_per_image"] / neuron_steps
-    totals["op_ratio"] = _ratio(totals["snn_ac"], totals["ann_mac"] + totals["ann_ac"])
-    totals["energy_ratio"] = _ratio(totals["ann_energy_uj"], totals["snn_energy_uj"])
-
+    layers = [_layer_row(index, layer, monitor, mac_energy_pj, ac_energy_pj)
+              for index, layer in enumerate(monitor.layers.values())]
     raster = None
     if monitor.raster is not None:
         neurons = raster_sample(monitor.raster, raster_neurons)
@@ -133,11 +105,44 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
         "images": first.images,
         "energy_per_op_pj": {"mac": mac_energy_pj, "ac": ac_energy_pj, "source": ENERGY_SOURCE},
         "layers": layers,
-        "totals": {field: totals[field] for field in TOTAL_FIELDS},
+        "totals": _totals(layers, monitor),
         "output": output,
         "raster": raster,
         "meta": dict(meta or {}),
     }
+
+
+def _layer_row(index: int, layer: LayerCounts, monitor: SpikeMonitor, mac_energy_pj: float,
+               ac_energy_pj: float) -> dict[str, Any]:
+    """One entry of the summary's ``layers``: ``layer``'s spikes and the operations they cause."""
+    targets = [s for s in monitor.synapses.values() if s.source == layer.name]
+    snn_ac = sum(s.snn_ac / s.images for s in targets)
+    ann_mac = sum(s.ann_ops_per_image for s in targets if s.weighted)
+    ann_ac = sum(s.ann_ops_per_image for s in targets if not s.weighted)
+    return {
+        "index": index, "name": layer.name, "kind": layer.kind, "neurons": layer.neurons,
+        "spikes_per_image": layer.spikes / layer.images,
+        "spikes_per_neuron": layer.spikes / (layer.neurons * layer.images),
+        "firing_rate": layer.spikes / layer.neuron_steps,
+        "targets": [s.name for s in targets],
+        "snn_ac": snn_ac, "ann_mac": ann_mac, "ann_ac": ann_ac,
+        "op_ratio": _ratio(snn_ac, ann_mac + ann_ac),
+        "snn_energy_uj": snn_ac * ac_energy_pj * _PJ_TO_UJ,
+        "ann_energy_uj": (ann_mac * mac_energy_pj + ann_ac * ac_energy_pj) * _PJ_TO_UJ,
+    }
+
+
+def _totals(layers: list[dict[str, Any]], monitor: SpikeMonitor) -> dict[str, Any]:
+    """The summary's ``totals``: the layers' sums, the input included."""
+    totals = {field: sum(row[field] for row in layers) for field in
+              ("neurons", "spikes_per_image", "snn_ac", "ann_mac", "ann_ac", "snn_energy_uj",
+               "ann_energy_uj")}
+    neuron_steps = sum(layer.neuron_steps / layer.images for layer in monitor.layers.values())
+    totals["spikes_per_neuron"] = totals["spikes_per_image"] / totals["neurons"]
+    totals["firing_rate"] = totals["spikes_per_image"] / neuron_steps
+    totals["op_ratio"] = _ratio(totals["snn_ac"], totals["ann_mac"] + totals["ann_ac"])
+    totals["energy_ratio"] = _ratio(totals["ann_energy_uj"], totals["snn_energy_uj"])
+    return {field: totals[field] for field in TOTAL_FIELDS}
 
 
 def _number(value: float | None, digits: int = 0) -> str:

@@ -34,7 +34,7 @@ from .distributed import (DistContext, ResumableSampler, all_gather, all_reduce,
                           init_distributed, is_main_process, per_rank_batch)
 from .experiment import Experiment, UsageError, parse_settings
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
-                   make_precision, schedule_state, train_one_epoch)
+                   schedule_state, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, MetricsLog,
                       format_epoch_table)
 
@@ -140,7 +140,7 @@ class _Run:
         seed_everything(settings.seed)
         self.model = build_model(settings).to(self.device)
         self.optimizer = build_optimizer(self.model, settings)
-        self.precision = make_precision(settings.amp, self.device)
+        self.precision = Precision(self.device.type, settings.amp)
         self.tag = run_tag(settings)
         self.last, self.best = checkpoint_paths(settings.out_dir, self.tag)
         self.csv_path = os.path.join(settings.out_dir, f"metrics_{self.tag}.csv")
