@@ -1,27 +1,8 @@
 """Turn :class:`~analysis.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
 
-The summary is a plain dict (the JSON written by :func:`write_json`); all operation and energy
-figures in it are per image, averaged over the images seen. Its fields:
-
-- ``time_steps``, ``images``: T and the number of images the counts come from.
-- ``energy_per_op_pj``: ``{"mac", "ac", "source"}``, the per-operation energies used.
-- ``layers``: one dict per spiking layer, in firing order (index 0 is the Poisson input):
-  ``index``, ``name``, ``kind`` (input / lif / pool), ``neurons``, ``spikes_per_image``,
-  ``spikes_per_neuron`` (mean over neurons, per image, over the T steps), ``firing_rate``
-  (spikes per neuron per time step), ``targets`` (the synapse modules its spikes enter),
-  ``snn_ac`` (accumulates those spikes cause there), ``ann_mac`` and ``ann_ac`` (MACs and
-  additions of the same modules in the equivalent ANN), ``op_ratio``
-  (``snn_ac / (ann_mac + ann_ac)``), ``snn_energy_uj``, ``ann_energy_uj``.
-- ``totals``: the same sums for the whole network (``neurons``, ``spikes_per_image``,
-  ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``,
-  ``snn_energy_uj``, ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The
-  input layer is included in every total.
-- ``output``: None when :meth:`~analysis.monitor.SpikeMonitor.observe` saw no output, else
-  ``images``, ``silent`` (images whose output stayed exactly zero: no spike reached the output
-  layer), ``silent_fraction`` and ``top1`` (percent of those images classified correctly).
-- ``raster``: None, or ``{"layer", "image", "time_steps", "neurons", "spike_times"}``: flat
-  neuron indices (``[C, H, W]`` order) and, for each, the steps at which it spiked.
-- ``meta``: whatever the caller passed (architecture, checkpoint, ...).
+The summary is a plain dict (the JSON written by :func:`write_json`) with the fields named
+below (``SUMMARY_FIELDS`` ...) and explained in README.md, *Spike activity and energy*; every
+operation and energy figure in it is per image, averaged over the images seen.
 """
 from __future__ import annotations
 
