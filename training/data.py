@@ -57,26 +57,11 @@ DATASETS: dict[str, DatasetInfo] = {
 def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
                       mean: Sequence[float] | None = None,
                       std: Sequence[float] | None = None) -> TensorDataset:
-    """A deterministic, learnable stand-in for a data set: ``size`` images of ``info``'s shape
-    whose density and pixel statistics are those of the real images (``info.pixel_mean``,
-    ``info.pixel_std``), so the spiking networks see as many input spikes as on real data.
-
-    ``info.synthetic_style`` chooses the images:
-
-    - ``"strokes"`` (MNIST): white pen strokes on black, values in [0, 1], about 19 % of the
-      pixels lit, as in MNIST. Each class is three fixed quadratic Bezier curves; an image
-      moves their control points and the whole figure by a few pixels and varies the pen width.
-    - ``"scenes"`` (CIFAR-10, SVHN): dense colour images, nearly every pixel lit. Each class is
-      a fixed smooth colour field; an image adds its own smooth field, finer texture and pixel
-      noise; the set is scaled to the real data set's per-channel mean and standard deviation.
-
-    Class patterns come from ``seed`` (shared by train and test); train and test draw different
-    variations. With ``mean`` and ``std`` the images are normalised as the real data set's
-    ``Normalize(mean, std)`` transform would.
-
-    Returns:
-        ``TensorDataset`` of images ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64).
-    """
+    """A deterministic, learnable stand-in for a data set (README.md, *Run*): ``size`` images
+    ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64) with the real images' density
+    and pixel statistics, so the networks see as many input spikes as on real data. Class
+    patterns come from ``seed`` (shared by train and test, which draw different variations);
+    with ``mean`` and ``std`` the images are normalised as the real set's ``Normalize``."""
     draw = torch.Generator().manual_seed(seed + (1 if train else 2))
     labels = torch.randperm(size, generator=draw) % info.num_classes
     make = _strokes if info.synthetic_style == "strokes" else _scenes
@@ -88,7 +73,9 @@ def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
 
 def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
              draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` pen strokes in [0, 1] for ``labels`` ``[N]`` (see :func:`synthetic_dataset`)."""
+    """``[N, C, H, W]`` white pen strokes on black in [0, 1] for ``labels`` ``[N]``, about 19 %
+    of the pixels lit as in MNIST: each class is three fixed quadratic Bezier curves; an image
+    moves their control points and the whole figure by a few pixels and varies the pen width."""
     channels, height, width = info.input_shape
     size, strokes, curve_points = len(labels), 3, 24
     # control points [class, stroke, point, xy], in the central 60 % of the image as in MNIST
@@ -109,8 +96,9 @@ def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
 
 def _scenes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
             draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]`` with the real
-    set's per-channel mean and standard deviation (see :func:`synthetic_dataset`)."""
+    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]``: a fixed smooth
+    colour field per class, plus the image's own smooth field, finer texture and pixel noise,
+    scaled to the real set's per-channel mean and standard deviation."""
     channels, height, width = info.input_shape
     size = len(labels)
 
@@ -220,12 +208,8 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
                 generator: torch.Generator, shuffle: bool,
                 sampler: Sampler[int] | None = None) -> DataLoader:
     """A DataLoader whose order (unless ``sampler`` decides it), augmentation and worker seeds
-    all come from ``generator``.
-
-    Seeding that generator at the start of each epoch fixes the epoch's data independently of
-    every other random draw, so a run resumed at an epoch boundary sees the same data as an
-    uninterrupted one. In-memory tensor data sets use no worker processes.
-    """
+    all come from ``generator``: seeded at each epoch's start, it fixes the epoch's data
+    independently of every other draw (exact resume). In-memory data sets use no workers."""
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,

@@ -30,7 +30,7 @@ from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, 
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
                          restore_rng_state, run_tag, save_checkpoint)
 from .data import DATASETS, build_datasets, make_loader
-from .distributed import (DistContext, ResumableSampler, all_gather, all_reduce, barrier, cleanup,
+from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
                           init_distributed, is_main_process, per_rank_batch)
 from .experiment import Experiment, UsageError, parse_settings
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
@@ -61,13 +61,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int = 0) -> None:
         super().__init__(signal.Signals(signum).name)
         self.status, self.step = 128 + signum, step
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` if available, else ``cpu``; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -135,7 +128,9 @@ class _Run:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.command, self.after_step = settings, command, after_step
-        self.context = init_distributed(resolve_device(settings.device))
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.context = init_distributed(torch.device(auto if settings.device == "auto"
+                                                     else settings.device))
         self.device = self.context.device
         seed_everything(settings.seed)
         self.model = build_model(settings).to(self.device)

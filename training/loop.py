@@ -1,9 +1,7 @@
 """One training epoch and one evaluation pass, with what they use: the loss, SGD and its
-learning-rate schedule, and the ``--amp`` precision (the algorithm: docs/algorithm.md).
-
-Per mini-batch: images ``[B, C, H, W]`` -> ``encoder`` -> spikes ``[T, B, C, H, W]`` -> ``model``
--> output ``[B, K]``; loss = sum over batch and classes of ``(output - onehot)^2``; one backward
-through all T steps (BPTT), one SGD step. Cross-entropy of the output is computed for the log only.
+learning-rate schedule, and the ``--amp`` precision (the algorithm: docs/algorithm.md). Per
+mini-batch: images ``[B, C, H, W]`` -> ``encoder`` -> spikes ``[T, B, C, H, W]`` -> ``model`` ->
+output ``[B, K]`` -> summed-MSE loss -> one backward through all T steps (BPTT) -> one SGD step.
 """
 from __future__ import annotations
 

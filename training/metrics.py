@@ -95,13 +95,9 @@ class EpochMeters:
 
 
 class EpochProgress:
-    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only.
-
-    On a terminal (``bar_stream`` a TTY) a tqdm bar; otherwise (a log file, a batch scheduler) a
-    plain line on ``line_stream`` every ``print_freq`` batches and after the last, so that logs
-    carry no carriage-return clutter. ``done`` batches ran before (a resumed epoch) and count
-    towards ``total``.
-    """
+    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only: a tqdm bar on a
+    terminal (``bar_stream`` a TTY), else (a log file) a plain line on ``line_stream`` every
+    ``print_freq`` batches and after the last. ``done`` batches ran before (a resumed epoch)."""
 
     def __init__(self, total: int, description: str, print_freq: int = 10,
                  bar_stream: TextIO | None = None, line_stream: TextIO | None = None,
