@@ -142,16 +142,13 @@ class _Run:
         # --stats counts one test pass: --evaluate's, or the last epoch's
         self.monitor = _spike_monitor(self.model, settings) if settings.stats else None
         self.start_epoch, self.start_step = settings.start_epoch or 0, 0
-        self.checkpoint: dict[str, Any] = {}
         self.best_prec1: float | None = None
-        self.history: list[dict[str, Any]] = []
+        self.checkpoint: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []  # the CSV rows of all epochs so far
         self.fired: set[str] = set()  # layers that have spiked in some epoch
         self.spikes: dict[str, torch.Tensor] = {}  # this epoch's spikes per layer, so far
         self.data_generator = torch.Generator()
-        self.test_loader: DataLoader | None = None
-        self.train_loader: DataLoader | None = None
-        self.sampler: ResumableSampler | None = None
-        self.log: MetricsLog | None = None
+        self.test_loader = self.train_loader = self.sampler = self.log = None
         self.epoch = self.signum = 0
         self.last_save = 0.0
 
@@ -232,9 +229,8 @@ def _spike_monitor(model: nn.Module, settings: Experiment) -> SpikeMonitor:
 
 
 def _resume(r: _Run) -> None:
-    """The checkpoint's weights; unless only evaluating, also where it stopped (epoch, step),
-    its best top-1, history and optimiser state. The command line, not the checkpoint, decides
-    the hyperparameters of the epochs that follow."""
+    """The checkpoint's weights; unless only evaluating, also where it stopped, its best top-1,
+    history and optimiser state (the command line decides the hyperparameters from here on)."""
     settings = r.settings
     checkpoint = r.checkpoint = load_checkpoint(settings.resume)
     load_weights(r.model, checkpoint, settings.arch, settings.resume, settings.dataset)
@@ -260,7 +256,11 @@ def _resume(r: _Run) -> None:
     if checkpoint.get("best_prec1") is not None:
         r.best_prec1 = float(checkpoint["best_prec1"])
     r.history, r.fired = list(checkpoint.get("history", [])), set(checkpoint.get("fired", []))
-    _check_schedule(checkpoint.get("scheduler"), schedule_state(settings, r.start_epoch))
+    saved, keys = checkpoint.get("scheduler"), ("base_lr", "milestones", "gamma")
+    if saved and any(saved.get(k) != schedule_state(settings, 0)[k] for k in keys):
+        _say(f"note: the checkpoint's learning-rate schedule "
+             f"({', '.join(f'{k} {saved.get(k)}' for k in keys)}) differs from this run's; "
+             f"this run's applies")
     ranks = len(checkpoint.get("ranks", []))
     if r.start_step and ranks != r.context.world_size:
         raise UsageError(f"checkpoint {settings.resume} was written inside an epoch by {ranks} "
@@ -268,17 +268,9 @@ def _resume(r: _Run) -> None:
                          f"{r.context.world_size})")
 
 
-def _check_schedule(saved: dict[str, Any] | None, ours: dict[str, Any]) -> None:
-    keys = ("base_lr", "milestones", "gamma")
-    if saved and any(saved.get(k) != ours[k] for k in keys):
-        theirs = ", ".join(f"{k} {saved.get(k)}" for k in keys)
-        _say(f"note: the checkpoint's learning-rate schedule ({theirs}) differs from this "
-             f"run's; this run's applies")
-
-
 def _load_data(r: _Run) -> Dataset | None:
     """Both data sets (the test set alone for ``--evaluate``), checked against the network; the
-    test loader; the header line. Returns the training set."""
+    test loader; the run's first line. Returns the training set."""
     settings, context = r.settings, r.context
     train_set, test_set = build_datasets(settings, train=not settings.evaluate)
     expected = tuple(r.model.input_shape)
@@ -317,8 +309,8 @@ def _header(r: _Run, sizes: str) -> str:
 
 
 def _test_pass(r: _Run, monitor: SpikeMonitor | None = None) -> EpochStats:
-    """Every test pass re-seeds a generator of its own, so that test accuracy depends only on the
-    weights, data and device (training draws from the global generators)."""
+    """A test pass with a generator of its own, so that its accuracy depends only on the
+    weights, data and device."""
     generator = torch.Generator(device=r.device).manual_seed(r.settings.seed)
     encoder = PoissonEncoder(r.settings.time_steps, r.settings.input_scale, generator)
     with EpochProgress(len(r.test_loader), "Test", r.settings.print_freq) as progress:
@@ -401,14 +393,13 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
         done, resumed = r.start_step, r.checkpoint["ranks"][rank]
         restore_rng_state(resumed["rng"])
     r.sampler.skip, r.epoch = done * r.train_loader.batch_size, epoch
-    counted = {name: torch.tensor(resumed.get("spikes", {}).get(name, 0), device=r.device)
-               for name, m in r.model.named_modules()
-               if isinstance(m, (LIFNeuron, PoolingNeuron, OutputIntegrator))}
-    r.spikes = counted
+    r.spikes = {name: torch.tensor(resumed.get("spikes", {}).get(name, 0), device=r.device)
+                for name, m in r.model.named_modules()
+                if isinstance(m, (LIFNeuron, PoolingNeuron, OutputIntegrator))}
     encoder = PoissonEncoder(settings.time_steps, settings.input_scale)
     title = f"Epoch {epoch + 1}/{settings.epochs}"
     try:
-        with (_counting_spikes(r.model, counted),
+        with (_counting_spikes(r.model, r.spikes),
               EpochProgress(done + len(r.train_loader), title, settings.print_freq, done=done)
               as bar):
             return lr, train_one_epoch(train_model, encoder, r.train_loader, r.optimizer,
