@@ -183,17 +183,11 @@ class _Run:
 
 def run(settings: Experiment, after_step: AfterStep | None = None,
         command: Sequence[str] | None = None) -> RunResult:
-    """Train (or with ``settings.evaluate``, only test) as ``settings`` says; the outputs in
-    ``settings.out_dir`` are listed in README.md, *Outputs*. Under ``torchrun`` rank 0 alone
-    prints and writes, and the caller leaves the process group (``main`` does).
-    ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
-    ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt.
-
-    Raises:
-        UsageError: anything the user can fix, in one line (bad checkpoint or data, a previous
-            run's outputs, a diverged loss, a silent layer, an unwritable ``out_dir``, ...).
-        Interrupted: SIGINT/SIGTERM, after the mid-epoch checkpoint was written.
-    """
+    """Train (or with ``settings.evaluate``, only test) as ``settings`` says, writing what
+    README.md, *Outputs*, lists (under ``torchrun``: rank 0 alone; the caller leaves the process
+    group). ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
+    ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt. Raises
+    :class:`UsageError` (anything the user can fix, in one line) or :class:`Interrupted`."""
     r = _Run(settings, command or sys.argv, after_step)
     if settings.resume:
         _resume(r)
@@ -318,6 +312,7 @@ def _test_pass(r: _Run, monitor: SpikeMonitor | None = None) -> EpochStats:
 
 
 def _evaluate_only(r: _Run) -> RunResult:
+    """The authors' ``--evaluate``: one test pass, their ``Prec@1`` line and ours."""
     test = _test_pass(r, r.monitor)
     _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
     _say(f"Test: loss {test.loss:.4f} CE {test.cross_entropy:.4f} ({test.samples} images, "
@@ -534,12 +529,9 @@ def _report_spikes(r: _Run, checkpoint: str, test: EpochStats) -> None:
 
 def main(defaults: Experiment, argv: Sequence[str] | None = None,
          description: str | None = None) -> None:
-    """Entry point of the scripts: parse ``argv`` over ``defaults``, run, exit.
-
-    A :class:`UsageError` becomes ``error: <message>`` on stderr (rank 0 only under DDP) and
-    exit status 2; an interrupt exits 130 (SIGINT) or 143 (SIGTERM) after its one line. The
-    DDP process group, if any, is left in every case.
-    """
+    """Entry point of the scripts: parse ``argv`` over ``defaults``, run, exit: 2 after
+    ``error: <message>`` on stderr, 130 (SIGINT) or 143 (SIGTERM) after an interrupt's line.
+    The DDP process group, if any, is left in every case."""
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = parse_settings(defaults, argv, description)
     try:

@@ -135,11 +135,8 @@ def evaluate(model: nn.Module, encoder: nn.Module, loader: DataLoader, device: t
     """Test ``model`` on ``loader`` without dropout; nothing is learned. An optional ``monitor``
     (e.g. :class:`analysis.SpikeMonitor`) gets ``attach(model)`` before the first batch,
     ``observe(output, target)`` after each (``[B, K]`` output, ``[B]`` labels) and ``detach()``
-    after the pass, also when it fails.
-
-    Give ``encoder`` its own seeded generator (as the engine does) for an accuracy that is
-    reproducible for the same weights, data and device. Under DDP give each rank its share of
-    the test set; the averages are over all ranks' images.
+    after the pass, also when it fails. Under DDP each rank passes its share of the test set;
+    the averages are over all ranks' images.
     """
     precision = precision or Precision(device.type)
     meters = EpochMeters()

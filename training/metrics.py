@@ -145,11 +145,8 @@ def _metric(summary: str, fmt: str = ".4f", table: str = "") -> Any:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's metrics: a CSV row, the summary line and a row of the final table.
-
-    Losses are the summed-MSE loss per image, CE the cross-entropy of the output (logged only),
-    accuracies in percent, ``epoch`` numbered from 1.
-    """
+    """One epoch's metrics (``epoch`` from 1, losses per image, accuracies in percent): a CSV
+    row, the summary line and a row of the final table."""
 
     epoch: int = _metric("Epoch {}/{epochs}", "d", "epoch")
     lr: float = _metric("| lr {}", ".3g", "lr")
