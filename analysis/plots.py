@@ -218,13 +218,7 @@ def _curve_axes(axis, epochs: list[float], curves: list[list[float]], label: str
 
 def plot_training_curves(csv_path: str | Path, png_path: str | Path,
                          epoch_column: str = "epoch", title: str | None = None) -> Path | None:
-    """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``.
-
-    Returns:
-        ``png_path``, or None when matplotlib is not installed.
-
-    Raises:
-        ValueError: if the CSV has no ``epoch_column`` column.
-    """
+    """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``; returns
+    ``png_path``, or None when matplotlib is not installed."""
     figure = training_curves_figure(csv_path, epoch_column, title)
     return None if figure is None else _save(figure, png_path)
