@@ -325,18 +325,7 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
     """Refuse to overwrite another run's outputs; the CSV; the training loader. Returns the
     network to train (wrapped by DDP under torchrun)."""
     settings, context = r.settings, r.context
-    found = [p for p in (r.last, r.best, r.csv_path) if os.path.exists(p)]
-    problem = ""
-    if found and not settings.resume and not settings.overwrite:
-        problem = (f"{settings.out_dir} holds a previous run's "
-                   f"{', '.join(map(os.path.basename, found))}; continue it with --resume "
-                   f"{r.last}, or start over with --overwrite")
-    elif is_main_process():
-        try:
-            os.makedirs(settings.out_dir, exist_ok=True)
-            r.log = MetricsLog(r.csv_path, r.start_epoch)
-        except OSError as error:
-            problem = f"cannot write to --out-dir {settings.out_dir}: {error.strerror or error}"
+    problem = _open_log(r) if is_main_process() else ""
     if all_reduce([float(bool(problem))], r.device, "max")[0]:  # all stop, rank 0 says why
         raise UsageError(problem)
     # Every rank permutes the same way (seed + epoch) and takes every world_size-th index, so
@@ -351,6 +340,22 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
         return r.model
     return DistributedDataParallel(
         r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
+
+
+def _open_log(r: _Run) -> str:
+    """Rank 0's part of :func:`_prepare_training`: returns what went wrong, or ``""``."""
+    settings = r.settings
+    found = [p for p in (r.last, r.best, r.csv_path) if os.path.exists(p)]
+    if found and not settings.resume and not settings.overwrite:
+        return (f"{settings.out_dir} holds a previous run's "
+                f"{', '.join(map(os.path.basename, found))}; continue it with --resume "
+                f"{r.last}, or start over with --overwrite")
+    try:
+        os.makedirs(settings.out_dir, exist_ok=True)
+        r.log = MetricsLog(r.csv_path, r.start_epoch)
+    except OSError as error:
+        return f"cannot write to --out-dir {settings.out_dir}: {error.strerror or error}"
+    return ""
 
 
 @contextlib.contextmanager
