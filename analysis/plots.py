@@ -155,10 +155,8 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
     axes read at a glance after one epoch as after hundreds: whole-number epochs, losses from
     0, accuracy from 0 to 100 % (from just below the lowest value once the run settles above
     50 %), tick labels without an offset. Dashed vertical lines mark the epochs where ``lr``
-    changes. Returns a matplotlib ``Figure``, or None when matplotlib is not installed.
-
-    Raises:
-        ValueError: if the CSV has no ``epoch_column`` column.
+    changes. Returns a matplotlib ``Figure``, or None when matplotlib is not installed; raises
+    ValueError if the CSV has no ``epoch_column`` column.
     """
     columns = _read_columns(csv_path)
     if epoch_column not in columns:
@@ -172,7 +170,7 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
                   if rate != previous]
     panels = [(label, [name for name in columns if any(key in name.lower() for key in keys)])
               for label, keys in _CURVE_PANELS]
-    panels = [(label, names) for label, names in panels if names]
+    panels = [(label, names) for label, names in panels if names]  # no empty panel
     figure = Figure(figsize=(4.5 * max(1, len(panels)), 4.8), layout="constrained")
     if title:
         figure.suptitle(title)
