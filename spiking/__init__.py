@@ -8,13 +8,10 @@
 - :mod:`spiking.synapses`: time-folded convolution and linear layers.
 - :mod:`spiking.dropout`: dropout held over time.
 - :mod:`spiking.encoding`: Poisson input encoding.
-- :mod:`spiking.monitor`: spike and synaptic-operation counting for inference analysis.
-- :mod:`spiking.report`: per-layer summary, energy estimate, table and JSON of those counts.
 """
 from . import backend, functional
 from .dropout import TimeHeldDropout
 from .encoding import PoissonEncoder
-from .monitor import SpikeMonitor
 from .neurons import LIFNeuron, OutputIntegrator, PoolingNeuron, reset_states
 from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
@@ -25,7 +22,6 @@ __all__ = [
     "OutputIntegrator",
     "PoissonEncoder",
     "PoolingNeuron",
-    "SpikeMonitor",
     "SpikingConv2d",
     "SpikingLinear",
     "TimeFolded",

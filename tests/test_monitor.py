@@ -6,11 +6,11 @@ import pytest
 import torch
 from torch import nn
 
+from analysis.monitor import OutputCounts, SpikeMonitor, spiking_layer_names
+from analysis.report import summarize
 from models import get_model
-from spiking import (LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, SpikeMonitor,
-                     SpikingConv2d, SpikingLinear, TimeFolded)
-from spiking.monitor import OutputCounts, spiking_layer_names
-from spiking.report import summarize
+from spiking import (LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, SpikingConv2d,
+                     SpikingLinear, TimeFolded)
 
 
 class TinyNet(nn.Module):

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import plots
+from analysis import SpikeMonitor, plots
+from analysis.report import (LAYER_FIELDS, OUTPUT_FIELDS, SUMMARY_FIELDS, TOTAL_FIELDS,
+                             format_table, raster_sample, summarize, write_json)
 from models import get_model
-from spiking import PoissonEncoder, SpikeMonitor
-from spiking.report import (LAYER_FIELDS, OUTPUT_FIELDS, SUMMARY_FIELDS, TOTAL_FIELDS,
-                            format_table, raster_sample, summarize, write_json)
+from spiking import PoissonEncoder
 
 
 @pytest.fixture(scope="module")

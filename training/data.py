@@ -17,23 +17,13 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from .experiment import Experiment, UsageError
 
-__all__ = ["DATASETS", "DatasetInfo", "build_datasets", "make_loader", "synthetic_dataset"]
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the engine needs to know about a data set before loading it.
-
-    Attributes:
-        input_shape: ``(C, H, W)`` of one image.
-        num_classes: number of labels.
-        files: the files torchvision needs, relative to ``--data``, for the missing-data message.
-        source: where to get them, as a phrase for the missing-data message.
-        pixel_mean, pixel_std: per-channel statistics of the real training images in [0, 1]
-            (what the synthetic stand-in imitates).
-        synthetic_style: ``"strokes"`` or ``"scenes"``, the stand-in's kind of image
-            (:func:`synthetic_dataset`).
-    """
+    """What the engine needs to know about a data set before loading it: the ``(C, H, W)`` of an
+    image, the classes, the files torchvision needs under ``--data`` and where to get them (for
+    the missing-data message), the real training images' per-channel mean and standard
+    deviation in [0, 1] and the kind of image (``"strokes"`` or ``"scenes"``) that the synthetic
+    stand-in imitates (:func:`synthetic_dataset`)."""
 
     input_shape: tuple[int, int, int]
     num_classes: int
@@ -67,26 +57,11 @@ DATASETS: dict[str, DatasetInfo] = {
 def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
                       mean: Sequence[float] | None = None,
                       std: Sequence[float] | None = None) -> TensorDataset:
-    """A deterministic, learnable stand-in for a data set: ``size`` images of ``info``'s shape
-    whose density and pixel statistics are those of the real images (``info.pixel_mean``,
-    ``info.pixel_std``), so the spiking networks see as many input spikes as on real data.
-
-    ``info.synthetic_style`` chooses the images:
-
-    - ``"strokes"`` (MNIST): white pen strokes on black, values in [0, 1], about 19 % of the
-      pixels lit, as in MNIST. Each class is three fixed quadratic Bezier curves; an image
-      moves their control points and the whole figure by a few pixels and varies the pen width.
-    - ``"scenes"`` (CIFAR-10, SVHN): dense colour images, nearly every pixel lit. Each class is
-      a fixed smooth colour field; an image adds its own smooth field, finer texture and pixel
-      noise; the set is scaled to the real data set's per-channel mean and standard deviation.
-
-    Class patterns come from ``seed`` (shared by train and test); train and test draw different
-    variations. With ``mean`` and ``std`` the images are normalised as the real data set's
-    ``Normalize(mean, std)`` transform would.
-
-    Returns:
-        ``TensorDataset`` of images ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64).
-    """
+    """A deterministic, learnable stand-in for a data set (README.md, *Run*): ``size`` images
+    ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64) with the real images' density
+    and pixel statistics, so the networks see as many input spikes as on real data. Class
+    patterns come from ``seed`` (shared by train and test, which draw different variations);
+    with ``mean`` and ``std`` the images are normalised as the real set's ``Normalize``."""
     draw = torch.Generator().manual_seed(seed + (1 if train else 2))
     labels = torch.randperm(size, generator=draw) % info.num_classes
     make = _strokes if info.synthetic_style == "strokes" else _scenes
@@ -98,7 +73,9 @@ def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
 
 def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
              draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` pen strokes in [0, 1] for ``labels`` ``[N]`` (see :func:`synthetic_dataset`)."""
+    """``[N, C, H, W]`` white pen strokes on black in [0, 1] for ``labels`` ``[N]``, about 19 %
+    of the pixels lit as in MNIST: each class is three fixed quadratic Bezier curves; an image
+    moves their control points and the whole figure by a few pixels and varies the pen width."""
     channels, height, width = info.input_shape
     size, strokes, curve_points = len(labels), 3, 24
     # control points [class, stroke, point, xy], in the central 60 % of the image as in MNIST
@@ -119,8 +96,9 @@ def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
 
 def _scenes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
             draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]`` with the real
-    set's per-channel mean and standard deviation (see :func:`synthetic_dataset`)."""
+    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]``: a fixed smooth
+    colour field per class, plus the image's own smooth field, finer texture and pixel noise,
+    scaled to the real set's per-channel mean and standard deviation."""
     channels, height, width = info.input_shape
     size = len(labels)
 
@@ -191,23 +169,19 @@ def _load_split(settings: Experiment, split: str) -> Dataset:
 
 
 def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | None, Dataset]:
-    """The training set (``None`` unless ``train``) and the test set of ``settings.dataset``.
-
-    SVHN trains on its ``train`` split, plus ``extra`` when ``settings.svhn_extra``. With
-    ``settings.train_subset`` the training set is cut to that many images, chosen from the seed.
-    """
-    info = DATASETS[settings.dataset]
-    if settings.synthetic:
-        test_size = max(settings.synthetic_size // 4, info.num_classes)
-        test = synthetic_dataset(info, test_size, settings.seed, False, settings.mean,
-                                 settings.std)
-        train_set = (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
-                                       settings.mean, settings.std) if train else None)
-    else:
-        test = _load_split(settings, "test")
-        train_set = _load_split(settings, "train") if train else None
-        if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
-            train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
+    """The training set (``None`` unless ``train``) and the test set of ``settings.dataset``:
+    SVHN's ``train`` split plus ``extra`` with ``settings.svhn_extra``, cut to
+    ``settings.train_subset`` images drawn from the seed. A failure leaves no empty ``--data``
+    directory behind."""
+    existed = os.path.exists(settings.data_dir)
+    try:
+        train_set, test = _datasets(settings, train)
+    except UsageError:
+        if not existed and os.path.isdir(settings.data_dir):
+            for folder, _, files in sorted(os.walk(settings.data_dir), reverse=True):
+                if not files and not os.listdir(folder):
+                    os.rmdir(folder)
+        raise
     if train_set is not None and 0 < settings.train_subset < len(train_set):
         draw = torch.Generator().manual_seed(settings.seed)
         order = torch.randperm(len(train_set), generator=draw)
@@ -215,16 +189,27 @@ def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | 
     return train_set, test
 
 
+def _datasets(settings: Experiment, train: bool) -> tuple[Dataset | None, Dataset]:
+    info = DATASETS[settings.dataset]
+    if settings.synthetic:
+        test_size = max(settings.synthetic_size // 4, info.num_classes)
+        test = synthetic_dataset(info, test_size, settings.seed, False, settings.mean,
+                                 settings.std)
+        return (synthetic_dataset(info, settings.synthetic_size, settings.seed, True,
+                                  settings.mean, settings.std) if train else None), test
+    test = _load_split(settings, "test")
+    train_set = _load_split(settings, "train") if train else None
+    if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
+        train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
+    return train_set, test
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
                 generator: torch.Generator, shuffle: bool,
                 sampler: Sampler[int] | None = None) -> DataLoader:
     """A DataLoader whose order (unless ``sampler`` decides it), augmentation and worker seeds
-    all come from ``generator``.
-
-    Seeding that generator at the start of each epoch fixes the epoch's data independently of
-    every other random draw, so a run resumed at an epoch boundary sees the same data as an
-    uninterrupted one. In-memory tensor data sets use no worker processes.
-    """
+    all come from ``generator``: seeded at each epoch's start, it fixes the epoch's data
+    independently of every other draw (exact resume). In-memory data sets use no workers."""
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,

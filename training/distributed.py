@@ -1,9 +1,6 @@
-"""DistributedDataParallel plumbing for runs under ``torchrun``: the process group from the
-launcher's environment, the rank-0 rule for output, reductions and the resumable sampler.
-
-A plain ``python script.py`` run gets a one-process :class:`DistContext` (rank 0 of 1), and every
-helper here then does nothing extra, so the engine calls the same code in both cases.
-"""
+"""DistributedDataParallel plumbing for runs under ``torchrun``: the process group, the rank-0
+rule for output, reductions and the resumable sampler. Without a process group (a plain
+``python script.py``) every helper does nothing extra, so the engine calls the same code."""
 from __future__ import annotations
 
 import itertools

@@ -1,6 +1,6 @@
-"""The training engine: :func:`run` reads set up -> resume -> for each epoch: train, check, test,
-save; its steps share one :class:`_Run` with what the run built. :func:`main` is what the entry
-scripts call. What ends a run early is here too: signals, ``--save-every``, a silent layer.
+"""The training engine: :func:`run` reads set up -> resume -> for each epoch: train, check,
+test, save; its steps share one :class:`_Run`. :func:`main` is what the entry scripts call. What
+ends a run early is here too: signals, ``--save-every``, a silent layer.
 """
 from __future__ import annotations
 
@@ -24,19 +24,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 import models
+from analysis import SpikeMonitor, plots, spiking_layer_names, write_report
 from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, backend
 
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
                          restore_rng_state, run_tag, save_checkpoint)
 from .data import DATASETS, build_datasets, make_loader
-from .distributed import (DistContext, ResumableSampler, all_gather, all_reduce, barrier, cleanup,
+from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
                           init_distributed, is_main_process, per_rank_batch)
 from .experiment import Experiment, UsageError, parse_settings
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
-                   make_precision, schedule_state, train_one_epoch)
+                   schedule_state, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, MetricsLog,
                       format_epoch_table)
-from .reports import make_spike_monitor, report_spike_stats, write_training_curves
 
 AfterStep = Callable[[int, int], None]
 _SAVE_NOW = 1  # the --save-every timer's request, below every signal number
@@ -61,13 +61,6 @@ class Interrupted(Exception):
     def __init__(self, signum: int, step: int = 0) -> None:
         super().__init__(signal.Signals(signum).name)
         self.status, self.step = 128 + signum, step
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> ``cuda`` if available, else ``cpu``; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def seed_everything(seed: int) -> None:
@@ -102,65 +95,62 @@ def _say(*parts: object) -> None:
         print(*parts, flush=True)
 
 
-class SpikeCounts:
-    """Spikes of every hidden LIF and pooling layer (nonzero outputs of the output layer) in a
-    training epoch, counted by forward hooks on the device: no synchronisation in the hot loop."""
+@contextlib.contextmanager
+def _counting_spikes(model: nn.Module, counts: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Add the spikes of every layer named in ``counts`` (hidden LIF and pooling layers; nonzero
+    outputs of the output layer) to its count while the block runs: forward hooks, counting on
+    the device, no synchronisation in the hot loop."""
+    def count(name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        counts[name] += torch.count_nonzero(output.detach())
 
-    def __init__(self, model: nn.Module, device: torch.device) -> None:
-        kinds = (LIFNeuron, PoolingNeuron, OutputIntegrator)
-        self.layers = {name: m for name, m in model.named_modules() if isinstance(m, kinds)}
-        self.device, self.counts = device, {}
-
-    @contextlib.contextmanager
-    def counting(self, counts: dict[str, int]) -> Iterator[None]:
-        """Count on from ``counts`` (a resumed epoch's; else 0) while the block runs."""
-        self.counts = {name: torch.tensor(counts.get(name, 0), device=self.device)
-                       for name in self.layers}
-        hooks = [m.register_forward_hook(partial(self._count, name))
-                 for name, m in self.layers.items()]
-        try:
-            yield
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    def _count(self, name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        self.counts[name] += torch.count_nonzero(output.detach())
+    hooks = [m.register_forward_hook(partial(count, name))
+             for name, m in model.named_modules() if name in counts]
+    try:
+        yield
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
-@dataclass
 class _Run:
-    """What :func:`run` builds once and its steps share; also the ``control`` that the training
-    loop asks between steps (:meth:`request`, :meth:`step_done`)."""
+    """What :func:`run` sets up once (process group, device, precision, the model with the same
+    initial weights on every rank, SGD, the ``--stats`` monitor) and its steps share; also the
+    ``control`` that the training loop asks between steps (:meth:`request`, :meth:`step_done`)."""
 
-    settings: Experiment
-    command: Sequence[str]
-    after_step: AfterStep | None
-    context: DistContext
-    device: torch.device
-    precision: Precision
-    model: models.SpikingNetwork
-    optimizer: torch.optim.Optimizer
-    tag: str
-    last: str
-    best: str
-    csv_path: str
-    monitor: Any  # --stats counts in one test pass: the evaluation's, or the last epoch's
-    start_epoch: int
-    start_step: int = 0
-    checkpoint: dict[str, Any] = field(default_factory=dict)
-    best_prec1: float | None = None
-    history: list[dict[str, Any]] = field(default_factory=list)
-    fired: set[str] = field(default_factory=set)
-    test_loader: DataLoader | None = None
-    train_loader: DataLoader | None = None
-    sampler: ResumableSampler | None = None
-    data_generator: torch.Generator = field(default_factory=torch.Generator)
-    log: MetricsLog | None = None
-    spikes: SpikeCounts | None = None
-    epoch: int = 0
-    signum: int = 0
-    last_save: float = 0.0
+    def __init__(self, settings: Experiment, command: Sequence[str],
+                 after_step: AfterStep | None) -> None:
+        if settings.evaluate and not settings.resume:
+            raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
+                             "(refusing to evaluate untrained weights)")
+        if settings.deterministic:
+            # before the first cuBLAS call; operations without a deterministic kernel only warn
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.settings, self.command, self.after_step = settings, command, after_step
+        auto = "cuda" if torch.cuda.is_available() else "cpu"
+        self.context = init_distributed(torch.device(auto if settings.device == "auto"
+                                                     else settings.device))
+        self.device = self.context.device
+        seed_everything(settings.seed)
+        self.model = build_model(settings).to(self.device)
+        self.optimizer = build_optimizer(self.model, settings)
+        self.precision = Precision(self.device.type, settings.amp)
+        self.tag = run_tag(settings)
+        self.last, self.best = checkpoint_paths(settings.out_dir, self.tag)
+        self.csv_path = os.path.join(settings.out_dir, f"metrics_{self.tag}.csv")
+        # --stats counts one test pass: --evaluate's, or the last epoch's
+        self.monitor = _spike_monitor(self.model, settings) if settings.stats else None
+        self.start_epoch, self.start_step = settings.start_epoch or 0, 0
+        self.best_prec1: float | None = None
+        self.checkpoint: dict[str, Any] = {}
+        self.history: list[dict[str, Any]] = []  # the CSV rows of all epochs so far
+        self.fired: set[str] = set()  # layers that have spiked in some epoch
+        self.spikes: dict[str, torch.Tensor] = {}  # this epoch's spikes per layer, so far
+        self.data_generator = torch.Generator()
+        self.test_loader = self.train_loader = self.sampler = self.log = None
+        self.epoch = self.signum = 0
+        self.last_save = 0.0
 
     def on_signal(self, signum: int, frame: object) -> None:
         """The first SIGINT/SIGTERM is answered after the current step; a second stops at once."""
@@ -183,7 +173,7 @@ class _Run:
             self.after_step(self.epoch, step)
         if request:
             ranks = all_gather({"rng": capture_rng_state(), "meters": meters.state(),
-                                "spikes": {n: int(c) for n, c in self.spikes.counts.items()}})
+                                "spikes": {n: int(c) for n, c in self.spikes.items()}})
             _save(self, self.epoch, step=step, ranks=ranks)
             barrier()
             self.last_save = time.monotonic()
@@ -193,22 +183,12 @@ class _Run:
 
 def run(settings: Experiment, after_step: AfterStep | None = None,
         command: Sequence[str] | None = None) -> RunResult:
-    """Train (or with ``settings.evaluate``, only test) as ``settings`` says.
-
-    Writes ``checkpointT1_<tag>.pth.tar`` after every epoch (and inside one at SIGINT, SIGTERM
-    or every ``--save-every`` minutes), ``model_bestT1_<tag>.pth.tar`` whenever test top-1
-    improves, and ``metrics_<tag>.csv`` into ``settings.out_dir``. Under ``torchrun`` every
-    process trains on its shard of each global batch, rank 0 alone prints and writes, the
-    metrics average all ranks, and the caller leaves the process group (``main`` does).
-    ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
-    ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt.
-
-    Raises:
-        UsageError: anything the user can fix, in one line (bad checkpoint or data, a previous
-            run's outputs, a diverged loss, a silent layer, an unwritable ``out_dir``, ...).
-        Interrupted: SIGINT/SIGTERM, after the mid-epoch checkpoint was written.
-    """
-    r = _set_up(settings, command or sys.argv, after_step)
+    """Train (or with ``settings.evaluate``, only test) as ``settings`` says, writing what
+    README.md, *Outputs*, lists (under ``torchrun``: rank 0 alone; the caller leaves the process
+    group). ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
+    ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt. Raises
+    :class:`UsageError` (anything the user can fix, in one line) or :class:`Interrupted`."""
+    r = _Run(settings, command or sys.argv, after_step)
     if settings.resume:
         _resume(r)
     train_set = _load_data(r)
@@ -232,32 +212,19 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
     return RunResult(r.best_prec1, test, r.history, r.model)
 
 
-def _set_up(settings: Experiment, command: Sequence[str], after_step: AfterStep | None) -> _Run:
-    """Process group, device, precision, model (the same initial weights on every rank), SGD."""
-    if settings.evaluate and not settings.resume:
-        raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
-                         "(refusing to evaluate untrained weights)")
-    if settings.deterministic:
-        # before the first cuBLAS call; operations without a deterministic kernel only warn
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    context = init_distributed(resolve_device(settings.device))
-    seed_everything(settings.seed)
-    model = build_model(settings).to(context.device)
-    tag = run_tag(settings)
-    return _Run(settings, command, after_step, context, context.device,
-                make_precision(settings.amp, context.device), model,
-                build_optimizer(model, settings), tag, *checkpoint_paths(settings.out_dir, tag),
-                os.path.join(settings.out_dir, f"metrics_{tag}.csv"),
-                make_spike_monitor(model, settings) if settings.stats else None,
-                start_epoch=settings.start_epoch or 0)
+def _spike_monitor(model: nn.Module, settings: Experiment) -> SpikeMonitor:
+    """Keeps the raster of ``--raster-layer`` (default: the first hidden layer)."""
+    names = spiking_layer_names(model)
+    layer = settings.raster_layer or names[1]
+    if layer not in names:
+        raise UsageError(f"--raster-layer {layer!r} is not a spiking layer of {settings.arch}; "
+                         f"choose from {', '.join(names)}")
+    return SpikeMonitor(raster_layer=layer)
 
 
 def _resume(r: _Run) -> None:
-    """The checkpoint's weights; unless only evaluating, also where it stopped (epoch, step),
-    its best top-1, history and optimiser state. The command line, not the checkpoint, decides
-    the hyperparameters of the epochs that follow."""
+    """The checkpoint's weights; unless only evaluating, also where it stopped, its best top-1,
+    history and optimiser state (the command line decides the hyperparameters from here on)."""
     settings = r.settings
     checkpoint = r.checkpoint = load_checkpoint(settings.resume)
     load_weights(r.model, checkpoint, settings.arch, settings.resume, settings.dataset)
@@ -283,11 +250,11 @@ def _resume(r: _Run) -> None:
     if checkpoint.get("best_prec1") is not None:
         r.best_prec1 = float(checkpoint["best_prec1"])
     r.history, r.fired = list(checkpoint.get("history", [])), set(checkpoint.get("fired", []))
-    saved, ours = checkpoint.get("scheduler"), schedule_state(settings, r.start_epoch)
-    if saved and any(saved.get(k) != ours[k] for k in ("base_lr", "milestones", "gamma")):
-        theirs = ", ".join(f"{k} {saved.get(k)}" for k in ("base_lr", "milestones", "gamma"))
-        _say(f"note: the checkpoint's learning-rate schedule ({theirs}) differs from this "
-             f"run's; this run's applies")
+    saved, keys = checkpoint.get("scheduler"), ("base_lr", "milestones", "gamma")
+    if saved and any(saved.get(k) != schedule_state(settings, 0)[k] for k in keys):
+        _say(f"note: the checkpoint's learning-rate schedule "
+             f"({', '.join(f'{k} {saved.get(k)}' for k in keys)}) differs from this run's; "
+             f"this run's applies")
     ranks = len(checkpoint.get("ranks", []))
     if r.start_step and ranks != r.context.world_size:
         raise UsageError(f"checkpoint {settings.resume} was written inside an epoch by {ranks} "
@@ -297,17 +264,9 @@ def _resume(r: _Run) -> None:
 
 def _load_data(r: _Run) -> Dataset | None:
     """Both data sets (the test set alone for ``--evaluate``), checked against the network; the
-    test loader; the header line. Returns the training set."""
+    test loader; the run's first line. Returns the training set."""
     settings, context = r.settings, r.context
-    existed = os.path.exists(settings.data_dir)
-    try:
-        train_set, test_set = build_datasets(settings, train=not settings.evaluate)
-    except UsageError:  # leave no empty --data directory behind
-        if not existed and os.path.isdir(settings.data_dir):
-            for folder, _, files in sorted(os.walk(settings.data_dir), reverse=True):
-                if not files and not os.listdir(folder):
-                    os.rmdir(folder)
-        raise
+    train_set, test_set = build_datasets(settings, train=not settings.evaluate)
     expected = tuple(r.model.input_shape)
     for what, dataset in (("test", test_set), ("training", train_set)):
         if dataset is not None and tuple(dataset[0][0].shape) != expected:
@@ -323,15 +282,16 @@ def _load_data(r: _Run) -> Dataset | None:
                                 settings.workers, r.device,
                                 torch.Generator().manual_seed(settings.seed), shuffle=False,
                                 sampler=range(context.rank, len(test_set), context.world_size))
-    _say(_header(r, None if train_set is None else len(train_set), len(test_set)))
+    sizes = (f"{len(test_set)} test" if train_set is None
+             else f"{len(train_set)} train / {len(test_set)} test")
+    _say(_header(r, sizes))
     return train_set
 
 
-def _header(r: _Run, train_size: int | None, test_size: int) -> str:
+def _header(r: _Run, sizes: str) -> str:
     """The run's first line: what is trained on what, with which settings, and what runs it."""
     settings = r.settings
     data = "synthetic " + settings.dataset if settings.synthetic else settings.dataset
-    sizes = f"{test_size} test" if train_size is None else f"{train_size} train / {test_size} test"
     runtime = [f"device {r.device}", r.precision.describe(), backend.describe(r.device)]
     if r.context.enabled:
         runtime.append(f"DDP over {r.context.world_size} processes "
@@ -342,9 +302,9 @@ def _header(r: _Run, train_size: int | None, test_size: int) -> str:
             + ", ".join(runtime))
 
 
-def _test_pass(r: _Run, monitor: Any = None) -> EpochStats:
-    """Every test pass re-seeds a generator of its own, so that test accuracy depends only on the
-    weights, data and device (training draws from the global generators)."""
+def _test_pass(r: _Run, monitor: SpikeMonitor | None = None) -> EpochStats:
+    """A test pass with a generator of its own, so that its accuracy depends only on the
+    weights, data and device."""
     generator = torch.Generator(device=r.device).manual_seed(r.settings.seed)
     encoder = PoissonEncoder(r.settings.time_steps, r.settings.input_scale, generator)
     with EpochProgress(len(r.test_loader), "Test", r.settings.print_freq) as progress:
@@ -352,19 +312,18 @@ def _test_pass(r: _Run, monitor: Any = None) -> EpochStats:
 
 
 def _evaluate_only(r: _Run) -> RunResult:
-    settings = r.settings
+    """The authors' ``--evaluate``: one test pass, their ``Prec@1`` line and ours."""
     test = _test_pass(r, r.monitor)
     _say(f" * Prec@1 {test.top1:.3f} Prec@5 {test.top5:.3f}")
     _say(f"Test: loss {test.loss:.4f} CE {test.cross_entropy:.4f} ({test.samples} images, "
-         f"T={settings.time_steps}, {test.seconds:.1f} s)")
-    if r.monitor is not None and is_main_process():
-        report_spike_stats(r.monitor, settings, settings.resume, test.top1)
+         f"T={r.settings.time_steps}, {test.seconds:.1f} s)")
+    _report_spikes(r, r.settings.resume, test)
     return RunResult(test.top1, test, model=r.model)
 
 
 def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
-    """Refuse to overwrite another run's outputs; the CSV; the training loader; the spike
-    counts. Returns the network to train (wrapped by DDP under torchrun)."""
+    """Refuse to overwrite another run's outputs; the CSV; the training loader. Returns the
+    network to train (wrapped by DDP under torchrun)."""
     settings, context = r.settings, r.context
     problem = _open_log(r) if is_main_process() else ""
     if all_reduce([float(bool(problem))], r.device, "max")[0]:  # all stop, rank 0 says why
@@ -377,7 +336,6 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
                                  per_rank_batch(settings.batch_size, context, "-b/--batch-size"),
                                  settings.workers, r.device, r.data_generator, shuffle=False,
                                  sampler=r.sampler)
-    r.spikes = SpikeCounts(r.model, r.device)
     if not context.enabled:
         return r.model
     return DistributedDataParallel(
@@ -430,10 +388,13 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
         done, resumed = r.start_step, r.checkpoint["ranks"][rank]
         restore_rng_state(resumed["rng"])
     r.sampler.skip, r.epoch = done * r.train_loader.batch_size, epoch
+    r.spikes = {name: torch.tensor(resumed.get("spikes", {}).get(name, 0), device=r.device)
+                for name, m in r.model.named_modules()
+                if isinstance(m, (LIFNeuron, PoolingNeuron, OutputIntegrator))}
     encoder = PoissonEncoder(settings.time_steps, settings.input_scale)
     title = f"Epoch {epoch + 1}/{settings.epochs}"
     try:
-        with (r.spikes.counting(resumed.get("spikes", {})),
+        with (_counting_spikes(r.model, r.spikes),
               EpochProgress(done + len(r.train_loader), title, settings.print_freq, done=done)
               as bar):
             return lr, train_one_epoch(train_model, encoder, r.train_loader, r.optimizer,
@@ -456,8 +417,8 @@ def _check_silence(r: _Run, epoch: int) -> None:
     """A layer that fired in an earlier epoch and emitted nothing in this one has gone silent:
     no gradient passes it any more, so the run stops (``--allow-silent``: warns) before this
     epoch is saved. Layers silent from the start get a warning in the run's first epoch."""
-    summed = all_reduce([float(c) for c in r.spikes.counts.values()], r.device, "sum")
-    counts = dict(zip(r.spikes.counts, map(int, summed)))  # over all ranks
+    summed = all_reduce([float(c) for c in r.spikes.values()], r.device, "sum")
+    counts = dict(zip(r.spikes, map(int, summed)))  # over all ranks
     silent = [name for name, count in counts.items() if count == 0]
     gone = [name for name in silent if name in r.fired]
     r.fired |= {name for name, count in counts.items() if count}
@@ -538,23 +499,39 @@ def _say_interrupted(r: _Run, where: str) -> None:
 
 
 def _finish(r: _Run, test: EpochStats | None) -> None:
+    """The table of all epochs, where everything went, the curves and ``--stats``' report."""
+    settings = r.settings
     _say(format_epoch_table(r.history))
     _say(f"best test top-1 {r.best_prec1:.2f}%; checkpoints {r.last} and {r.best}; "
          f"metrics {r.csv_path}")
     if is_main_process():
-        write_training_curves(r.csv_path, r.settings)
-        if r.monitor is not None:
-            report_spike_stats(r.monitor, r.settings, r.last, test.top1)
+        data = f"synthetic {settings.dataset}" if settings.synthetic else settings.dataset
+        width = "" if settings.width == 1 else f", width {settings.width:g}"
+        title = f"{r.tag}: {settings.arch} on {data}, T = {settings.time_steps}{width}"
+        drawn = plots.plot_training_curves(
+            r.csv_path, os.path.join(settings.out_dir, f"curves_{r.tag}.png"), title=title)
+        print(f"training curves: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
+    _report_spikes(r, r.last, test)
+
+
+def _report_spikes(r: _Run, checkpoint: str, test: EpochStats) -> None:
+    """``--stats``: the table, ``spike_stats_<tag>.json`` and ``.png`` of the monitored pass."""
+    settings = r.settings
+    if r.monitor is None or not is_main_process():
+        return
+    meta = {"arch": settings.arch, "dataset": settings.dataset, "synthetic": settings.synthetic,
+            "width": settings.width, "checkpoint": checkpoint, "test_top1": test.top1,
+            "seed": settings.seed}
+    stem = os.path.join(settings.out_dir, f"spike_stats_{r.tag}")
+    write_report(r.monitor, f"{stem}.json", f"{stem}.png", settings.mac_energy,
+                 settings.ac_energy, meta)
 
 
 def main(defaults: Experiment, argv: Sequence[str] | None = None,
          description: str | None = None) -> None:
-    """Entry point of the scripts: parse ``argv`` over ``defaults``, run, exit.
-
-    A :class:`UsageError` becomes ``error: <message>`` on stderr (rank 0 only under DDP) and
-    exit status 2; an interrupt exits 130 (SIGINT) or 143 (SIGTERM) after its one line. The
-    DDP process group, if any, is left in every case.
-    """
+    """Entry point of the scripts: parse ``argv`` over ``defaults``, run, exit: 2 after
+    ``error: <message>`` on stderr, 130 (SIGINT) or 143 (SIGTERM) after an interrupt's line.
+    The DDP process group, if any, is left in every case."""
     argv = sys.argv[1:] if argv is None else list(argv)
     settings = parse_settings(defaults, argv, description)
     try:

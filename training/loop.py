@@ -1,16 +1,13 @@
 """One training epoch and one evaluation pass, with what they use: the loss, SGD and its
-learning-rate schedule, and the ``--amp`` precision (the algorithm: docs/algorithm.md).
-
-Per mini-batch: images ``[B, C, H, W]`` -> ``encoder`` -> spikes ``[T, B, C, H, W]`` -> ``model``
--> output ``[B, K]``; loss = sum over batch and classes of ``(output - onehot)^2``; one backward
-through all T steps (BPTT), one SGD step. Cross-entropy of the output is computed for the log only.
+learning-rate schedule, and the ``--amp`` precision (the algorithm: docs/algorithm.md). Per
+mini-batch: images ``[B, C, H, W]`` -> ``encoder`` -> spikes ``[T, B, C, H, W]`` -> ``model`` ->
+output ``[B, K]`` -> summed-MSE loss -> one backward through all T steps (BPTT) -> one SGD step.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,15 +57,17 @@ def schedule_state(settings: Experiment, next_epoch: int) -> dict[str, Any]:
                                      settings.lr_gamma)}
 
 
-@dataclass
 class Precision:
-    """How the forward pass runs: autocast to ``dtype`` (``None``: float32) on ``device_type``;
-    ``scaler`` is float16's gradient scaler, or a disabled one that passes everything through."""
+    """How the forward pass runs: float32 unless ``amp``. With ``amp`` the synapses run in
+    bfloat16 (CPU, recent GPUs; no loss scaling needed), or float16 with a gradient scaler on
+    GPUs without bfloat16; the spiking scans stay float32 (the core keeps them so). ``scaler``
+    is disabled, passing everything through, unless float16."""
 
-    device_type: str
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler = field(
-        default_factory=lambda: torch.amp.GradScaler(enabled=False))
+    def __init__(self, device_type: str, amp: bool = False) -> None:
+        float16 = amp and device_type == "cuda" and not torch.cuda.is_bf16_supported()
+        self.device_type = device_type
+        self.dtype = None if not amp else torch.float16 if float16 else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(device_type, enabled=float16)
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -78,17 +77,6 @@ class Precision:
             return "float32"
         scaled = " with grad scaler" if self.scaler.is_enabled() else ""
         return f"amp {str(self.dtype).removeprefix('torch.')}{scaled}"
-
-
-def make_precision(amp: bool, device: torch.device) -> Precision:
-    """float32 unless ``amp``. With ``amp`` the synapses run in bfloat16 (CPU, recent GPUs; no
-    loss scaling needed), or float16 with a gradient scaler on GPUs without bfloat16; the
-    spiking scans stay float32 (the core keeps them so)."""
-    if not amp:
-        return Precision(device.type)
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return Precision(device.type, torch.float16, torch.amp.GradScaler("cuda"))
-    return Precision(device.type, torch.bfloat16)
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -140,27 +128,15 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
     return meters.stats(device)
 
 
-class EvalMonitor(Protocol):
-    """What :func:`evaluate` calls on its optional monitor (e.g. spike statistics):
-    ``attach(model)`` before the first batch, ``observe(output, target)`` after each with the
-    ``[B, K]`` output and ``[B]`` labels, ``detach()`` after the pass, also when it fails."""
-
-    def attach(self, model: nn.Module) -> None: ...
-
-    def observe(self, output: Tensor, target: Tensor) -> None: ...
-
-    def detach(self) -> None: ...
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, encoder: nn.Module, loader: DataLoader, device: torch.device,
-             monitor: EvalMonitor | None = None, progress: EpochProgress | None = None,
+             monitor: Any = None, progress: EpochProgress | None = None,
              precision: Precision | None = None) -> EpochStats:
-    """Test ``model`` on ``loader`` without dropout; nothing is learned.
-
-    Give ``encoder`` its own seeded generator (as the engine does) for an accuracy that is
-    reproducible for the same weights, data and device. Under DDP give each rank its share of
-    the test set; the averages are over all ranks' images.
+    """Test ``model`` on ``loader`` without dropout; nothing is learned. An optional ``monitor``
+    (e.g. :class:`analysis.SpikeMonitor`) gets ``attach(model)`` before the first batch,
+    ``observe(output, target)`` after each (``[B, K]`` output, ``[B]`` labels) and ``detach()``
+    after the pass, also when it fails. Under DDP each rank passes its share of the test set;
+    the averages are over all ranks' images.
     """
     precision = precision or Precision(device.type)
     meters = EpochMeters()

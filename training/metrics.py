@@ -95,13 +95,9 @@ class EpochMeters:
 
 
 class EpochProgress:
-    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only.
-
-    On a terminal (``bar_stream`` a TTY) a tqdm bar; otherwise (a log file, a batch scheduler) a
-    plain line on ``line_stream`` every ``print_freq`` batches and after the last, so that logs
-    carry no carriage-return clutter. ``done`` batches ran before (a resumed epoch) and count
-    towards ``total``.
-    """
+    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only: a tqdm bar on a
+    terminal (``bar_stream`` a TTY), else (a log file) a plain line on ``line_stream`` every
+    ``print_freq`` batches and after the last. ``done`` batches ran before (a resumed epoch)."""
 
     def __init__(self, total: int, description: str, print_freq: int = 10,
                  bar_stream: TextIO | None = None, line_stream: TextIO | None = None,
@@ -149,11 +145,8 @@ def _metric(summary: str, fmt: str = ".4f", table: str = "") -> Any:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """One epoch's metrics: a CSV row, the summary line and a row of the final table.
-
-    Losses are the summed-MSE loss per image, CE the cross-entropy of the output (logged only),
-    accuracies in percent, ``epoch`` numbered from 1.
-    """
+    """One epoch's metrics (``epoch`` from 1, losses per image, accuracies in percent): a CSV
+    row, the summary line and a row of the final table."""
 
     epoch: int = _metric("Epoch {}/{epochs}", "d", "epoch")
     lr: float = _metric("| lr {}", ".3g", "lr")

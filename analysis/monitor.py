@@ -1,43 +1,20 @@
-"""Count spikes and synaptic operations of a spiking network during inference (``--stats``).
+"""Count spikes and synaptic operations of a spiking network during inference (``--stats``);
+README.md, *Spike activity and energy*, says what is counted and what is not.
 
 :class:`SpikeMonitor` is a context manager over a model: it registers forward hooks on entry and
 removes them on exit, so a model outside the ``with`` block runs exactly as without it.
 
-What is counted, summed over every forward pass inside the ``with`` block:
-
-Spiking layers (the rows of the report), in the order they first fire:
-    - ``input``: the model's first positional argument, the Poisson spike train (layer 0);
-      -1 and +1 spikes both count.
-    - every :class:`~spiking.LIFNeuron` (conv and fc0 layers) and every
-      :class:`~spiking.PoolingNeuron`, by their module names.
-    For each: neurons per image, spikes (nonzero outputs), time steps and images. Spikes are
-    counted at the neuron's output, before dropout (docs/algorithm.md, *Dropout*: statistics
-    on unmasked spikes).
-
-Synaptic operations, attributed to the spiking layer whose spikes cause them:
-    - SNN accumulates (AC): for every spike entering a synapse module, the number of synapses
-      it reaches there. A conv input element at (h, w) reaches ``out_channels / groups`` times
-      the number of output positions whose window covers (h, w) (borders, padding and stride
-      exact); a linear input reaches ``out_features`` synapses; an average-pooling input
-      (the 2x2 pool of a :class:`~spiking.PoolingNeuron`, the ``AvgPool2d(1, stride 2)``
-      shortcut of ResNet11) is one addition per output window covering it (0 where a stride
-      skips it). A spike reaching several modules (the pooled spikes of ResNet11's block 1 feed
-      ``cnn21`` and ``shortcut1.0``) is counted in each. Every synapse counts whatever its
-      weight, zero included: the structure, not the values, sets the work of event-driven
-      hardware that does not prune.
-    - Equivalent ANN, per image, from shapes: a conv or linear module costs
-      ``output elements x fan_in`` MACs (``fan_in = in_channels / groups x kh x kw`` or
-      ``in_features``), padded positions included as a dense accelerator computes them; an
-      average pool costs ``output elements x kh x kw`` additions (ANN ``ann_ac``), its scaling
-      being folded into the next threshold or weights as in the SNN.
-    Not counted, in either network: neuron updates (leak multiply, threshold compare, reset),
-    the output integrator, and additions made outside a module, such as ResNet13's identity
-    shortcut ``+ x`` (one addition per spike of block 4's output, unseen by hooks).
-
-The output layer, through :meth:`SpikeMonitor.observe` (called by ``training.loop.evaluate``
-after every batch): images whose output stays exactly zero, i.e. no spike reached the output
-layer in any of the T steps (a silent network, which also passes no gradient), and images
-classified correctly.
+Rows are the spiking layers in the order they first fire: ``input`` (the model's first
+positional argument, the Poisson spike train; -1 and +1 both count), then every
+:class:`~spiking.LIFNeuron` and :class:`~spiking.PoolingNeuron` by module name, counted at the
+neuron's output, before dropout (docs/algorithm.md, *Dropout*). Synaptic operations are
+attributed to the spiking layer whose spikes cause them: a conv input at (h, w) reaches
+``out_channels / groups`` times the output windows covering it (borders, padding and stride
+exact), a linear input ``out_features``, an average-pool input one addition per window covering
+it; every synapse counts whatever its weight. The equivalent ANN's operations come from shapes:
+``output elements x fan_in`` MACs per conv or linear module, ``output elements x kh x kw``
+additions per average pool. :meth:`SpikeMonitor.observe` counts the outputs: images no spike
+reached (output exactly zero) and images classified correctly.
 
 A network may run its T steps in chunks (``SpikingNetwork.time_chunk``), calling each layer once
 per chunk: counts add up over the chunks, images are counted once per layer and forward pass,
@@ -60,9 +37,9 @@ from torch.nn.grad import conv2d_input
 from torch.nn.modules.utils import _pair
 from torch.utils.hooks import RemovableHandle
 
-from .dropout import TimeHeldDropout
-from .neurons import LIFNeuron, PoolingNeuron
-from .synapses import SpikingConv2d, SpikingLinear, TimeFolded
+from spiking.dropout import TimeHeldDropout
+from spiking.neurons import LIFNeuron, PoolingNeuron
+from spiking.synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
 __all__ = ["INPUT", "LayerCounts", "OutputCounts", "SpikeMonitor", "SynapseCounts",
            "spiking_layer_names"]
@@ -79,63 +56,38 @@ def spiking_layer_names(model: nn.Module) -> list[str]:
 
 @dataclass
 class LayerCounts:
-    """Spike counts of one spiking layer, summed over all images seen.
+    """Spike counts of one spiking layer, summed over all images seen."""
 
-    Attributes:
-        name: module name, or ``"input"`` for the Poisson input.
-        kind: ``"input"``, ``"lif"`` or ``"pool"``.
-        neurons: neurons per image (``C x H x W`` or features).
-        time_steps: T of the last forward pass.
-        images: images seen.
-        spikes: nonzero outputs over all images and time steps.
-        neuron_steps: ``neurons x T x images`` summed over forward passes.
-    """
-
-    name: str
-    kind: str
-    neurons: int
-    time_steps: int = 0
+    name: str  # module name, or "input" for the Poisson input
+    kind: str  # "input", "lif" or "pool"
+    neurons: int  # per image: C x H x W, or features
+    time_steps: int = 0  # T of the last forward pass
     images: int = 0
-    spikes: int = 0
-    neuron_steps: int = 0
+    spikes: int = 0  # nonzero outputs over all images and time steps
+    neuron_steps: int = 0  # neurons x T x images, summed over forward passes
 
 
 @dataclass
 class SynapseCounts:
-    """Operations of one synapse module, attributed to the spiking layer feeding it.
-
-    Attributes:
-        name: module name (``"cnn2"``, ``"shortcut1.0"``; a pooling neuron's average pool
-            carries the neuron's name, ``"pool1"``).
-        source: name of the spiking layer whose spikes enter it.
-        weighted: True for conv and linear (ANN MACs), False for average pooling (ANN adds).
-        ann_ops_per_image: MACs (weighted) or additions of the equivalent ANN for one image.
-        snn_ac: accumulates caused by input spikes, summed over all images.
-        images: images seen.
-    """
+    """Operations of one synapse module (``"cnn2"``, ``"shortcut1.0"``; a pooling neuron's
+    average pool carries the neuron's name, ``"pool1"``), attributed to the spiking layer
+    ``source`` whose spikes enter it."""
 
     name: str
     source: str
-    weighted: bool
-    ann_ops_per_image: int
-    snn_ac: int = 0
+    weighted: bool  # conv and linear (ANN MACs); False: average pooling (ANN additions)
+    ann_ops_per_image: int  # MACs (weighted) or additions of the equivalent ANN
+    snn_ac: int = 0  # accumulates caused by input spikes, summed over all images
     images: int = 0
 
 
 @dataclass
 class OutputCounts:
-    """What :meth:`SpikeMonitor.observe` saw of the network's outputs.
-
-    Attributes:
-        images: images observed.
-        silent: images whose whole output ``[K]`` is exactly zero: no spike reached the output
-            layer in any time step.
-        correct: images whose largest output is the label.
-    """
+    """What :meth:`SpikeMonitor.observe` saw of the network's outputs."""
 
     images: int = 0
-    silent: int = 0
-    correct: int = 0
+    silent: int = 0  # whole output [K] exactly zero: no spike reached the output layer
+    correct: int = 0  # largest output is the label
 
 
 def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any, stride: Any,

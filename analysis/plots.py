@@ -40,32 +40,30 @@ def plot_spike_stats(summary: dict[str, Any], path: str | Path) -> Path | None:
 
 
 def spike_stats_figure(summary: dict[str, Any]):
-    """Per-layer firing rate and SNN/ANN operation ratio bars, and the raster if recorded.
-
-    Args:
-        summary: the dict of :func:`spiking.report.summarize`.
-
-    Returns:
-        a matplotlib ``Figure``, or None when matplotlib is not installed.
-    """
+    """Per-layer firing rate and SNN/ANN operation ratio bars, and the raster if recorded, of
+    ``summary`` (:func:`analysis.report.summarize`); a matplotlib ``Figure``, or None when
+    matplotlib is not installed."""
     Figure = _figure_class()
     if Figure is None:
         return None
-    from matplotlib.ticker import MaxNLocator
     layers, raster = summary["layers"], summary["raster"]
-    names = [row["name"] for row in layers]
-    positions = range(len(layers))
     figure = Figure(figsize=(max(7.0, 0.6 * len(layers) + 2), 12 if raster else 7),
                     layout="constrained")
     axes = figure.subplots(3, 1, height_ratios=[1, 1, 1.5]) if raster else figure.subplots(2, 1)
+    _layer_bars(axes[0], axes[1], summary)
+    if raster:
+        _raster(axes[2], raster)
+    return figure
 
-    rates = axes[0]
+
+def _layer_bars(rates, ratios, summary: dict[str, Any]) -> None:
+    """Firing rate per layer on the axis ``rates``, SNN/ANN operations on ``ratios``."""
+    layers = summary["layers"]
+    positions = range(len(layers))
     rates.bar(positions, [row["firing_rate"] for row in layers], color="tab:blue")
     rates.set_ylabel("spikes / neuron / step")
     rates.set_title(f"Firing rate per layer (T = {summary['time_steps']}, "
                     f"{summary['images']} images)")
-
-    ratios = axes[1]
     ratios.bar(positions, [row["op_ratio"] or 0.0 for row in layers], color="tab:orange")
     total_ratio = summary["totals"]["op_ratio"]
     if total_ratio is not None:
@@ -74,27 +72,29 @@ def spike_stats_figure(summary: dict[str, Any]):
         ratios.legend()
     ratios.set_ylabel("SNN AC / ANN ops")
     ratios.set_title("Synaptic operations caused by each layer's spikes, SNN / equivalent ANN")
-    for axis in axes[:2]:
-        axis.set_xticks(list(positions), names, rotation=45, ha="right")
+    for axis in (rates, ratios):
+        axis.set_xticks(list(positions), [row["name"] for row in layers], rotation=45,
+                        ha="right")
 
-    if raster:
-        plot = axes[2]
-        # one row per neuron, ticks 0.7 rows tall so that neighbouring rows never merge
-        plot.eventplot(raster["spike_times"], lineoffsets=range(len(raster["neurons"])),
-                       linelengths=0.7, linewidths=1.5, colors="black")
-        plot.set_yticks(range(len(raster["neurons"])), [str(n) for n in raster["neurons"]],
-                        fontsize=9)
-        plot.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps are whole
-        plot.set_xlim(-0.5, raster["time_steps"] - 0.5)
-        plot.set_ylim(-0.5, len(raster["neurons"]) - 0.5)
-        plot.grid(axis="y", color="0.9")
-        plot.set_axisbelow(True)
-        plot.set_xlabel("time step")
-        plot.set_ylabel("neuron (flat index)")
-        plot.set_title(f"Spike raster of {raster['layer']}, image {raster['image']}: "
-                       f"{sum(map(len, raster['spike_times']))} spikes of the "
-                       f"{len(raster['neurons'])} neurons shown")
-    return figure
+
+def _raster(plot, raster: dict[str, Any]) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    neurons = raster["neurons"]
+    # one row per neuron, ticks 0.7 rows tall so that neighbouring rows never merge
+    plot.eventplot(raster["spike_times"], lineoffsets=range(len(neurons)), linelengths=0.7,
+                   linewidths=1.5, colors="black")
+    plot.set_yticks(range(len(neurons)), [str(n) for n in neurons], fontsize=9)
+    plot.xaxis.set_major_locator(MaxNLocator(integer=True))  # time steps are whole
+    plot.set_xlim(-0.5, raster["time_steps"] - 0.5)
+    plot.set_ylim(-0.5, len(neurons) - 0.5)
+    plot.grid(axis="y", color="0.9")
+    plot.set_axisbelow(True)
+    plot.set_xlabel("time step")
+    plot.set_ylabel("neuron (flat index)")
+    plot.set_title(f"Spike raster of {raster['layer']}, image {raster['image']}: "
+                   f"{sum(map(len, raster['spike_times']))} spikes of the "
+                   f"{len(neurons)} neurons shown")
 
 
 def _read_columns(csv_path: str | Path) -> dict[str, list[float]]:
@@ -154,19 +154,9 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
     ``prec``; other columns (``lr``, timings) are not drawn, nor are panels left empty. The
     axes read at a glance after one epoch as after hundreds: whole-number epochs, losses from
     0, accuracy from 0 to 100 % (from just below the lowest value once the run settles above
-    50 %),
-    tick labels without an offset. Dashed vertical lines mark the epochs where ``lr`` changes.
-
-    Args:
-        csv_path: the per-epoch CSV with a header row (e.g. ``training.metrics.CSV_FIELDS``).
-        epoch_column: the x-axis column.
-        title: the figure's title (e.g. run tag, network, data set and T).
-
-    Returns:
-        a matplotlib ``Figure``, or None when matplotlib is not installed.
-
-    Raises:
-        ValueError: if the CSV has no ``epoch_column`` column.
+    50 %), tick labels without an offset. Dashed vertical lines mark the epochs where ``lr``
+    changes. Returns a matplotlib ``Figure``, or None when matplotlib is not installed; raises
+    ValueError if the CSV has no ``epoch_column`` column.
     """
     columns = _read_columns(csv_path)
     if epoch_column not in columns:
@@ -174,16 +164,13 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
     Figure = _figure_class()
     if Figure is None:
         return None
-    from matplotlib.ticker import MaxNLocator
-
     epochs = columns[epoch_column]
-    marked = len(epochs) <= _MARKED_EPOCHS
     rates = columns.get("lr", [])
     lr_changes = [epoch for epoch, rate, previous in zip(epochs[1:], rates[1:], rates)
                   if rate != previous]
     panels = [(label, [name for name in columns if any(key in name.lower() for key in keys)])
               for label, keys in _CURVE_PANELS]
-    panels = [(label, names) for label, names in panels if names]
+    panels = [(label, names) for label, names in panels if names]  # no empty panel
     figure = Figure(figsize=(4.5 * max(1, len(panels)), 4.8), layout="constrained")
     if title:
         figure.suptitle(title)
@@ -191,45 +178,45 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
                                     panels):
         for name in names:
             axis.plot(epochs, columns[name], label=_curve_label(name, columns[name], epochs),
-                      **_curve_style(name, marked))
+                      **_curve_style(name, len(epochs) <= _MARKED_EPOCHS))
         for epoch in lr_changes:
             axis.axvline(epoch - 0.5, color="0.6", linestyle="--", linewidth=1)
         axis.set_xlabel(epoch_column)
         axis.set_ylabel(label)
-        if len(epochs) <= _MARKED_EPOCHS // 2:
-            axis.set_xticks(epochs)
-        else:
-            axis.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-        axis.ticklabel_format(axis="y", useOffset=False)
-        if epochs:
-            axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
-        values = [v for name in names for v in columns[name] if v == v]
-        if label.startswith("accuracy"):
-            # 0-100 %, unless the run settles above 50 %: then the last percents must show,
-            # and the first tenth of a long run may leave the panel at the bottom
-            settled = [v for name in names for v in columns[name][len(epochs) // 10:] if v == v]
-            lowest = min(settled, default=0.0)
-            axis.set_ylim(0 if lowest < 50 else math.floor(lowest) - 1, 100.5)
-        else:
-            highest = max(values, default=1.0)
-            axis.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
-        # below the panel: inside, it would hide points wherever they happen to lie
-        axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
-                    frameon=False)
-        axis.grid(color="0.9")
-        axis.set_axisbelow(True)
+        _curve_axes(axis, epochs, [columns[name] for name in names], label)
     return figure
+
+
+def _curve_axes(axis, epochs: list[float], curves: list[list[float]], label: str) -> None:
+    """Ticks, limits, legend and grid of one panel of :func:`training_curves_figure`."""
+    from matplotlib.ticker import MaxNLocator
+
+    if len(epochs) <= _MARKED_EPOCHS // 2:
+        axis.set_xticks(epochs)
+    else:
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    axis.ticklabel_format(axis="y", useOffset=False)
+    if epochs:
+        axis.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    if label.startswith("accuracy"):
+        # 0-100 %, unless the run settles above 50 %: then the last percents must show,
+        # and the first tenth of a long run may leave the panel at the bottom
+        settled = [v for curve in curves for v in curve[len(epochs) // 10:] if v == v]
+        lowest = min(settled, default=0.0)
+        axis.set_ylim(0 if lowest < 50 else math.floor(lowest) - 1, 100.5)
+    else:
+        highest = max((v for curve in curves for v in curve if v == v), default=1.0)
+        axis.set_ylim(0, 1.1 * highest if highest > 0 else 1.0)
+    # below the panel: inside, it would hide points wherever they happen to lie
+    axis.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2,
+                frameon=False)
+    axis.grid(color="0.9")
+    axis.set_axisbelow(True)
 
 
 def plot_training_curves(csv_path: str | Path, png_path: str | Path,
                          epoch_column: str = "epoch", title: str | None = None) -> Path | None:
-    """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``.
-
-    Returns:
-        ``png_path``, or None when matplotlib is not installed.
-
-    Raises:
-        ValueError: if the CSV has no ``epoch_column`` column.
-    """
+    """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``; returns
+    ``png_path``, or None when matplotlib is not installed."""
     figure = training_curves_figure(csv_path, epoch_column, title)
     return None if figure is None else _save(figure, png_path)

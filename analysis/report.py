@@ -1,27 +1,8 @@
-"""Turn :class:`~spiking.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
+"""Turn :class:`~analysis.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
 
-The summary is a plain dict (the JSON written by :func:`write_json`); all operation and energy
-figures in it are per image, averaged over the images seen. Its fields:
-
-- ``time_steps``, ``images``: T and the number of images the counts come from.
-- ``energy_per_op_pj``: ``{"mac", "ac", "source"}``, the per-operation energies used.
-- ``layers``: one dict per spiking layer, in firing order (index 0 is the Poisson input):
-  ``index``, ``name``, ``kind`` (input / lif / pool), ``neurons``, ``spikes_per_image``,
-  ``spikes_per_neuron`` (mean over neurons, per image, over the T steps), ``firing_rate``
-  (spikes per neuron per time step), ``targets`` (the synapse modules its spikes enter),
-  ``snn_ac`` (accumulates those spikes cause there), ``ann_mac`` and ``ann_ac`` (MACs and
-  additions of the same modules in the equivalent ANN), ``op_ratio``
-  (``snn_ac / (ann_mac + ann_ac)``), ``snn_energy_uj``, ``ann_energy_uj``.
-- ``totals``: the same sums for the whole network (``neurons``, ``spikes_per_image``,
-  ``spikes_per_neuron``, ``firing_rate``, ``snn_ac``, ``ann_mac``, ``ann_ac``, ``op_ratio``,
-  ``snn_energy_uj``, ``ann_energy_uj``) and ``energy_ratio`` (ANN energy / SNN energy). The
-  input layer is included in every total.
-- ``output``: None when :meth:`~spiking.monitor.SpikeMonitor.observe` saw no output, else
-  ``images``, ``silent`` (images whose output stayed exactly zero: no spike reached the output
-  layer), ``silent_fraction`` and ``top1`` (percent of those images classified correctly).
-- ``raster``: None, or ``{"layer", "image", "time_steps", "neurons", "spike_times"}``: flat
-  neuron indices (``[C, H, W]`` order) and, for each, the steps at which it spiked.
-- ``meta``: whatever the caller passed (architecture, checkpoint, ...).
+The summary is a plain dict (the JSON written by :func:`write_json`) with the fields named
+below (``SUMMARY_FIELDS`` ...) and explained in README.md, *Spike activity and energy*; every
+operation and energy figure in it is per image, averaged over the images seen.
 """
 from __future__ import annotations
 
@@ -32,10 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .monitor import SpikeMonitor
+from . import plots
+from .monitor import LayerCounts, SpikeMonitor
 
 __all__ = ["ENERGY_SOURCE", "LAYER_FIELDS", "OUTPUT_FIELDS", "SUMMARY_FIELDS", "TOTAL_FIELDS",
-           "format_table", "raster_sample", "summarize", "write_json"]
+           "format_table", "raster_sample", "summarize", "write_json", "write_report"]
 
 ENERGY_SOURCE = ("M. Horowitz, 'Computing's energy problem (and what we can do about it)', "
                  "ISSCC 2014: 45 nm CMOS, 32-bit float, "
@@ -85,36 +67,8 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
     """
     if not monitor.layers:
         raise ValueError("the monitor has seen no forward pass")
-    layers = []
-    for index, layer in enumerate(monitor.layers.values()):
-        targets = [s for s in monitor.synapses.values() if s.source == layer.name]
-        snn_ac = sum(s.snn_ac / s.images for s in targets)
-        ann_mac = sum(s.ann_ops_per_image for s in targets if s.weighted)
-        ann_ac = sum(s.ann_ops_per_image for s in targets if not s.weighted)
-        layers.append({
-            "index": index, "name": layer.name, "kind": layer.kind, "neurons": layer.neurons,
-            "spikes_per_image": layer.spikes / layer.images,
-            "spikes_per_neuron": layer.spikes / (layer.neurons * layer.images),
-            "firing_rate": layer.spikes / layer.neuron_steps,
-            "targets": [s.name for s in targets],
-            "snn_ac": snn_ac, "ann_mac": ann_mac, "ann_ac": ann_ac,
-            "op_ratio": _ratio(snn_ac, ann_mac + ann_ac),
-            "snn_energy_uj": snn_ac * ac_energy_pj * _PJ_TO_UJ,
-            "ann_energy_uj": (ann_mac * mac_energy_pj + ann_ac * ac_energy_pj) * _PJ_TO_UJ,
-        })
-
-    def total(field: str) -> float:
-        return sum(row[field] for row in layers)
-
-    neuron_steps = sum(layer.neuron_steps / layer.images for layer in monitor.layers.values())
-    totals = {field: total(field) for field in
-              ("neurons", "spikes_per_image", "snn_ac", "ann_mac", "ann_ac",
-               "snn_energy_uj", "ann_energy_uj")}
-    totals["spikes_per_neuron"] = totals["spikes_per_image"] / totals["neurons"]
-    totals["firing_rate"] = totals["spikes_per_image"] / neuron_steps
-    totals["op_ratio"] = _ratio(totals["snn_ac"], totals["ann_mac"] + totals["ann_ac"])
-    totals["energy_ratio"] = _ratio(totals["ann_energy_uj"], totals["snn_energy_uj"])
-
+    layers = [_layer_row(index, layer, monitor, mac_energy_pj, ac_energy_pj)
+              for index, layer in enumerate(monitor.layers.values())]
     raster = None
     if monitor.raster is not None:
         neurons = raster_sample(monitor.raster, raster_neurons)
@@ -132,11 +86,44 @@ def summarize(monitor: SpikeMonitor, mac_energy_pj: float = 4.6, ac_energy_pj: f
         "images": first.images,
         "energy_per_op_pj": {"mac": mac_energy_pj, "ac": ac_energy_pj, "source": ENERGY_SOURCE},
         "layers": layers,
-        "totals": {field: totals[field] for field in TOTAL_FIELDS},
+        "totals": _totals(layers, monitor),
         "output": output,
         "raster": raster,
         "meta": dict(meta or {}),
     }
+
+
+def _layer_row(index: int, layer: LayerCounts, monitor: SpikeMonitor, mac_energy_pj: float,
+               ac_energy_pj: float) -> dict[str, Any]:
+    """One entry of the summary's ``layers``: ``layer``'s spikes and the operations they cause."""
+    targets = [s for s in monitor.synapses.values() if s.source == layer.name]
+    snn_ac = sum(s.snn_ac / s.images for s in targets)
+    ann_mac = sum(s.ann_ops_per_image for s in targets if s.weighted)
+    ann_ac = sum(s.ann_ops_per_image for s in targets if not s.weighted)
+    return {
+        "index": index, "name": layer.name, "kind": layer.kind, "neurons": layer.neurons,
+        "spikes_per_image": layer.spikes / layer.images,
+        "spikes_per_neuron": layer.spikes / (layer.neurons * layer.images),
+        "firing_rate": layer.spikes / layer.neuron_steps,
+        "targets": [s.name for s in targets],
+        "snn_ac": snn_ac, "ann_mac": ann_mac, "ann_ac": ann_ac,
+        "op_ratio": _ratio(snn_ac, ann_mac + ann_ac),
+        "snn_energy_uj": snn_ac * ac_energy_pj * _PJ_TO_UJ,
+        "ann_energy_uj": (ann_mac * mac_energy_pj + ann_ac * ac_energy_pj) * _PJ_TO_UJ,
+    }
+
+
+def _totals(layers: list[dict[str, Any]], monitor: SpikeMonitor) -> dict[str, Any]:
+    """The summary's ``totals``: the layers' sums, the input included."""
+    totals = {field: sum(row[field] for row in layers) for field in
+              ("neurons", "spikes_per_image", "snn_ac", "ann_mac", "ann_ac", "snn_energy_uj",
+               "ann_energy_uj")}
+    neuron_steps = sum(layer.neuron_steps / layer.images for layer in monitor.layers.values())
+    totals["spikes_per_neuron"] = totals["spikes_per_image"] / totals["neurons"]
+    totals["firing_rate"] = totals["spikes_per_image"] / neuron_steps
+    totals["op_ratio"] = _ratio(totals["snn_ac"], totals["ann_mac"] + totals["ann_ac"])
+    totals["energy_ratio"] = _ratio(totals["ann_energy_uj"], totals["snn_energy_uj"])
+    return {field: totals[field] for field in TOTAL_FIELDS}
 
 
 def _number(value: float | None, digits: int = 0) -> str:
@@ -184,3 +171,15 @@ def write_json(summary: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=2) + "\n")
     return path
+
+
+def write_report(monitor: SpikeMonitor, json_path: str, png_path: str, mac_energy_pj: float,
+                 ac_energy_pj: float, meta: dict[str, Any]) -> dict[str, Any]:
+    """Print the per-layer table, write the JSON and (with matplotlib) the PNG; return the
+    summary. ``meta`` records what the numbers belong to (network, checkpoint, top-1, ...)."""
+    summary = summarize(monitor, mac_energy_pj, ac_energy_pj, meta=meta)
+    print(format_table(summary))
+    print(f"spike statistics: {write_json(summary, json_path)}")
+    drawn = plots.plot_spike_stats(summary, png_path)
+    print(f"spike statistics plot: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
+    return summary
