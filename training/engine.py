@@ -99,9 +99,15 @@ def _say(*parts: object) -> None:
 def _counting_spikes(model: nn.Module, counts: dict[str, torch.Tensor]) -> Iterator[None]:
     """Add the spikes of every layer named in ``counts`` (hidden LIF and pooling layers; nonzero
     outputs of the output layer) to its count while the block runs: forward hooks, counting on
-    the device, no synchronisation in the hot loop."""
+    the device, no synchronisation in the hot loop. The silence check needs only whether a
+    count is 0, so on the CPU a layer that has fired is not counted again: a pass over every
+    output cost 6 % of a LeNet training step at T = 100 (``perf``); on a GPU reading the count
+    would wait for the device, so it goes on counting there."""
     def count(name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-        counts[name] += torch.count_nonzero(output.detach())
+        total = counts[name]
+        if total.device.type == "cpu" and total:
+            return
+        total += torch.count_nonzero(output.detach())
 
     hooks = [m.register_forward_hook(partial(count, name))
              for name, m in model.named_modules() if name in counts]
