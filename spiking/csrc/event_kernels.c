@@ -442,9 +442,10 @@ static int omp_threads(void) { return 1; }
                                                 offsets[n + 1] - offsets[n], &known, &bad);    \
             }                                                                                   \
         } else {                                                                                \
-            for (int p = 1; p < parts; ++p)                                                     \
-                memmove(positions + offsets[images * p / parts], positions + share_start[p],   \
-                        sizeof(int32_t) * found[p]);                                            \
+            for (int p = 1; p < parts; ++p) /* none to move: positions may be NULL */       \
+                if (found[p])                                                                   \
+                    memmove(positions + offsets[images * p / parts],                           \
+                            positions + share_start[p], sizeof(int32_t) * found[p]);           \
         }                                                                                       \
         *scale = c == (T)0 ? 1.0 : (double)c;                                                   \
         return total;                                                                           \
