@@ -28,7 +28,8 @@ import models  # noqa: E402
 from benchmarks.bench import build_variants  # noqa: E402
 from spiking import cpu_kernels, event_kernels  # noqa: E402
 
-KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "upsample", "pack_spikes"),
+KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "upsample", "pack_spikes",
+                        "poisson_spikes"),
            event_kernels: ("find_events", "conv_forward", "conv_backward")}
 
 

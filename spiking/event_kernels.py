@@ -19,7 +19,7 @@ import ctypes
 import functools
 import math
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,6 +69,8 @@ class Events:
         scale: c.
         image_shape: ``(C, H, W)`` or ``(F,)``.
         dtype: the dtype of the spike train.
+        consistent: offsets and positions are known to fit each other and ``image_shape`` (set
+            by :func:`find_events`); otherwise the kernels check them at every call.
     """
 
     offsets: Tensor
@@ -76,6 +78,7 @@ class Events:
     scale: float
     image_shape: tuple[int, ...]
     dtype: torch.dtype
+    consistent: bool = field(default=False, repr=False, compare=False)
 
     @property
     def images(self) -> int:
@@ -131,7 +134,8 @@ def find_events(x: Tensor, max_events: int | None = None) -> Events | None:
     if found < 0:
         return None
     # A copy of the right size: a view would keep the whole buffer alive for the backward.
-    return Events(offsets, positions[:found].clone(), scale.value, tuple(x.shape[1:]), x.dtype)
+    return Events(offsets, positions[:found].clone(), scale.value, tuple(x.shape[1:]), x.dtype,
+                  consistent=True)
 
 
 def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
@@ -147,7 +151,7 @@ def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
                          f"{padding})")
     size = channels * height * width
     offsets, positions = events.offsets, events.positions
-    if (offsets.dtype != torch.int64 or positions.dtype != torch.int32 or offsets.numel() < 1
+    if not events.consistent and (offsets.dtype != torch.int64 or positions.dtype != torch.int32 or offsets.numel() < 1
             or int(offsets[0]) != 0 or int(offsets[-1]) != positions.numel()
             or bool((offsets.diff() < 0).any())
             or (positions.numel() and not -size <= int(positions.min()) <= int(positions.max())

@@ -492,5 +492,8 @@ def poisson_encode(images: Tensor, time_steps: int, scale: float = 1.0,
     images = images.detach()
     uniform = torch.rand((time_steps, *images.shape), generator=generator,
                          dtype=images.dtype, device=images.device)
-    fires = (images * scale).abs() > uniform
-    return fires.to(images.dtype) * images.sign()
+    magnitude, sign = (images * scale).abs(), images.sign()
+    kernels = _fused_kernels(uniform, magnitude, sign)
+    if kernels is cpu_kernels:
+        return kernels.poisson_spikes(uniform, magnitude, sign)
+    return (magnitude > uniform).to(images.dtype) * sign

@@ -1,4 +1,5 @@
-"""The fused CPU kernels give the PyTorch loops' bits: neuron scans, spike packing, whole models.
+"""The fused CPU kernels give the PyTorch loops' bits: neuron scans, spike packing, pooling,
+Poisson encoding, whole models.
 
 Each comparison runs the same call with the ``cpu`` backend and with the ``torch`` backend
 (``spiking.backend.use_backend``).
@@ -149,6 +150,23 @@ def test_pooling_neuron_gradient_equals_torch(dtype, shape, kernel_size):
     assert_identical(fused, loops)
     assert fused[1].abs().sum() > 0 and (fused[1][..., shape[-2] // kernel_size * kernel_size:, :]
                                          == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("time_steps", "shape"), [(7, (5, 3, 9, 9)), (4, (16, 1, 28, 28))])
+def test_poisson_encoding_equals_torch(dtype, time_steps, shape):
+    # The same draws give the same spikes to the bit, -0 where a negative pixel did not fire.
+    torch.set_num_threads(2)
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    images[0, 0, 0, :3] = 0
+
+    def run():
+        return (SF.poisson_encode(images, time_steps, 0.7, torch.Generator().manual_seed(8)),)
+
+    fused, loops = both(run)
+    assert_identical(fused, loops)
+    assert torch.equal(fused[0].signbit(), loops[0].signbit())
+    assert fused[0].signbit().any() and (fused[0] == 0).any() and (fused[0] == -1).any()
 
 
 def test_layouts_and_dtypes_the_kernels_do_not_take_use_the_loops():

@@ -1,5 +1,5 @@
 /* Fused CPU kernels for spiking/functional.py (the neuron scans, the pooling neuron's average
- * pool and its gradient) and spiking/synapses.py (the packing of a synapse's input spikes);
+ * pool and its gradient, the Poisson input's spikes) and spiking/synapses.py (the packing of a synapse's input spikes);
  * loaded by spiking/cpu_kernels.py.
  *
  * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
@@ -46,6 +46,8 @@ typedef struct {
     const void *from;
     void *to;
     int64_t height, width, k;
+    /* poisson_spikes: values holds the uniform draws in, the spikes out */
+    const void *magnitude, *sign;  /* [neurons] |a * x| and sign(x) */
 } Args;
 
 /* u = m + I; spike where u > threshold; m = 0 where it spiked, else leak * u. */
@@ -125,6 +127,18 @@ typedef struct {
         return 0.0;                                                                         \
     }
 
+/* The signed Bernoulli spikes [steps, neurons] of one set of images, written over the uniform
+ * draws u: [|a x| > u] * sign(x), in PyTorch's order (the comparison as 1 or 0, times the sign). */
+#define DEFINE_POISSON_SPIKES(NAME, T)                                                     \
+    static void NAME(Args *a) {                                                            \
+        const T *restrict magnitude = (const T *)a->magnitude, *restrict sign = (const T *)a->sign; \
+        for (int64_t t = 0; t < a->steps; ++t) {                                            \
+            T *restrict u = (T *)a->values + t * a->neurons;                               \
+            for (int64_t i = a->begin; i < a->end; ++i)                                     \
+                u[i] = (T)(magnitude[i] > u[i]) * sign[i];                                  \
+        }                                                                                   \
+    }
+
 /* Mean of each k x k window (stride k, the last rows and columns dropped if H or W is not a
  * multiple of k), summed row by row from 0 and divided by k * k, as PyTorch's avg_pool2d. */
 #define DEFINE_AVG_POOL(NAME, T)                                                           \
@@ -190,6 +204,8 @@ DEFINE_AVG_POOL(avg_pool_f32, float)
 DEFINE_AVG_POOL(avg_pool_f64, double)
 DEFINE_UPSAMPLE(upsample_f32, float)
 DEFINE_UPSAMPLE(upsample_f64, double)
+DEFINE_POISSON_SPIKES(poisson_spikes_f32, float)
+DEFINE_POISSON_SPIKES(poisson_spikes_f64, double)
 
 /* Split the neurons into `threads` contiguous ranges, one per OpenMP thread (the runtime
  * PyTorch has loaded, so its thread pool is shared, not competed with); return whether any
@@ -252,4 +268,11 @@ void upsample(int is_double, const void *pooled, void *image, int64_t planes, in
     Args a = {.neurons = planes, .from = pooled, .to = image, .height = height, .width = width,
               .k = k};
     run_parallel(is_double ? upsample_f64 : upsample_f32, a, threads);
+}
+
+void poisson_spikes(int is_double, void *uniform, const void *magnitude, const void *sign,
+                    int64_t steps, int64_t neurons, int threads) {
+    Args a = {.steps = steps, .neurons = neurons, .values = uniform, .magnitude = magnitude,
+              .sign = sign};
+    run_parallel(is_double ? poisson_spikes_f64 : poisson_spikes_f32, a, threads);
 }
