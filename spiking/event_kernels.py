@@ -138,6 +138,15 @@ def find_events(x: Tensor, max_events: int | None = None) -> Events | None:
                   consistent=True)
 
 
+def _consistent(offsets: Tensor, positions: Tensor, size: int) -> bool:
+    """Whether ``offsets`` and ``positions`` are events of images of ``size`` entries."""
+    return (offsets.dtype == torch.int64 and positions.dtype == torch.int32
+            and offsets.numel() >= 1 and int(offsets[0]) == 0
+            and int(offsets[-1]) == positions.numel() and not bool((offsets.diff() < 0).any())
+            and (positions.numel() == 0
+                 or -size <= int(positions.min()) <= int(positions.max()) < size))
+
+
 def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
               ) -> tuple[Tensor, tuple[int, int]]:
     """The kernels' ``shape`` argument, checked against the buffers they will touch."""
@@ -150,12 +159,7 @@ def _geometry(events: Events, weight_cl: Tensor, stride: int, padding: int
                          f"events of images {events.image_shape} (stride {stride}, padding "
                          f"{padding})")
     size = channels * height * width
-    offsets, positions = events.offsets, events.positions
-    if not events.consistent and (offsets.dtype != torch.int64 or positions.dtype != torch.int32 or offsets.numel() < 1
-            or int(offsets[0]) != 0 or int(offsets[-1]) != positions.numel()
-            or bool((offsets.diff() < 0).any())
-            or (positions.numel() and not -size <= int(positions.min()) <= int(positions.max())
-                < size)):
+    if not events.consistent and not _consistent(events.offsets, events.positions, size):
         raise ValueError("events are inconsistent: offsets must rise from 0 to the number of "
                          f"positions, positions lie in [-{size}, {size})")
     if weight_cl.dtype != events.dtype:

@@ -1,6 +1,6 @@
 /* Fused CPU kernels for spiking/functional.py (the neuron scans, the pooling neuron's average
- * pool and its gradient, the Poisson input's spikes) and spiking/synapses.py (the packing of a synapse's input spikes);
- * loaded by spiking/cpu_kernels.py.
+ * pool and its gradient, the Poisson input's spikes) and spiking/synapses.py (the packing of a
+ * synapse's input spikes); loaded by spiking/cpu_kernels.py.
  *
  * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
  * memory. These kernels walk each block of neurons through all steps of a chunk while its
@@ -131,7 +131,8 @@ typedef struct {
  * draws u: [|a x| > u] * sign(x), in PyTorch's order (the comparison as 1 or 0, times the sign). */
 #define DEFINE_POISSON_SPIKES(NAME, T)                                                     \
     static void NAME(Args *a) {                                                            \
-        const T *restrict magnitude = (const T *)a->magnitude, *restrict sign = (const T *)a->sign; \
+        const T *restrict magnitude = (const T *)a->magnitude;                              \
+        const T *restrict sign = (const T *)a->sign;                                        \
         for (int64_t t = 0; t < a->steps; ++t) {                                            \
             T *restrict u = (T *)a->values + t * a->neurons;                               \
             for (int64_t i = a->begin; i < a->end; ++i)                                     \
