@@ -90,5 +90,6 @@ def main(argv: Sequence[str] | None = None) -> None:
                 print(f"  {label:28s} {1000 * share:8.1f} ms  {100 * share / total:5.1f} %  "
                       f"({calls[label] // args.repeats} calls)")
 
+
 if __name__ == "__main__":
     main()

@@ -45,34 +45,30 @@ static int64_t first_image(const int64_t *offsets, int64_t images, int part, int
  * past `room` are counted, not written): returns the new count. *c is the spike magnitude, 0
  * until the first nonzero sets it; *other is set, and the scan stops, at a nonzero that is not
  * +-c or at a magnitude that is not finite. */
-#define DEFINE_SCAN_TAIL(NAME, T)                                                             \
-    static int64_t NAME(const T *restrict x, int64_t i, int64_t size, int32_t *restrict out,  \
-                        int64_t count, int64_t room, T *c, int *other) {                      \
+#define DEFINE_SCAN_TAIL(NAME, IMAGE, T)                                                        \
+    static int64_t NAME(const T *restrict x, int64_t i, int64_t size, int32_t *restrict out,    \
+                        int64_t count, int64_t room, T *c, int *other) {                        \
         T mag = *c;                                                                             \
         for (; i < size; ++i) {                                                                 \
             const T v = x[i];                                                                   \
             if (v == (T)0) continue;                                                            \
             if (mag == (T)0 && !isfinite(mag = fabs(v))) { *other = 1; break; }                 \
             if (v != mag && v != -mag) { *other = 1; break; }                                   \
-            if (count < room) out[count] = v > (T)0 ? (int32_t)i : ~(int32_t)i;                \
+            if (count < room) out[count] = v > (T)0 ? (int32_t)i : ~(int32_t)i;                 \
             ++count;                                                                            \
         }                                                                                       \
         *c = mag;                                                                               \
         return count;                                                                           \
+    }                                                                                           \
+    /* A whole image's events (the portable scan). */                                           \
+    static int64_t IMAGE(const T *x, int64_t size, int32_t *out, int64_t room, T *c,            \
+                         int *other) {                                                          \
+        return NAME(x, 0, size, out, 0, room, c, other);                                        \
     }
 
-DEFINE_SCAN_TAIL(scan_tail_f32, float)
-DEFINE_SCAN_TAIL(scan_tail_f64, double)
+DEFINE_SCAN_TAIL(scan_tail_f32, scan_image_f32, float)
+DEFINE_SCAN_TAIL(scan_tail_f64, scan_image_f64, double)
 
-static int64_t scan_image_f32(const float *x, int64_t size, int32_t *out, int64_t room,
-                              float *c, int *other) {
-    return scan_tail_f32(x, 0, size, out, 0, room, c, other);
-}
-
-static int64_t scan_image_f64(const double *x, int64_t size, int32_t *out, int64_t room,
-                              double *c, int *other) {
-    return scan_tail_f64(x, 0, size, out, 0, room, c, other);
-}
 /* The taps of an input row (or column) i: tap[j] = ky and out[j] = oy for the j-th output row
  * it reaches, oy * stride = i + pad - ky; returns how many. */
 static inline int taps_of(int64_t i, const Geometry *g, int64_t limit, int64_t *tap,
@@ -180,7 +176,7 @@ static inline int64_t event_taps(int32_t code, const Geometry *g, int64_t *tky, 
             if (dx) {                                                                           \
                 T total = tail;                                                                 \
                 for (int l = 0; l < L; ++l) total += sum[l];                                    \
-                dx[event_position(positions[e])] = total;                           \
+                dx[event_position(positions[e])] = total;                              \
             }                                                                                   \
         }                                                                                       \
     }
@@ -442,7 +438,7 @@ static int omp_threads(void) { return 1; }
                                                 offsets[n + 1] - offsets[n], &known, &bad);    \
             }                                                                                   \
         } else {                                                                                \
-            for (int p = 1; p < parts; ++p) /* none to move: positions may be NULL */       \
+            for (int p = 1; p < parts; ++p) /* none to move: positions may be NULL */  \
                 if (found[p])                                                                   \
                     memmove(positions + offsets[images * p / parts],                           \
                             positions + share_start[p], sizeof(int32_t) * found[p]);           \
