@@ -23,9 +23,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import mnist_LeNet  # noqa: E402
-from training import Interrupted, parse_settings, run  # noqa: E402
+from training import Interrupted, run  # noqa: E402
 from training.checkpoint import checkpoint_paths, run_tag  # noqa: E402
 from training.distributed import cleanup  # noqa: E402
+from training.experiment import parse_settings  # noqa: E402
 
 # Poisson spikes are drawn per rank, so 2 ranks x 4 images and 1 process x 8 images draw
 # different uniforms. With |scale * x| > U and U in [0, 1), a scale of 1e6 fires exactly where

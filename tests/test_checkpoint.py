@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import models
-from training import (UsageError, atomic_save, capture_rng_state, checkpoint_paths,
-                      load_checkpoint, load_weights, restore_rng_state, save_checkpoint)
+from training import UsageError
+from training.checkpoint import (atomic_save, capture_rng_state, checkpoint_paths, load_checkpoint,
+                                 load_weights, restore_rng_state, save_checkpoint)
 
 try:
     from tests.legacy import authors_checkpoint, save_py2_legacy

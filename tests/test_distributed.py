@@ -33,7 +33,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import build_model, load_checkpoint, parse_settings, run, seed_everything
+from training import run
+from training.checkpoint import load_checkpoint
+from training.engine import build_model, seed_everything
+from training.experiment import parse_settings
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -115,10 +118,10 @@ def test_rank0_alone_prints_and_writes_checkpoints_with_the_authors_keys(ddp_run
 
 
 def test_global_batch_must_divide_over_the_ranks(monkeypatch):
-    from training.distributed import DistContext, per_rank_batch
     from training import UsageError
+    from training.distributed import per_rank_batch
 
-    assert per_rank_batch(64, DistContext(0, 4, 0, True), "-b") == 16
-    with pytest.raises(UsageError, match="-b 10 is the global batch and must be divisible by "
-                                         "the 4 processes"):
-        per_rank_batch(10, DistContext(0, 4, 0, True), "-b")
+    assert per_rank_batch(64, 4) == 16
+    with pytest.raises(UsageError, match="-b/--batch-size 10 is the global batch and must be "
+                                         "divisible by the 4 processes"):
+        per_rank_batch(10, 4)

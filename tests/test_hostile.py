@@ -21,7 +21,8 @@ import torch
 import models
 import training.checkpoint
 import training.engine
-from training import DATASETS, main, synthetic_dataset
+from training import main
+from training.data import DATASETS, synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:

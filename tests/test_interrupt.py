@@ -15,7 +15,8 @@ import torch
 
 import training.engine
 from spiking import LIFNeuron, PoolingNeuron
-from training import Interrupted, UsageError, load_checkpoint, main, run
+from training import Interrupted, UsageError, main, run
+from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:

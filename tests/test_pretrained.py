@@ -6,7 +6,7 @@ import torch
 
 import models
 from spiking import PoissonEncoder
-from training import load_checkpoint
+from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 PRETRAINED = REPO / "pretrained" / "model_bestT1_mnist_lenet.pth.tar"

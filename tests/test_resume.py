@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import load_checkpoint, run
+from training import run
+from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:

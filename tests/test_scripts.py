@@ -16,7 +16,8 @@ import pytest
 import torch
 
 import models
-from training import load_checkpoint, main, run
+from training import main, run
+from training.checkpoint import load_checkpoint
 
 try:
     from tests.legacy import authors_checkpoint, save_py2_legacy

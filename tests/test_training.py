@@ -11,10 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import (DATASETS, AverageMeter, EpochProgress, Experiment, UsageError, accuracy,
-                      build_datasets, build_model, evaluate, format_text_table, learning_rate,
-                      load_checkpoint, parse_settings, run, spike_loss, synthetic_dataset)
 from spiking import PoissonEncoder
+from training import Experiment, UsageError, run
+from training.checkpoint import load_checkpoint
+from training.data import DATASETS, build_datasets, synthetic_dataset
+from training.engine import build_model
+from training.experiment import parse_settings
+from training.loop import evaluate, learning_rate, spike_loss
+from training.metrics import AverageMeter, EpochProgress, accuracy, format_epoch_table
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -179,7 +183,11 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     assert [line.split("]")[0] for line in lines] == ["Epoch 1/1 [2/5", "Epoch 1/1 [4/5",
                                                        "Epoch 1/1 [5/5"]
     assert all("samples/s" in line and "Prec@1" in line for line in lines)
-    assert format_text_table(("a", "bb"), [(1, 2.0)]).splitlines()[2] == "1 | 2.0000"
+    table = format_epoch_table([{"epoch": 1, "lr": 0.0085, "test_top1": 98.5}, {"epoch": 12}])
+    header, rule, first, second = table.splitlines()
+    assert header.startswith("epoch |     lr | train loss |") and rule.startswith("------+---")
+    assert first.split(" | ")[:2] == ["    1", "0.0085"] and first.split(" | ")[5] == "     98.50"
+    assert second.split(" | ")[:2] == ["   12", "      "]  # a value the history lacks stays empty
 
 
 def test_evaluate_without_resume_is_refused():
@@ -275,3 +283,10 @@ def test_the_dropout_setting_reaches_every_dropout_module(arch, dataset, capsys)
     rates = {module.p for module in model.modules() if isinstance(module, TimeHeldDropout)}
     assert rates == {0.1}  # LeNet too: above 0 it adds the dropout the paper's LeNet has not
     assert "no dropout" not in capsys.readouterr().out
+
+
+def test_utils_gathers_the_engine_parts_under_the_authors_names():
+    import utils
+
+    assert utils.validate is utils.evaluate and utils.AverageMeter is AverageMeter
+    assert all(hasattr(utils, name) for name in utils.__all__)

@@ -1,22 +1,8 @@
-"""Checkpoints: the authors' layout plus what an exact resume needs, written atomically, and a
-loader that also reads the authors' released PyTorch 0.3 / Python 2 files. The layout (all
-``weights_only``-loadable)::
-
-    epoch        completed epochs = 0-based index of the next epoch (pytorch/examples convention)
-    arch         network name, e.g. "resnet11"
-    state_dict   model weights under the authors' names
-    best_prec1   best test top-1 so far (percent)
-    optimizer    optimizer.state_dict()
-    scheduler    learning-rate schedule and its position (training.loop.schedule_state)
-    rng          Python, NumPy, torch CPU and CUDA generator states of rank 0
-    settings     the run's Experiment as a dict
-    history      one dict per finished epoch (the CSV rows)
-    fired        hidden layers that have emitted spikes in some epoch (the silence check)
-    scaler       float16's gradient scaler (--amp on GPUs without bfloat16 only)
-    step         inside an epoch only (an interrupt, --save-every): steps done in epoch
-                 ``epoch`` (0-based); the data order follows from the seed, epoch and step
-    ranks        inside an epoch only, per process: ``rng`` (generator states after that
-                 step), ``meters`` (EpochMeters.state) and ``spikes`` (counts per layer so far)
+"""Checkpoints: the authors' layout (``epoch`` = epochs done, ``arch``, ``state_dict``,
+``best_prec1``, ``optimizer``) plus what an exact resume needs (``scheduler``, ``rng``, ``settings``,
+``history``, ``fired``, float16's ``scaler``; inside an epoch also ``step`` and per process
+``ranks``: generator states, partial meters and spike counts), all ``weights_only``-loadable and
+written atomically; and a loader that also reads the authors' PyTorch 0.3 / Python 2 files.
 """
 from __future__ import annotations
 
@@ -182,13 +168,12 @@ def load_checkpoint(path: str) -> dict[str, Any]:
 def _suggestion(saved_arch: str, saved_dataset: str | None, dataset: str | None) -> str:
     """What to run instead: ``-a ARCH`` on the same data set, else the script of the
     checkpoint's data set (with ``-a`` where that script builds another network)."""
-    if saved_dataset is None:  # the authors' files: their script's data set
-        saved_dataset = next((d for d, a in SCRIPTS if a == saved_arch), None)
+    # the authors' files name no data set: their script's
+    saved_dataset = saved_dataset or next((d for d, a in SCRIPTS if a == saved_arch), None)
     if dataset is None or saved_dataset in (None, dataset):
         return f"use -a {saved_arch}"
-    script = SCRIPTS.get((saved_dataset, saved_arch))
-    if script is not None:
-        return f"it fits {script}"
+    if (saved_dataset, saved_arch) in SCRIPTS:
+        return f"it fits {SCRIPTS[saved_dataset, saved_arch]}"
     script = next(s for (d, _), s in SCRIPTS.items() if d == saved_dataset)
     return f"it fits {script} -a {saved_arch}"
 

@@ -1,12 +1,11 @@
-"""DistributedDataParallel plumbing for runs under ``torchrun``: the process group, the rank-0
-rule for output, reductions and the resumable sampler. Without a process group (a plain
-``python script.py``) every helper does nothing extra, so the engine calls the same code."""
+"""DistributedDataParallel plumbing for runs under ``torchrun``: the process group, this process's
+rank, the rank-0 rule for output, reductions and the resumable sampler. Without a process group (a
+plain ``python script.py``) every helper acts for one process, so the engine calls the same code."""
 from __future__ import annotations
 
 import itertools
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -17,39 +16,32 @@ from torch.utils.data import DistributedSampler
 from .experiment import UsageError
 
 
-@dataclass(frozen=True)
-class DistContext:
-    """This process's ``rank`` of ``world_size``, ``local_rank`` on its node, ``enabled`` when a
-    process group is up (launched by torchrun), and the ``device`` it computes on."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    enabled: bool = False
-    device: torch.device = torch.device("cpu")
-
-
-def init_distributed(device: torch.device) -> DistContext:
+def init_distributed(device: torch.device) -> torch.device:
     """Join torchrun's process group if ``RANK`` and ``WORLD_SIZE`` are set (NCCL with CUDA, each
-    process on GPU ``LOCAL_RANK`` of its node; gloo on the CPU), else a 1-process context."""
+    process on GPU ``LOCAL_RANK`` of its node; gloo on the CPU); returns this process's device."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-        return DistContext(device=device)
-    rank, world, local_rank = (int(os.environ.get(k, 0)) for k in ("RANK", "WORLD_SIZE",
-                                                                    "LOCAL_RANK"))
+        return device
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(local_rank)
         # a rank that dies or hangs should not keep the others waiting the 30-minute default
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                                 timeout=timedelta(minutes=10))
-    return DistContext(rank, world, local_rank, True, device)
+    return device
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def is_main_process() -> bool:
     """True on rank 0 or without a process group: the one process that prints and writes files."""
-    return not dist.is_initialized() or dist.get_rank() == 0
+    return rank() == 0
 
 
 def all_reduce(values: list[float], device: torch.device, op: str) -> list[float]:
@@ -84,13 +76,13 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
-def per_rank_batch(global_batch: int, context: DistContext, flag: str) -> int:
-    """``global_batch / world_size``: ``-b`` is the global batch, as under the authors'
+def per_rank_batch(global_batch: int, processes: int) -> int:
+    """``global_batch / processes``: ``-b`` is the global batch, as under the authors'
     DataParallel, so the same command trains the same way on any number of GPUs."""
-    if global_batch % context.world_size:
-        raise UsageError(f"{flag} {global_batch} is the global batch and must be divisible by "
-                         f"the {context.world_size} processes")
-    return global_batch // context.world_size
+    if global_batch % processes:
+        raise UsageError(f"-b/--batch-size {global_batch} is the global batch and must be "
+                         f"divisible by the {processes} processes")
+    return global_batch // processes
 
 
 class ResumableSampler(DistributedSampler):

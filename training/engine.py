@@ -31,7 +31,7 @@ from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, l
                          restore_rng_state, run_tag, save_checkpoint)
 from .data import DATASETS, build_datasets, make_loader
 from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
-                          init_distributed, is_main_process, per_rank_batch)
+                          init_distributed, is_main_process, per_rank_batch, rank, world_size)
 from .experiment import Experiment, UsageError, parse_settings
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
                    schedule_state, train_one_epoch)
@@ -97,11 +97,9 @@ def _say(*parts: object) -> None:
 
 @contextlib.contextmanager
 def _counting_spikes(model: nn.Module, counts: dict[str, torch.Tensor]) -> Iterator[None]:
-    """Add the spikes of every layer named in ``counts`` (hidden LIF and pooling layers; nonzero
-    outputs of the output layer) to its count while the block runs: forward hooks, counting on
-    the device, no synchronisation in the hot loop. The silence check needs only whether a
-    count is 0, so on the CPU a layer that has fired is not counted again: a pass over every
-    output cost 6 % of a LeNet training step at T = 100 (``perf``); on a GPU reading the count
+    """Add the nonzero outputs of every layer named in ``counts`` to its count while the block
+    runs. The silence check needs only whether a count is 0, so on the CPU a layer that fired is
+    not counted again (counting cost 6 % of a LeNet step at T = 100); on a GPU reading the count
     would wait for the device, so it goes on counting there."""
     def count(name: str, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         total = counts[name]
@@ -119,9 +117,8 @@ def _counting_spikes(model: nn.Module, counts: dict[str, torch.Tensor]) -> Itera
 
 
 class _Run:
-    """What :func:`run` sets up once (process group, device, precision, the model with the same
-    initial weights on every rank, SGD, the ``--stats`` monitor) and its steps share; also the
-    ``control`` that the training loop asks between steps (:meth:`request`, :meth:`step_done`)."""
+    """What :func:`run` sets up once and its steps share; :meth:`step_done` follows every
+    training step."""
 
     def __init__(self, settings: Experiment, command: Sequence[str],
                  after_step: AfterStep | None) -> None:
@@ -135,9 +132,10 @@ class _Run:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.settings, self.command, self.after_step = settings, command, after_step
         auto = "cuda" if torch.cuda.is_available() else "cpu"
-        self.context = init_distributed(torch.device(auto if settings.device == "auto"
-                                                     else settings.device))
-        self.device = self.context.device
+        self.device = init_distributed(torch.device(auto if settings.device == "auto"
+                                                    else settings.device))
+        self.rank, self.world_size = rank(), world_size()
+        self.distributed = torch.distributed.is_initialized()
         seed_everything(settings.seed)
         self.model = build_model(settings).to(self.device)
         self.optimizer = build_optimizer(self.model, settings)
@@ -155,8 +153,7 @@ class _Run:
         self.spikes: dict[str, torch.Tensor] = {}  # this epoch's spikes per layer, so far
         self.data_generator = torch.Generator()
         self.test_loader = self.train_loader = self.sampler = self.log = None
-        self.epoch = self.signum = 0
-        self.last_save = 0.0
+        self.epoch = self.signum = self.last_save = 0
 
     def on_signal(self, signum: int, frame: object) -> None:
         """The first SIGINT/SIGTERM is answered after the current step; a second stops at once."""
@@ -165,16 +162,14 @@ class _Run:
             raise Interrupted(signum)
         self.signum = signum
 
-    def request(self) -> int:
-        """A signal's number, ``_SAVE_NOW`` when ``--save-every`` is due (by rank 0's clock), or
-        0; the loop passes the largest over all ranks to :meth:`step_done`."""
+    def step_done(self, step: int, meters: EpochMeters) -> None:
+        """The caller's hook; then, after a signal on any rank or when ``--save-every`` is due by
+        rank 0's clock, the latest checkpoint with every rank's generators, partial meters and
+        spike counts (the best stays that of a whole epoch); a signal then stops the run."""
         minutes = self.settings.save_every
-        due = minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
-        return self.signum or (_SAVE_NOW if due and is_main_process() else 0)
-
-    def step_done(self, step: int, meters: EpochMeters, request: int) -> None:
-        """After a step: the caller's hook; on request, the latest checkpoint with every rank's
-        generators, partial meters and spike counts (the best stays that of a whole epoch)."""
+        due = (minutes > 0 and time.monotonic() - self.last_save >= 60 * minutes
+               and is_main_process())
+        request = int(all_reduce([float(self.signum or due)], self.device, "max")[0])
         if self.after_step is not None:
             self.after_step(self.epoch, step)
         if request:
@@ -219,7 +214,6 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
 
 
 def _spike_monitor(model: nn.Module, settings: Experiment) -> SpikeMonitor:
-    """Keeps the raster of ``--raster-layer`` (default: the first hidden layer)."""
     names = spiking_layer_names(model)
     layer = settings.raster_layer or names[1]
     if layer not in names:
@@ -262,16 +256,16 @@ def _resume(r: _Run) -> None:
              f"({', '.join(f'{k} {saved.get(k)}' for k in keys)}) differs from this run's; "
              f"this run's applies")
     ranks = len(checkpoint.get("ranks", []))
-    if r.start_step and ranks != r.context.world_size:
+    if r.start_step and ranks != r.world_size:
         raise UsageError(f"checkpoint {settings.resume} was written inside an epoch by {ranks} "
                          f"process(es); resume it with as many (this run has "
-                         f"{r.context.world_size})")
+                         f"{r.world_size})")
 
 
 def _load_data(r: _Run) -> Dataset | None:
     """Both data sets (the test set alone for ``--evaluate``), checked against the network; the
     test loader; the run's first line. Returns the training set."""
-    settings, context = r.settings, r.context
+    settings = r.settings
     train_set, test_set = build_datasets(settings, train=not settings.evaluate)
     expected = tuple(r.model.input_shape)
     for what, dataset in (("test", test_set), ("training", train_set)):
@@ -284,10 +278,10 @@ def _load_data(r: _Run) -> Dataset | None:
                          f"set ({len(train_set)} images)")
     # each test image is evaluated by exactly one rank (DistributedSampler would pad with
     # repeats and bias the metrics)
-    r.test_loader = make_loader(test_set, -(-settings.test_batch_size // context.world_size),
+    r.test_loader = make_loader(test_set, -(-settings.test_batch_size // r.world_size),
                                 settings.workers, r.device,
                                 torch.Generator().manual_seed(settings.seed), shuffle=False,
-                                sampler=range(context.rank, len(test_set), context.world_size))
+                                sampler=range(r.rank, len(test_set), r.world_size))
     sizes = (f"{len(test_set)} test" if train_set is None
              else f"{len(train_set)} train / {len(test_set)} test")
     _say(_header(r, sizes))
@@ -299,8 +293,8 @@ def _header(r: _Run, sizes: str) -> str:
     settings = r.settings
     data = "synthetic " + settings.dataset if settings.synthetic else settings.dataset
     runtime = [f"device {r.device}", r.precision.describe(), backend.describe(r.device)]
-    if r.context.enabled:
-        runtime.append(f"DDP over {r.context.world_size} processes "
+    if r.distributed:
+        runtime.append(f"DDP over {r.world_size} processes "
                        f"({torch.distributed.get_backend()}), global batch split evenly")
     return (f"{r.tag}: {settings.arch} on {data} ({sizes}), T={settings.time_steps}, "
             f"leak {settings.leak}, lr {settings.lr}, momentum {settings.momentum}, "
@@ -330,19 +324,17 @@ def _evaluate_only(r: _Run) -> RunResult:
 def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
     """Refuse to overwrite another run's outputs; the CSV; the training loader. Returns the
     network to train (wrapped by DDP under torchrun)."""
-    settings, context = r.settings, r.context
+    settings = r.settings
     problem = _open_log(r) if is_main_process() else ""
     if all_reduce([float(bool(problem))], r.device, "max")[0]:  # all stop, rank 0 says why
         raise UsageError(problem)
     # Every rank permutes the same way (seed + epoch) and takes every world_size-th index, so
     # the ranks' batches k together are the single-process global batch k.
-    r.sampler = ResumableSampler(train_set, context.world_size, context.rank, shuffle=True,
-                                 seed=settings.seed)
-    r.train_loader = make_loader(train_set,
-                                 per_rank_batch(settings.batch_size, context, "-b/--batch-size"),
+    r.sampler = ResumableSampler(train_set, r.world_size, r.rank, shuffle=True, seed=settings.seed)
+    r.train_loader = make_loader(train_set, per_rank_batch(settings.batch_size, r.world_size),
                                  settings.workers, r.device, r.data_generator, shuffle=False,
                                  sampler=r.sampler)
-    if not context.enabled:
+    if not r.distributed:
         return r.model
     return DistributedDataParallel(
         r.model, device_ids=[r.device.index] if r.device.type == "cuda" else None)
@@ -383,7 +375,7 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
     """One epoch's draws fixed by (seed, epoch, rank), or a resumed epoch's continued from the
     checkpoint; then the training pass. A NaN/infinite loss becomes a one-line error naming
     the step and the checkpoint that is kept (nothing is saved for the diverged epoch)."""
-    settings, rank = r.settings, r.context.rank
+    settings, rank = r.settings, r.rank
     lr = adjust_learning_rate(r.optimizer, epoch, settings)
     r.sampler.set_epoch(epoch)
     r.data_generator.manual_seed(epoch_seed(settings.seed, epoch, rank))
@@ -404,8 +396,9 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
               EpochProgress(done + len(r.train_loader), title, settings.print_freq, done=done)
               as bar):
             return lr, train_one_epoch(train_model, encoder, r.train_loader, r.optimizer,
-                                       r.device, bar, r.context.world_size, r.precision,
-                                       EpochMeters(resumed.get("meters")), r, done + 1)
+                                       r.device, bar, r.world_size, r.precision,
+                                       EpochMeters(resumed.get("meters")), r.step_done,
+                                       done + 1)
     except NonFiniteLoss as error:
         raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
                          f"{_kept(r)} (lower --lr?)") from None
@@ -415,6 +408,7 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
 
 
 def _kept(r: _Run) -> str:
+    """Which checkpoint a run that stops now leaves behind."""
     return (f"last good checkpoint kept: {r.last}" if os.path.exists(r.last)
             else "no checkpoint was written")
 
@@ -498,7 +492,7 @@ def _say_interrupted(r: _Run, where: str) -> None:
             skip = not skip and arg in ("--resume", "--start-epoch")
         elif not arg.startswith(("--resume=", "--start-epoch=")):
             kept.append(arg)
-    launcher = (["torchrun", f"--nproc_per_node={r.context.world_size}"] if r.context.enabled
+    launcher = (["torchrun", f"--nproc_per_node={r.world_size}"] if r.distributed
                 else ["python"])
     _say(f"interrupted {where}; resume with: "
          f"{shlex.join([*launcher, script, *kept, '--resume', r.last])}")

@@ -5,7 +5,7 @@ output ``[B, K]`` -> summed-MSE loss -> one backward through all T steps (BPTT) 
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -91,15 +91,15 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
                     optimizer: torch.optim.Optimizer, device: torch.device,
                     progress: EpochProgress | None = None, world_size: int = 1,
                     precision: Precision | None = None, meters: EpochMeters | None = None,
-                    control: Any = None, first_step: int = 1) -> EpochStats:
+                    after_step: Callable[[int, EpochMeters], None] | None = None,
+                    first_step: int = 1) -> EpochStats:
     """One pass of spike-based BPTT over ``loader`` (images ``[B, C, H, W]``, labels ``[B]``).
 
     ``encoder`` draws fresh spikes ``[T, B, C, H, W]`` every step and ``model`` its dropout
     masks, both from torch's global generator. A resumed epoch passes the interrupted pass's
     ``meters``, a ``loader`` over the remaining batches and their 1-based ``first_step``.
-    ``control.request()`` (0: nothing) is read before each update; the largest over all ranks
-    goes to ``control.step_done(step, meters, request)`` after it, which may save or stop.
-    A NaN or infinite loss on any rank raises :class:`NonFiniteLoss` before the update.
+    ``after_step(step, meters)`` runs after each update (it may save or stop the run). A NaN or
+    infinite loss on any rank raises :class:`NonFiniteLoss` before the update.
     """
     precision = precision or Precision(device.type)
     meters = meters or EpochMeters()
@@ -109,10 +109,7 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
         with precision.autocast():
             output = model(encoder(images))
             loss = spike_loss(output, target)
-        # one collective per step: any rank's non-finite loss, and the largest request
-        bad, request = all_reduce([float(not torch.isfinite(loss).item()),
-                                   float(control.request() if control else 0)], device, "max")
-        if bad:
+        if all_reduce([float(not torch.isfinite(loss).item())], device, "max")[0]:  # any rank's
             raise NonFiniteLoss(step, loss.item())
         optimizer.zero_grad(set_to_none=True)
         # DDP averages the ranks' gradients: the average of world_size * (this rank's sum) is
@@ -123,8 +120,8 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
         batch_loss, batch_top1 = meters.update(output, target, loss)
         if progress is not None:
             progress.update(target.shape[0], batch_loss, batch_top1)
-        if control is not None:
-            control.step_done(step, meters, int(request))
+        if after_step is not None:
+            after_step(step, meters)
     return meters.stats(device)
 
 

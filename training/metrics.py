@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TextIO
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -95,21 +95,19 @@ class EpochMeters:
 
 
 class EpochProgress:
-    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only: a tqdm bar on a
-    terminal (``bar_stream`` a TTY), else (a log file) a plain line on ``line_stream`` every
-    ``print_freq`` batches and after the last. ``done`` batches ran before (a resumed epoch)."""
+    """Loss, top-1 and throughput while one pass runs, shown by rank 0 only: a tqdm bar when
+    stderr is a terminal, else (a log file) a plain line on stdout every ``print_freq`` batches
+    and after the last. ``done`` batches ran before (a resumed epoch)."""
 
     def __init__(self, total: int, description: str, print_freq: int = 10,
-                 bar_stream: TextIO | None = None, line_stream: TextIO | None = None,
                  done: int = 0) -> None:
-        self.total, self.description, self.print_freq = total, description, print_freq
-        self.batches, self.line_stream = done, line_stream or sys.stdout
+        self.total, self.description, self.print_freq, self.batches = (total, description,
+                                                                       print_freq, done)
         self.loss, self.top1 = AverageMeter("Loss", ":.4f"), AverageMeter("Prec@1", ":6.2f")
         self.start, self.shown = time.perf_counter(), is_main_process()
-        bar_stream = bar_stream or sys.stderr
         self.bar = (tqdm(total=total, initial=done, desc=description, unit="batch",
-                         file=bar_stream, dynamic_ncols=True, leave=False)
-                    if self.shown and bar_stream.isatty() else None)
+                         dynamic_ncols=True, leave=False)
+                    if self.shown and sys.stderr.isatty() else None)
 
     def update(self, batch_size: int, loss: float, top1: float) -> None:
         """One finished batch: its ``loss`` per image and ``top1`` in percent."""
@@ -123,8 +121,7 @@ class EpochProgress:
             self.bar.update(1)
         elif self.shown and (self.batches % self.print_freq == 0 or self.batches == self.total):
             print(f"{self.description} [{self.batches:{len(str(self.total))}d}/{self.total}]  "
-                  f"{self.loss}  {self.top1}  {rate:.1f} samples/s", file=self.line_stream,
-                  flush=True)
+                  f"{self.loss}  {self.top1}  {rate:.1f} samples/s", flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -181,26 +178,21 @@ CSV_FIELDS = tuple(f.name for f in fields(EpochRecord))
 
 
 def format_epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
-    """The end-of-run table of ``history`` (CSV rows, e.g. a checkpoint's) in the columns that
-    :class:`EpochRecord` marks for it; a column an older checkpoint's history lacks stays empty."""
+    """The end-of-run table of ``history`` (CSV rows, e.g. a checkpoint's), right-aligned in the
+    columns that :class:`EpochRecord` marks for it; a column an older checkpoint's history lacks
+    stays empty."""
     def cell(value: Any, fmt: str) -> str:
         if value in (None, ""):
             return ""
         return format(int(value) if fmt == "d" else float(value), fmt)
 
     columns = [f for f in fields(EpochRecord) if f.metadata["table"]]
+    headers = [f.metadata["table"] for f in columns]
     rows = [[cell(row.get(f.name), f.metadata["fmt"]) for f in columns] for row in history]
-    return format_text_table([f.metadata["table"] for f in columns], rows)
-
-
-def format_text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    """A plain-text table with right-aligned columns (floats with 4 decimals)."""
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    lines = [" | ".join(h.rjust(w) for h, w in zip(headers, widths)),
-             "-+-".join("-" * w for w in widths)]
-    lines += [" | ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    lines = [headers, ["-" * w for w in widths], *rows]
+    return "\n".join(("-+-" if i == 1 else " | ").join(c.rjust(w) for c, w in zip(line, widths))
+                     for i, line in enumerate(lines))
 
 
 class MetricsLog:
