@@ -205,12 +205,11 @@ def _datasets(settings: Experiment, train: bool) -> tuple[Dataset | None, Datase
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.device,
-                generator: torch.Generator, shuffle: bool,
-                sampler: Sampler[int] | None = None) -> DataLoader:
-    """A DataLoader whose order (unless ``sampler`` decides it), augmentation and worker seeds
-    all come from ``generator``: seeded at each epoch's start, it fixes the epoch's data
-    independently of every other draw (exact resume). In-memory data sets use no workers."""
+                generator: torch.Generator, sampler: Sampler[int] | Sequence[int]) -> DataLoader:
+    """A DataLoader over ``sampler``'s indices whose augmentation and worker seeds come from
+    ``generator``: seeded at each epoch's start, it fixes the epoch's data independently of
+    every other draw (exact resume). In-memory data sets use no workers."""
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
-                      generator=generator, num_workers=workers, pin_memory=device.type == "cuda")
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
+                      num_workers=workers, pin_memory=device.type == "cuda")

@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 import models
 from analysis import SpikeMonitor, plots, spiking_layer_names, write_report
@@ -280,8 +280,8 @@ def _load_data(r: _Run) -> Dataset | None:
     # repeats and bias the metrics)
     r.test_loader = make_loader(test_set, -(-settings.test_batch_size // r.world_size),
                                 settings.workers, r.device,
-                                torch.Generator().manual_seed(settings.seed), shuffle=False,
-                                sampler=range(r.rank, len(test_set), r.world_size))
+                                torch.Generator().manual_seed(settings.seed),
+                                range(r.rank, len(test_set), r.world_size))
     sizes = (f"{len(test_set)} test" if train_set is None
              else f"{len(train_set)} train / {len(test_set)} test")
     _say(_header(r, sizes))
@@ -332,8 +332,7 @@ def _prepare_training(r: _Run, train_set: Dataset) -> nn.Module:
     # the ranks' batches k together are the single-process global batch k.
     r.sampler = ResumableSampler(train_set, r.world_size, r.rank, shuffle=True, seed=settings.seed)
     r.train_loader = make_loader(train_set, per_rank_batch(settings.batch_size, r.world_size),
-                                 settings.workers, r.device, r.data_generator, shuffle=False,
-                                 sampler=r.sampler)
+                                 settings.workers, r.device, r.data_generator, r.sampler)
     if not r.distributed:
         return r.model
     return DistributedDataParallel(
@@ -448,7 +447,7 @@ def _save(r: _Run, epoch_done: int, is_best: bool = False, **inside_epoch: Any) 
              "state_dict": r.model.state_dict(),  # the bare network: the authors' key names
              "best_prec1": r.best_prec1, "optimizer": r.optimizer.state_dict(),
              "scheduler": schedule_state(r.settings, epoch_done), "rng": capture_rng_state(),
-             "settings": r.settings.to_dict(), "history": r.history, "fired": sorted(r.fired),
+             "settings": asdict(r.settings), "history": r.history, "fired": sorted(r.fired),
              **inside_epoch}
     if r.precision.scaler.is_enabled():
         state["scaler"] = r.precision.scaler.state_dict()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -179,10 +179,6 @@ class Experiment:
                                 help="spiking layer whose spikes of the first test image "
                                      "--stats draws (input, lif1, pool1, ...; default: the "
                                      "first hidden layer)")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A ``weights_only``-loadable copy (strings, numbers, tuples) for checkpoints."""
-        return asdict(self)
 
 
 def _checked(kind: type, name: str, rule: tuple[str, Callable[[Any], bool]]) -> Callable:
