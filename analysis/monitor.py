@@ -11,9 +11,10 @@ neuron's output, before dropout (docs/algorithm.md, *Dropout*). Synaptic operati
 attributed to the spiking layer whose spikes cause them: a conv input at (h, w) reaches
 ``out_channels / groups`` times the output windows covering it (borders, padding and stride
 exact), a linear input ``out_features``, an average-pool input one addition per window covering
-it; every synapse counts whatever its weight. The equivalent ANN's operations come from shapes:
-``output elements x fan_in`` MACs per conv or linear module, ``output elements x kh x kw``
-additions per average pool. :meth:`SpikeMonitor.observe` counts the outputs: images no spike
+it, an identity shortcut's input one addition; every synapse counts whatever its weight. The
+equivalent ANN's operations come from shapes: ``output elements x fan_in`` MACs per conv or
+linear module, ``output elements x kh x kw`` additions per average pool (one per identity
+shortcut output). :meth:`SpikeMonitor.observe` counts the outputs: images no spike
 reached (output exactly zero) and images classified correctly.
 
 A network may run its T steps in chunks (``SpikingNetwork.time_chunk``), calling each layer once
@@ -75,7 +76,7 @@ class SynapseCounts:
 
     name: str
     source: str
-    weighted: bool  # conv and linear (ANN MACs); False: average pooling (ANN additions)
+    weighted: bool  # conv and linear (ANN MACs); False: average pool or identity (additions)
     ann_ops_per_image: int  # MACs (weighted) or additions of the equivalent ANN
     snn_ac: int = 0  # accumulates caused by input spikes, summed over all images
     images: int = 0
@@ -105,10 +106,13 @@ def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any,
 
 
 def _pool_window(module: nn.Module) -> tuple[Any, Any, Any]:
-    """``(kernel, stride, padding)`` of a pooling neuron's or a ``TimeFolded`` average pool."""
+    """``(kernel, stride, padding)`` of a pooling neuron's or a ``TimeFolded`` average pool; an
+    identity shortcut is a window of one."""
     if isinstance(module, PoolingNeuron):
         return module.kernel_size, module.kernel_size, 0
     pool = module.module
+    if isinstance(pool, nn.Identity):
+        return 1, 1, 0
     return pool.kernel_size, pool.stride, pool.padding
 
 
@@ -181,8 +185,9 @@ class SpikeMonitor:
                 self._hook(module, self._on_dropout)
             elif isinstance(module, (SpikingConv2d, SpikingLinear)):
                 self._hook(module, self._synapse_hook(name, weighted=True))
-            elif isinstance(module, TimeFolded) and isinstance(module.module, nn.AvgPool2d):
-                if module.module.ceil_mode:
+            elif isinstance(module, TimeFolded) and isinstance(module.module,
+                                                               (nn.AvgPool2d, nn.Identity)):
+                if getattr(module.module, "ceil_mode", False):
                     self.detach()
                     raise ValueError(f"{name}: AvgPool2d with ceil_mode is not supported")
                 self._hook(module, self._synapse_hook(name, weighted=False))

@@ -232,8 +232,7 @@ def test_attach_detach_protocol_and_layer_names():
 @pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
 def test_every_layer_and_synapse_of_the_networks_is_seen(arch):
     # A guard against refactors that hide a synapse from the hooks: every spiking layer feeds
-    # at least one counted synapse and every weight layer is counted (ResNet13's identity
-    # shortcut is the one documented omission, so lif52 still feeds cnn61).
+    # at least one counted synapse and every weight layer is counted.
     model = get_model(arch, width=1 / 16).eval()
     with torch.no_grad(), SpikeMonitor(model) as monitor:
         model(torch.ones(2, 1, *model.input_shape))
@@ -243,6 +242,11 @@ def test_every_layer_and_synapse_of_the_networks_is_seen(arch):
     weighted = {name for name, m in model.named_modules()
                 if isinstance(m, (SpikingConv2d, SpikingLinear))}
     assert {n for n, s in monitor.synapses.items() if s.weighted} == weighted
+    if arch == "resnet13":  # the identity shortcut: one addition per spike of block 4's output
+        shortcut = monitor.synapses["shortcut5"]
+        assert shortcut.source == "lif52" and not shortcut.weighted
+        assert shortcut.snn_ac == monitor.layers["lif52"].spikes
+        assert shortcut.ann_ops_per_image == monitor.layers["lif52"].neurons
 
 
 def test_counts_and_raster_do_not_depend_on_time_chunks():
