@@ -197,7 +197,7 @@ def test_a_previous_run_is_not_overwritten_without_overwrite(tmp_path):
         f"continue it with --resume {last}, or start over with --overwrite")
     assert last.read_bytes() == before
     run(replace(settings, overwrite=True))
-    assert last.read_bytes() != before  # written again (its rng and history differ)
+    assert last.read_bytes() != before  # written again (the history's timings differ)
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Checkpoints: the authors' layout (``epoch`` = epochs done, ``arch``, ``state_dict``,
-``best_prec1``, ``optimizer``) plus what an exact resume needs (``scheduler``, ``rng``, ``settings``,
+``best_prec1``, ``optimizer``) plus what an exact resume needs (``scheduler``, ``settings``,
 ``history``, ``fired``, float16's ``scaler``; inside an epoch also ``step`` and per process
-``ranks``: generator states, partial meters and spike counts), all ``weights_only``-loadable and
-written atomically; and a loader that also reads the authors' PyTorch 0.3 / Python 2 files.
+``ranks``: generator states, partial meters and spike counts; at an epoch's end the generators
+are reseeded from the seed and epoch), all ``weights_only``-loadable and written atomically;
+and a loader that also reads the authors' PyTorch 0.3 / Python 2 files.
 """
 from __future__ import annotations
 

@@ -448,9 +448,8 @@ def _save(r: _Run, epoch_done: int, is_best: bool = False, **inside_epoch: Any) 
     state = {"epoch": epoch_done, "arch": r.settings.arch,
              "state_dict": r.model.state_dict(),  # the bare network: the authors' key names
              "best_prec1": r.best_prec1, "optimizer": r.optimizer.state_dict(),
-             "scheduler": schedule_state(r.settings, epoch_done), "rng": capture_rng_state(),
-             "settings": asdict(r.settings), "history": r.history, "fired": sorted(r.fired),
-             **inside_epoch}
+             "scheduler": schedule_state(r.settings, epoch_done), "settings": asdict(r.settings),
+             "history": r.history, "fired": sorted(r.fired), **inside_epoch}
     if r.precision.scaler.is_enabled():
         state["scaler"] = r.precision.scaler.state_dict()
     try:
