@@ -91,6 +91,14 @@ class OutputCounts:
     correct: int = 0  # largest output is the label
 
 
+def _add_sums(total: LayerCounts | SynapseCounts | OutputCounts,
+              part: LayerCounts | SynapseCounts | OutputCounts) -> None:
+    """Add ``part``'s summed fields (images, spikes, operations) to ``total``'s."""
+    for name in ("images", "spikes", "neuron_steps", "snn_ac", "silent", "correct"):
+        if hasattr(part, name):
+            setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
 def _window_cover(height: int, width: int, out_hw: tuple[int, int], kernel: Any, stride: Any,
                   padding: Any, dilation: Any) -> Tensor:
     """``[H, W]`` int64: for each input position, how many output windows contain it.
@@ -206,6 +214,23 @@ class SpikeMonitor:
         self.output.images += output.shape[0]
         self.output.silent += int((output == 0).all(dim=1).sum())
         self.output.correct += int((output.argmax(dim=1) == target).sum())
+
+    def counts(self) -> tuple[dict[str, LayerCounts], dict[str, SynapseCounts], OutputCounts]:
+        """The counts alone (picklable): what :meth:`add` takes, e.g. from another DDP rank."""
+        return self.layers, self.synapses, self.output
+
+    def add(self, counts: tuple[dict[str, LayerCounts], dict[str, SynapseCounts],
+                                OutputCounts]) -> None:
+        """Add another monitor's :meth:`counts` (its share of the test set) to these; the
+        raster stays this monitor's."""
+        layers, synapses, output = counts
+        for mine, theirs in ((self.layers, layers), (self.synapses, synapses)):
+            for name, part in theirs.items():
+                if name in mine:
+                    _add_sums(mine[name], part)
+                else:
+                    mine[name] = part
+        _add_sums(self.output, output)
 
     def __enter__(self) -> SpikeMonitor:
         if self.model is None:

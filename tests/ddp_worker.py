@@ -57,7 +57,8 @@ def main() -> None:
         cleanup()
         sys.exit(interrupt.status)
     last, _ = checkpoint_paths(settings.out_dir, run_tag(settings))
-    evaluated = run(replace(settings, resume=last, evaluate=True))
+    evaluated = run(replace(settings, resume=last, evaluate=True, stats=True,
+                            out_dir=str(dump / "stats")))
     torch.save({"weights": trained.model.state_dict(), "history": trained.history,
                 "evaluate": stats(evaluated), "train_test": stats(trained)},
                dump / f"rank{os.environ['RANK']}.pt")

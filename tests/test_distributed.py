@@ -23,6 +23,7 @@ What is compared, and why the tolerance:
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -77,7 +78,6 @@ def ddp_run(tmp_path_factory):
     return ranks, out, result.stdout
 
 
-
 def test_two_ranks_match_each_other_and_one_process(ddp_run, tmp_path):
     (rank0, rank1), out, stdout = ddp_run
     for key, value in rank0["weights"].items():
@@ -115,6 +115,22 @@ def test_rank0_alone_prints_and_writes_checkpoints_with_the_authors_keys(ddp_run
     raw = torch.load(out / "checkpointT1_mnist_lenet_synthetic.pth.tar", weights_only=True)
     assert list(raw["state_dict"]) == ["cnn1.weight", "cnn2.weight", "fc0.weight", "fc1.weight"]
     assert checkpoint["epoch"] == 1
+
+
+def test_stats_under_ddp_count_both_ranks_images(ddp_run, tmp_path):
+    # ddp_worker evaluated the trained checkpoint with --stats on 2 ranks; with deterministic
+    # spikes the merged counts are those of one process over the whole test set
+    _, out, stdout = ddp_run
+    name = "spike_stats_mnist_lenet_synthetic.json"
+    ddp = json.loads((out.parent / "stats" / name).read_text())
+    settings = replace(parse_settings(mnist_LeNet.EXPERIMENT, [*ARGS, "--out-dir", str(tmp_path)]),
+                       input_scale=DETERMINISTIC_SCALE, evaluate=True, stats=True,
+                       resume=str(out / "checkpointT1_mnist_lenet_synthetic.pth.tar"))
+    run(settings)
+    single = json.loads((tmp_path / name).read_text())
+    assert ddp["images"] == single["images"] == 10 and ddp["output"]["images"] == 10
+    for key in ("layers", "totals", "output", "raster"):
+        assert ddp[key] == single[key], key
 
 
 def test_global_batch_must_divide_over_the_ranks(monkeypatch):

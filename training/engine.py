@@ -515,10 +515,16 @@ def _finish(r: _Run, test: EpochStats | None) -> None:
 
 
 def _report_spikes(r: _Run, checkpoint: str, test: EpochStats) -> None:
-    """``--stats``: the table, ``spike_stats_<tag>.json`` and ``.png`` of the monitored pass."""
+    """``--stats``: the table, ``spike_stats_<tag>.json`` and ``.png`` of the monitored pass,
+    over every rank's share of the test set."""
     settings = r.settings
-    if r.monitor is None or not is_main_process():
+    if r.monitor is None:
         return
+    others = all_gather(r.monitor.counts())[1:]
+    if not is_main_process():
+        return
+    for counts in others:
+        r.monitor.add(counts)
     meta = {"arch": settings.arch, "dataset": settings.dataset, "synthetic": settings.synthetic,
             "width": settings.width, "checkpoint": checkpoint, "test_top1": test.top1,
             "seed": settings.seed}
