@@ -120,7 +120,7 @@ def test_rank0_alone_prints_and_writes_checkpoints_with_the_authors_keys(ddp_run
 def test_stats_under_ddp_count_both_ranks_images(ddp_run, tmp_path):
     # ddp_worker evaluated the trained checkpoint with --stats on 2 ranks; with deterministic
     # spikes the merged counts are those of one process over the whole test set
-    _, out, stdout = ddp_run
+    _, out, _ = ddp_run
     name = "spike_stats_mnist_lenet_synthetic.json"
     ddp = json.loads((out.parent / "stats" / name).read_text())
     settings = replace(parse_settings(mnist_LeNet.EXPERIMENT, [*ARGS, "--out-dir", str(tmp_path)]),
