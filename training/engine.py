@@ -376,15 +376,15 @@ def _train_epoch(r: _Run, train_model: nn.Module, epoch: int) -> tuple[float, Ep
     """One epoch's draws fixed by (seed, epoch, rank), or a resumed epoch's continued from the
     checkpoint; then the training pass. A NaN/infinite loss becomes a one-line error naming
     the step and the checkpoint that is kept (nothing is saved for the diverged epoch)."""
-    settings, rank = r.settings, r.rank
+    settings, seed = r.settings, epoch_seed(r.settings.seed, epoch, r.rank)
     lr = adjust_learning_rate(r.optimizer, epoch, settings)
     r.sampler.set_epoch(epoch)
-    r.data_generator.manual_seed(epoch_seed(settings.seed, epoch, rank))
+    r.data_generator.manual_seed(seed)
     # spikes and dropout masks: a stream of their own, not a copy of the loader's
-    seed_everything(epoch_seed(settings.seed, epoch, rank) ^ 0x5EED)
+    seed_everything(seed ^ 0x5EED)
     done, resumed = 0, {}
     if epoch == r.start_epoch and r.start_step:
-        done, resumed = r.start_step, r.checkpoint["ranks"][rank]
+        done, resumed = r.start_step, r.checkpoint["ranks"][r.rank]
         restore_rng_state(resumed["rng"])
     r.sampler.skip, r.epoch = done * r.train_loader.batch_size, epoch
     r.spikes = {name: torch.tensor(resumed.get("spikes", {}).get(name, 0), device=r.device)
