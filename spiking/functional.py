@@ -4,7 +4,7 @@ Each function here takes a neuron layer (:mod:`spiking.neurons`) and a time-majo
 ``[T, B, ...]`` (a whole one, or one chunk of consecutive steps continuing from a
 :class:`NeuronState`), gets the kernel table of the chosen backend once for the tensors it is
 given (:func:`spiking.backends.select`) and calls it: forward kernels in the forward, their
-backward counterparts in the backward. The backward of a spiking layer needs only its boolean
+backward counterparts in the backward. The backward of the paper's neurons needs only their boolean
 spike train, so no float membrane is kept for autograd. Backends that record every step
 (``reference``) get one autograd node per time step, the others one per chunk.
 """
@@ -91,6 +91,13 @@ def _float32_under_autocast(x: Tensor) -> Tensor:
     return x
 
 
+def _kept_buffer(neuron: nn.Module, shape: tuple[int, ...], like: Tensor) -> Tensor:
+    """Where the forward writes what the backward keeps of every step: the spikes, one byte per
+    neuron and step, or the potential for a neuron whose derivative needs it."""
+    dtype = like.dtype if neuron.keeps_potential else torch.bool
+    return torch.empty(shape, dtype=dtype, device=like.device)
+
+
 class _NeuronScan(torch.autograd.Function):
     """Spiking neurons over a chunk of steps: exact forward, the neuron's approximate backward.
 
@@ -103,20 +110,20 @@ class _NeuronScan(torch.autograd.Function):
     def forward(ctx, current: Tensor, membrane: Tensor, neuron: nn.Module, stats: SpikeStats,
                 kernels: ModuleType, inplace: bool) -> tuple[Tensor, Tensor]:
         out = current if inplace else torch.empty_like(current)
-        spikes = torch.empty(current.shape, dtype=torch.bool, device=current.device)
+        kept = _kept_buffer(neuron, current.shape, current)
         membrane = kernels.neuron_forward(neuron, current, membrane.clone(), stats.tensors, out,
-                                          spikes)
+                                          kept)
         if inplace:
             ctx.mark_dirty(current)
-        ctx.save_for_backward(spikes)
+        ctx.save_for_backward(kept)
         ctx.neuron, ctx.stats, ctx.kernels = neuron, stats, kernels
         return out, membrane
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor) -> tuple[Any, ...]:
-        (spikes,) = ctx.saved_tensors
+        (kept,) = ctx.saved_tensors
         neuron = ctx.neuron
-        grad = ctx.kernels.neuron_backward(neuron, grad_spikes.contiguous(), spikes,
+        grad = ctx.kernels.neuron_backward(neuron, grad_spikes.contiguous(), kept,
                                            ctx.stats.spike_scale(neuron),
                                            grad_membrane.contiguous())
         return grad, grad[0], None, None, None, None
@@ -172,21 +179,20 @@ class _PoolingScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, spikes: Tensor, membrane: Tensor, neuron: nn.Module, stats: SpikeStats,
                 kernels: ModuleType) -> tuple[Tensor, Tensor]:
-        pooled_shape = (spikes.shape[0], *membrane.shape)
-        fired = torch.empty(pooled_shape, dtype=torch.bool, device=spikes.device)
+        kept = _kept_buffer(neuron, (spikes.shape[0], *membrane.shape), spikes)
         out, membrane = kernels.pooling_forward(neuron, spikes, membrane.clone(), stats.tensors,
-                                                fired)
-        ctx.save_for_backward(fired)
+                                                kept)
+        ctx.save_for_backward(kept)
         ctx.neuron, ctx.stats, ctx.kernels = neuron, stats, kernels
         ctx.input_hw = tuple(spikes.shape[-2:])
         return out, membrane
 
     @staticmethod
     def backward(ctx, grad_pooled: Tensor, grad_membrane: Tensor) -> tuple[Any, ...]:
-        (fired,) = ctx.saved_tensors
+        (kept,) = ctx.saved_tensors
         neuron = ctx.neuron
         grad, grad_first = ctx.kernels.pooling_backward(
-            neuron, grad_pooled.contiguous(), fired, ctx.stats.spike_scale(neuron),
+            neuron, grad_pooled.contiguous(), kept, ctx.stats.spike_scale(neuron),
             grad_membrane.contiguous(), ctx.input_hw)
         return grad, grad_first, None, None, None
 

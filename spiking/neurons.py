@@ -7,7 +7,8 @@ one time step on ``[B, ...]`` tensors, in the words of docs/algorithm.md:
 - :meth:`SpikingNeuron.fire`: the spikes ``s_t`` (bool);
 - :meth:`SpikingNeuron.reset`: the membrane ``m_t`` the next step starts from;
 - :meth:`SpikingNeuron.backward_step`: ``dLoss/du_t`` from ``g_t = dLoss/ds_t`` and
-  ``dLoss/dm_t``, the approximate derivative, with a per-neuron factor from
+  ``dLoss/dm_t``, the approximate derivative, from what the forward kept of step t (the spikes,
+  or the potential ``u_t`` if the class sets ``keeps_potential``) and a per-neuron factor from
   :meth:`SpikingNeuron.spike_scale`, computed after the forward pass from statistics of the
   whole spike train (:meth:`SpikingNeuron.spike_stats`, :meth:`SpikingNeuron.update_stats`).
 
@@ -70,6 +71,9 @@ class SpikingNeuron(nn.Module):
 
     # The fused kernel that implements exactly this class, read from the class's own body only.
     kernel: ClassVar[str | None] = None
+    # What the backward keeps of each step for backward_step: the spikes (False: one byte per
+    # neuron and step) or the potential u_t (True: a float), for a derivative that needs it.
+    keeps_potential: ClassVar[bool] = False
 
     def __init__(self, threshold: float, inplace: bool = False) -> None:
         super().__init__()
@@ -92,9 +96,10 @@ class SpikingNeuron(nn.Module):
     def backward_step(self, grad_spikes: Tensor, grad_membrane: Tensor, spikes: Tensor,
                       scale: Tensor | float) -> Tensor:
         """``dLoss/du_t`` (which is both ``dLoss/dI_t`` and ``dLoss/dm_{t-1}``) from
-        ``g_t = dLoss/ds_t`` and ``dLoss/dm_t``: at a spike, ``scale * g_t``, and the reset cuts
-        the membrane's path; elsewhere the membrane's gradient passes straight through (the leak
-        is ignored by the gradient)."""
+        ``g_t = dLoss/ds_t``, ``dLoss/dm_t`` and the step's ``spikes`` (its potential instead,
+        for a class that sets ``keeps_potential``): at a spike, ``scale * g_t``, and the reset
+        cuts the membrane's path; elsewhere the membrane's gradient passes straight through (the
+        leak is ignored by the gradient)."""
         return torch.where(spikes, scale * grad_spikes, grad_membrane)
 
     def spike_stats(self, like: Tensor) -> tuple[Tensor, ...]:

@@ -20,6 +20,17 @@ class SoftResetLIF(LIFNeuron):
         return self.leak * (potential - self.threshold * spikes)
 
 
+class SurrogateLIF(LIFNeuron):
+    """A derivative that needs the membrane potential (a fast-sigmoid surrogate)."""
+
+    keeps_potential = True
+
+    def backward_step(self, grad_spikes, grad_membrane, potential, scale):
+        surrogate = 1.0 / (1.0 + 10.0 * (potential - self.threshold).abs()) ** 2
+        return surrogate * grad_spikes + torch.where(potential > self.threshold, 0.0,
+                                                     grad_membrane)
+
+
 @pytest.fixture
 def log(caplog):
     backends._told.clear()
@@ -97,7 +108,8 @@ def test_a_dtype_the_kernels_do_not_take_runs_on_torch_with_one_line(log):
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
-def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(log):
+@pytest.mark.parametrize("neuron", [SoftResetLIF, SurrogateLIF])
+def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(neuron, log):
     # Its spikes and gradients are those of the same equations one autograd node per step.
     torch.manual_seed(0)
     current = torch.rand(6, 2, 5, dtype=torch.float64) * 1.2
@@ -106,15 +118,26 @@ def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(log):
     for name in ("cpu", "reference"):
         leaf = current.clone().requires_grad_()
         with backends.use_backend(name):
-            spikes = SoftResetLIF(1.0, 0.9)(leaf)
+            spikes = neuron(1.0, 0.9)(leaf)
             spikes.backward(grad)
         results[name] = spikes.detach(), leaf.grad
     assert torch.equal(results["cpu"][0], results["reference"][0])
+    assert results["cpu"][0].any() and results["cpu"][1].abs().sum() > 0
     torch.testing.assert_close(results["cpu"][1], results["reference"][1], rtol=1e-12, atol=0)
     assert [r.getMessage() for r in log.records] == [
-        "spiking: backend 'cpu' cannot run this (it has no kernel for SoftResetLIF); backend "
-        "'torch' runs it, with the same results, more slowly"]
+        f"spiking: backend 'cpu' cannot run this (it has no kernel for {neuron.__name__}); "
+        "backend 'torch' runs it, with the same results, more slowly"]
     assert backends.select(current, neuron=LIFNeuron()) is cpu
+
+
+def test_a_neuron_that_keeps_its_potential_gets_it_in_the_backward():
+    current = torch.tensor([[0.5], [0.75], [0.5]], dtype=torch.float64, requires_grad=True)
+    with backends.use_backend("torch"):
+        spikes = SurrogateLIF(1.0, 0.5)(current)  # u = 0.5, 1.0, 1.0
+    kept = spikes.grad_fn.saved_tensors[0]
+    assert kept.dtype == torch.float64 and kept.flatten().tolist() == [0.5, 1.0, 1.0]
+    spikes.backward(torch.tensor([[0.0], [0.0], [1.0]], dtype=torch.float64))
+    assert current.grad.flatten().tolist() == [1.0, 1.0, 1.0]  # surrogate 1 at u = theta
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")

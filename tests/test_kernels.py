@@ -26,8 +26,9 @@ POOL_SHAPES = {"cpu": [((3, 4, 20, 24, 24), 2), ((2, 3, 5, 13, 11), 2), ((2, 1, 
                "triton": [((3, 2, 2, 6, 4), 2), ((3, 2, 2, 7, 5), 2), ((2, 2, 2, 8, 7), 3)]}
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def two_threads():
+    """The cpu kernels split their larger shapes over two threads (conftest restores one)."""
     torch.set_num_threads(2)
 
 
@@ -55,6 +56,7 @@ def currents(shape, dtype, threshold, generator):
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["lif", "if"])
+@pytest.mark.usefixtures("two_threads")
 def test_neuron_scan_with_membrane_stats_and_spikes(name, dtype, kind):
     gen = torch.Generator().manual_seed(0)
     neuron = LIFNeuron(1.0, 0.97) if kind == "lif" else IFNeuron(0.75)
@@ -95,6 +97,7 @@ def test_neuron_scan_writes_where_asked(name, inplace):
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("scale", ["neurons", "number"])
+@pytest.mark.usefixtures("two_threads")
 def test_neuron_backward(name, dtype, scale):
     gen = torch.Generator().manual_seed(1)
     for shape in SCAN_SHAPES[name]:
@@ -115,6 +118,7 @@ def test_neuron_backward(name, dtype, scale):
 
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
 def test_pooling_neuron_forward_and_backward(name, dtype):
     # Pool and scan, then the scan's gradient spread over the windows, odd sizes zero-padded.
     gen = torch.Generator().manual_seed(6)
@@ -141,6 +145,7 @@ def test_pooling_neuron_forward_and_backward(name, dtype):
 
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
 def test_the_average_pool_sums_as_pytorch(name, dtype):
     # Any values, not only spikes: the same sums in the same order as F.avg_pool2d, seen in
     # the membranes they leave.
@@ -197,6 +202,7 @@ def test_spike_packing(name, dtype, case):
 
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
 def test_poisson_encoding(name, dtype):
     # The same draws give the same spikes to the bit, -0 where a negative pixel did not fire.
     shape, steps = ((32, 1, 28, 28), 8) if name == "cpu" else ((2, 3, 5, 5), 3)

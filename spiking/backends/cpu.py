@@ -75,39 +75,39 @@ def _leak(neuron: nn.Module) -> float:
 
 
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, spikes_out: Tensor | None) -> Tensor:
+                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
     """As :func:`.reference.neuron_forward`, in C; ``membrane`` is updated in place."""
     if out is not current:
         out.copy_(current)
     trace, count = stats if stats else (None, None)
-    cpu_kernels.lif_scan(out, neuron.threshold, _leak(neuron), membrane, spikes_out, trace, count)
+    cpu_kernels.lif_scan(out, neuron.threshold, _leak(neuron), membrane, kept, trace, count)
     return membrane
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, spikes: Tensor,
+def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
                     scale: Tensor | float, carry: Tensor) -> Tensor:
-    """As :func:`.reference.neuron_backward`, in C."""
+    """As :func:`.reference.neuron_backward`, in C; ``kept`` holds the bool spikes."""
     step = grad_spikes[0]
     if isinstance(scale, Tensor):
         scale = scale.expand_as(step).contiguous()
     else:
         scale = torch.full_like(step, scale)
-    return cpu_kernels.gradient_scan(grad_spikes, spikes, scale, carry)
+    return cpu_kernels.gradient_scan(grad_spikes, kept, scale, carry)
 
 
 def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], spikes_out: Tensor | None
+                    stats: tuple[Tensor, ...], kept: Tensor | None
                     ) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_forward`: the average pool in C, the spikes written over it."""
     current = cpu_kernels.avg_pool(spikes, neuron.kernel_size)
-    return current, neuron_forward(neuron, current, membrane, stats, current, spikes_out)
+    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
 
 
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, spikes: Tensor,
+def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
                      scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
                      ) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_backward`, in C."""
-    delta = neuron_backward(neuron, grad_pooled, spikes, scale, carry)
+    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
     return cpu_kernels.avg_pool_backward(delta, neuron.kernel_size, *input_hw), delta[0]
 
 

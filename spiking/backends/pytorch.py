@@ -50,16 +50,16 @@ def average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
 
 
 def pooling_forward(neuron, spikes: Tensor, membrane: Tensor, stats: tuple[Tensor, ...],
-                    spikes_out: Tensor | None) -> tuple[Tensor, Tensor]:
+                    kept: Tensor | None) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_forward`, with one pool over all steps."""
     current = average_pool(spikes, neuron.kernel_size)
-    return current, neuron_forward(neuron, current, membrane, stats, current, spikes_out)
+    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
 
 
-def pooling_backward(neuron, grad_pooled: Tensor, spikes: Tensor, scale: Tensor | float,
+def pooling_backward(neuron, grad_pooled: Tensor, kept: Tensor, scale: Tensor | float,
                      carry: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_backward`."""
-    delta = neuron_backward(neuron, grad_pooled, spikes, scale, carry)
+    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
     return average_pool_backward(delta, neuron.kernel_size, input_hw), delta[0]
 
 

@@ -35,11 +35,12 @@ def describe() -> str:
 
 
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, spikes_out: Tensor | None) -> Tensor:
+                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
     """Run ``neuron`` over ``current`` ``[T, B, ...]`` from ``membrane`` ``[B, ...]``: the spikes
     into ``out`` (0 or 1; may be ``current`` itself: each step's current is read before its
-    spikes are written) and ``spikes_out`` (bool) if given, each step added to ``stats``.
-    Returns the final membrane (``membrane`` may be updated in place)."""
+    spikes are written), each step added to ``stats``, and into ``kept``, if given, what the
+    backward keeps of each step: the spikes (bool), or the potential ``u_t`` for a neuron that
+    keeps it. Returns the final membrane (``membrane`` may be updated in place)."""
     for t in range(current.shape[0]):
         potential = neuron.charge(membrane, current[t])
         spikes = neuron.fire(potential)
@@ -47,31 +48,31 @@ def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
         if stats:
             neuron.update_stats(stats, spikes)
         out[t] = spikes
-        if spikes_out is not None:
-            spikes_out[t] = spikes
+        if kept is not None:
+            kept[t] = potential if neuron.keeps_potential else spikes
     return membrane
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, spikes: Tensor,
+def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
                     scale: Tensor | float, carry: Tensor) -> Tensor:
-    """``dLoss/dI`` ``[T, B, ...]`` from ``g = dLoss/ds`` and the bool ``spikes`` ``[T, B, ...]``,
-    going back in time from ``carry`` (``dLoss/du`` of the step after the last, ``[B, ...]``)
-    through ``neuron.backward_step``."""
+    """``dLoss/dI`` ``[T, B, ...]`` from ``g = dLoss/ds`` and what the forward ``kept``
+    ``[T, B, ...]`` (the bool spikes, or the potentials), going back in time from ``carry``
+    (``dLoss/du`` of the step after the last, ``[B, ...]``) through ``neuron.backward_step``."""
     grad_current = torch.empty_like(grad_spikes)
     delta = carry
     for t in range(grad_spikes.shape[0] - 1, -1, -1):
-        delta = neuron.backward_step(grad_spikes[t], delta, spikes[t], scale)
+        delta = neuron.backward_step(grad_spikes[t], delta, kept[t], scale)
         grad_current[t] = delta
     return grad_current
 
 
 def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], spikes_out: Tensor | None
+                    stats: tuple[Tensor, ...], kept: Tensor | None
                     ) -> tuple[Tensor, Tensor]:
     """A pooling neuron over ``spikes`` ``[T, B, C, H, W]``: each step's k x k average pool,
     then :func:`neuron_forward`. Returns ``(spikes [T, B, C, H // k, W // k], membrane)``."""
     current = torch.stack([F.avg_pool2d(step, neuron.kernel_size) for step in spikes])
-    return current, neuron_forward(neuron, current, membrane, stats, current, spikes_out)
+    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
 
 
 def average_pool_backward(grad_pooled: Tensor, kernel_size: int,
@@ -87,13 +88,13 @@ def average_pool_backward(grad_pooled: Tensor, kernel_size: int,
     return F.pad(grad, (0, pad_w, 0, pad_h)) if pad_h or pad_w else grad
 
 
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, spikes: Tensor,
+def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
                      scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
                      ) -> tuple[Tensor, Tensor]:
     """The pooling neuron's backward: :func:`neuron_backward`, then the average pool's.
     Returns the input's gradient ``[T, B, C, H, W]`` and ``dLoss/du`` of step 0 (the carry of
     the chunk before)."""
-    delta = neuron_backward(neuron, grad_pooled, spikes, scale, carry)
+    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
     return average_pool_backward(delta, neuron.kernel_size, input_hw), delta[0]
 
 

@@ -99,29 +99,29 @@ def _leak(neuron: nn.Module) -> float:
 
 
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, spikes_out: Tensor | None) -> Tensor:
+                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
     """As :func:`.reference.neuron_forward`, in one launch; ``membrane`` is updated in place."""
     if out is not current:
         out.copy_(current)
     trace, count = stats if stats else (None, None)
     for tensor, name in ((membrane, "membrane"), (trace, "trace"), (count, "count")):
         check_tensor(tensor, out.shape[1:], name, out.dtype)
-    check_tensor(spikes_out, out.shape, "spikes_out", torch.bool)
+    check_tensor(kept, out.shape, "spikes", torch.bool)
     constants = _constants(out.dtype, out.device, neuron.threshold, _leak(neuron))
     neurons = membrane.numel()
-    launch(_jit().lif_scan, neurons, out.device, out, out if spikes_out is None else spikes_out,
+    launch(_jit().lif_scan, neurons, out.device, out, out if kept is None else kept,
            membrane, membrane if trace is None else trace, membrane if count is None else count,
-           constants, out.shape[0], neurons, HAS_SPIKES=spikes_out is not None,
+           constants, out.shape[0], neurons, HAS_SPIKES=kept is not None,
            HAS_SUMS=trace is not None)
     return membrane
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, spikes: Tensor,
+def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
                     scale: Tensor | float, carry: Tensor) -> Tensor:
-    """As :func:`.reference.neuron_backward`, in one launch; ``scale`` per neuron or one
-    number."""
+    """As :func:`.reference.neuron_backward`, in one launch; ``kept`` holds the bool spikes,
+    ``scale`` is per neuron or one number."""
     step_shape = grad_spikes.shape[1:]
-    check_tensor(spikes, grad_spikes.shape, "spikes", torch.bool)
+    check_tensor(kept, grad_spikes.shape, "spikes", torch.bool)
     check_tensor(carry, step_shape, "carry", grad_spikes.dtype)
     per_neuron = isinstance(scale, Tensor)
     if per_neuron:
@@ -130,13 +130,13 @@ def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, spikes: Tensor,
         scale = _constants(grad_spikes.dtype, grad_spikes.device, scale)
     out = torch.empty_like(grad_spikes)
     neurons = step_shape.numel()
-    launch(_jit().gradient_scan, neurons, grad_spikes.device, grad_spikes, spikes, scale, carry,
+    launch(_jit().gradient_scan, neurons, grad_spikes.device, grad_spikes, kept, scale, carry,
            out, grad_spikes.shape[0], neurons, SCALE_PER_NEURON=per_neuron)
     return out
 
 
 def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], spikes_out: Tensor | None
+                    stats: tuple[Tensor, ...], kept: Tensor | None
                     ) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_forward`: pool and scan in one launch."""
     k = neuron.kernel_size
@@ -144,16 +144,16 @@ def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
     rows, cols = height // k, width // k
     out = spikes.new_empty((steps, *planes, rows, cols))
     check_tensor(membrane, out.shape[1:], "membrane", spikes.dtype)
-    check_tensor(spikes_out, out.shape, "spikes_out", torch.bool)
+    check_tensor(kept, out.shape, "spikes", torch.bool)
     neurons = membrane.numel()
     launch(_jit().pooling_scan, neurons, spikes.device, spikes, out,
-           out if spikes_out is None else spikes_out, membrane,
+           out if kept is None else kept, membrane,
            _constants(spikes.dtype, spikes.device, neuron.threshold), steps, neurons,
-           spikes[0].numel(), height, width, rows, cols, K=k, HAS_SPIKES=spikes_out is not None)
+           spikes[0].numel(), height, width, rows, cols, K=k, HAS_SPIKES=kept is not None)
     return out, membrane
 
 
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, spikes: Tensor,
+def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
                      scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
                      ) -> tuple[Tensor, Tensor]:
     """As :func:`.reference.pooling_backward`: the gradient scan and the average pool's
@@ -162,14 +162,14 @@ def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, spikes: Tensor,
     steps, *planes, rows, cols = grad_pooled.shape
     height, width = input_hw
     check_window(k, (rows, cols), input_hw)
-    check_tensor(spikes, grad_pooled.shape, "spikes", torch.bool)
+    check_tensor(kept, grad_pooled.shape, "spikes", torch.bool)
     check_tensor(carry, grad_pooled.shape[1:], "carry", grad_pooled.dtype)
     covered = height == rows * k and width == cols * k
     shape = (steps, *planes, height, width)
     image_grad = grad_pooled.new_empty(shape) if covered else grad_pooled.new_zeros(shape)
     first = torch.empty_like(carry)
     neurons = carry.numel()
-    launch(_jit().pooling_gradient_scan, neurons, grad_pooled.device, grad_pooled, spikes, carry,
+    launch(_jit().pooling_gradient_scan, neurons, grad_pooled.device, grad_pooled, kept, carry,
            image_grad, first, steps, neurons, image_grad[0].numel(), height, width, rows, cols,
            K=k)
     return image_grad, first
