@@ -6,8 +6,8 @@ removes them on exit, so a model outside the ``with`` block runs exactly as with
 
 Rows are the spiking layers in the order they first fire: ``input`` (the model's first
 positional argument, the Poisson spike train; -1 and +1 both count), then every
-:class:`~spiking.LIFNeuron` and :class:`~spiking.PoolingNeuron` by module name, counted at the
-neuron's output, before dropout (docs/algorithm.md, *Dropout*). Synaptic operations are
+:class:`~spiking.SpikingNeuron` (the LIF, pooling and any other neurons) by module name, counted
+at the neuron's output, before dropout (docs/algorithm.md, *Dropout*). Synaptic operations are
 attributed to the spiking layer whose spikes cause them: a conv input at (h, w) reaches
 ``out_channels / groups`` times the output windows covering it (borders, padding and stride
 exact), a linear input ``out_features``, an average-pool input one addition per window covering
@@ -39,7 +39,7 @@ from torch.nn.modules.utils import _pair
 from torch.utils.hooks import RemovableHandle
 
 from spiking.dropout import TimeHeldDropout
-from spiking.neurons import LIFNeuron, PoolingNeuron
+from spiking.neurons import PoolingNeuron, SpikingNeuron
 from spiking.synapses import SpikingConv2d, SpikingLinear, TimeFolded
 
 __all__ = ["INPUT", "LayerCounts", "OutputCounts", "SpikeMonitor", "SynapseCounts",
@@ -49,10 +49,10 @@ INPUT = "input"
 
 
 def spiking_layer_names(model: nn.Module) -> list[str]:
-    """Names a :class:`SpikeMonitor` reports for ``model``: ``"input"``, then every LIF and
-    pooling neuron module in definition order."""
+    """Names a :class:`SpikeMonitor` reports for ``model``: ``"input"``, then every spiking
+    neuron module (hidden LIF, or another neuron, and pooling) in definition order."""
     return [INPUT] + [name for name, module in model.named_modules()
-                      if isinstance(module, (LIFNeuron, PoolingNeuron))]
+                      if isinstance(module, SpikingNeuron)]
 
 
 @dataclass
@@ -183,12 +183,12 @@ class SpikeMonitor:
         self._cover_cache.clear()  # keyed by module id, which another model may reuse
         self._handles.append(model.register_forward_pre_hook(self._on_model_input))
         for name, module in model.named_modules():
-            if isinstance(module, LIFNeuron):
-                self._hook(module, self._layer_hook(name, "lif"))
-            elif isinstance(module, PoolingNeuron):
+            if isinstance(module, PoolingNeuron):
                 # both a synapse (the average pool of its input) and a spiking layer
                 self._hook(module, self._synapse_hook(name, weighted=False))
                 self._hook(module, self._layer_hook(name, "pool"))
+            elif isinstance(module, SpikingNeuron):  # a hidden layer: the LIF, or a new neuron
+                self._hook(module, self._layer_hook(name, "lif"))
             elif isinstance(module, TimeHeldDropout):
                 self._hook(module, self._on_dropout)
             elif isinstance(module, (SpikingConv2d, SpikingLinear)):
@@ -240,14 +240,6 @@ class SpikeMonitor:
 
     def __exit__(self, *exc_info: object) -> None:
         self.detach()
-
-    def reset(self) -> None:
-        """Forget all counts and the raster (hooks stay as they are)."""
-        self.layers.clear()
-        self.synapses.clear()
-        self.raster = None
-        self.output = OutputCounts()
-        self._raster_done = False
 
     def _hook(self, module: nn.Module, hook) -> None:
         self._handles.append(module.register_forward_hook(hook))

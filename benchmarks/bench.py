@@ -51,7 +51,8 @@ for _path in (ROOT, ROOT / "tests"):
 
 import models  # noqa: E402
 from oracle import ARCHS, oracle_forward  # noqa: E402
-from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backend  # noqa: E402
+from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backends  # noqa: E402
+from spiking.backends import cpu as cpu_backend  # noqa: E402
 from training.checkpoint import load_checkpoint, load_weights  # noqa: E402
 from training import UsageError  # noqa: E402
 
@@ -515,8 +516,8 @@ def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.d
         command += ["--data", str(data)] if data is not None else []
         command += ["--resume", resume] if resume else []
         command += ["--threshold-scale", repr(threshold_scale)]
-        if not isinstance(backend.EVENT_DENSITY_MAX, dict):
-            command += ["--event-density-max", repr(backend.EVENT_DENSITY_MAX)]
+        if not isinstance(cpu_backend.EVENT_DENSITY_MAX, dict):
+            command += ["--event-density-max", repr(cpu_backend.EVENT_DENSITY_MAX)]
         child = subprocess.run(command, capture_output=True, text=True,
                                env={**os.environ, **MALLOC_ENV})
         if child.returncode != 0:
@@ -601,7 +602,7 @@ def machine_info(device: torch.device) -> dict[str, str]:
         info["load"] = "1/5/15-min load average %.2f %.2f %.2f before the run" % os.getloadavg()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    info["backend"] = backend.describe(device)
+    info["backend"] = backends.describe(device)
     return info
 
 
@@ -625,7 +626,7 @@ def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping,
                  f"project time chunk {args.time_chunk or 'default'}, "
                  f"images {args.data or 'synthetic'}, weights {args.resume or 'initialisation'}, "
                  f"threshold scale {args.threshold_scale}, event density max "
-                 f"{backend.EVENT_DENSITY_MAX}")
+                 f"{cpu_backend.EVENT_DENSITY_MAX}")
     if densities:
         lines += ["", "project synapse inputs (one training step): layer, fraction of entries "
                       "that are spikes, chunks event-driven / dense"]
@@ -695,7 +696,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threshold-scale", type=float, default=1.0,
                         help="multiply every neuron threshold (below 1: denser spikes)")
     parser.add_argument("--event-density-max", type=float, default=None,
-                        help="override spiking.backend.EVENT_DENSITY_MAX for every kind of "
+                        help="override spiking.backends.cpu.EVENT_DENSITY_MAX for every kind of "
                              "layer (0: never event-driven, 1: whenever the input is spikes)")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -714,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.event_density_max is not None:
-        backend.EVENT_DENSITY_MAX = args.event_density_max
+        cpu_backend.EVENT_DENSITY_MAX = args.event_density_max
     device = torch.device(args.device)
     inputs = (args.data, args.resume, args.threshold_scale)
     try:

@@ -3,8 +3,8 @@
 One training step (encode, forward, MSE-sum loss, backward, SGD step) of a network with all T
 steps in one chunk (as on a GPU), on CPU tensors, counting every ATen operation dispatched (a
 ``TorchDispatchMode``; each is at most one kernel launch on CUDA, allocations and views
-included) and every Triton kernel launched by :mod:`spiking.triton_kernels`. The ``torch``
-backend is the code path CUDA took before the Triton kernels (PyTorch loops over the time
+included) and every Triton kernel launched by :mod:`spiking.backends.triton_kernels`. The ``torch``
+backend is the code path CUDA takes without the Triton kernels (PyTorch loops over the time
 steps); ``triton`` runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1``, which :func:`main` sets
 before triton is first used), which counts the same launches a GPU would get.
 
@@ -32,7 +32,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from spiking import PoissonEncoder, backend, triton_kernels  # noqa: E402
+from spiking import PoissonEncoder, backends  # noqa: E402
+from spiking.backends import triton_kernels  # noqa: E402
 
 __all__ = ["OperationCounter", "count_training_step"]
 
@@ -55,8 +56,8 @@ class OperationCounter(TorchDispatchMode):
 
     @contextlib.contextmanager
     def launches(self) -> Iterator[None]:
-        """Count the launches of :mod:`spiking.triton_kernels` inside the block."""
-        original = triton_kernels._launch
+        """Count the launches of :mod:`spiking.backends.triton_kernels` inside the block."""
+        original = triton_kernels.launch
 
         def counted(*args, **kwargs):
             self.triton += 1
@@ -66,11 +67,11 @@ class OperationCounter(TorchDispatchMode):
             finally:
                 self._paused = False
 
-        triton_kernels._launch = counted
+        triton_kernels.launch = counted
         try:
             yield
         finally:
-            triton_kernels._launch = original
+            triton_kernels.launch = original
 
     @property
     def total(self) -> int:
@@ -95,7 +96,7 @@ def count_training_step(arch: str, time_steps: int, batch: int, width: float,
         optimizer.step()
 
     counter = OperationCounter()
-    with backend.use_backend(backend_name), counter.launches():
+    with backends.use_backend(backend_name), counter.launches():
         step()
         with counter:
             step()
@@ -111,13 +112,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--backends", type=lambda s: s.split(","), default=["torch", "triton"])
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are first imported
-    unknown = [name for name in args.backends if name not in backend.BACKENDS]
+    unknown = [name for name in args.backends if name not in backends.NAMES]
     if unknown or any(t < 1 for t in args.time_steps) or args.batch < 1 or args.width <= 0:
-        print(f"error: backends must be among {', '.join(backend.BACKENDS)}, T, batch and "
+        print(f"error: backends must be among {', '.join(backends.NAMES)}, T, batch and "
               "width positive", file=sys.stderr)
         return 2
-    if "triton" in args.backends and not triton_kernels.available():
-        print("error: the triton backend needs triton installed", file=sys.stderr)
+    reason = backends.unavailable("triton", torch.device("cpu"))
+    if "triton" in args.backends and reason is not None:
+        print(f"error: the triton backend cannot run: {reason}", file=sys.stderr)
         return 2
     print(f"{args.arch} width {args.width}, batch {args.batch}, one chunk of all T, "
           "one training step")

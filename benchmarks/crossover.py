@@ -3,10 +3,10 @@
 For every distinct synapse layer of the networks (full width), one chunk of ``--images`` input
 images (the networks' CPU chunk: T' * B) of random spikes at each density: the time of the
 forward plus the backward (weight gradient, and the input gradient for a layer fed by neurons)
-through :mod:`spiking.event_kernels` (event extraction included) and through the dense PyTorch
+through :mod:`spiking.backends.event_kernels` (event extraction included) and through the dense PyTorch
 ops the ``torch``-style path runs (``F.conv2d`` / ``F.linear`` and their backward). Prints the
 ratio event / dense per layer and density and the density where each layer's ratio crosses 1;
-``spiking.backend.EVENT_DENSITY_MAX`` is set from this table (benchmarks/README.md).
+``spiking.backends.cpu.EVENT_DENSITY_MAX`` is set from this table (benchmarks/README.md).
 
     python benchmarks/crossover.py --threads 2
 """
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from spiking import event_kernels  # noqa: E402
+from spiking.backends import event_kernels  # noqa: E402
 
 # (name, C_in, C_out, k, stride, padding, H, input_gradient) of the distinct layers; H = 0: linear
 LAYERS: tuple[tuple[str, int, int, int, int, int, int, bool], ...] = (

@@ -3,8 +3,8 @@
 Builds the project's network as benchmarks/bench.py does (real MNIST digits with ``--data``,
 a checkpoint's weights with ``--resume``), then for each threshold scale (every neuron's
 threshold times it: lower, denser spikes) measures the input density of every synapse layer
-and times the training step with the event-driven synapses (``spiking.backend.EVENT_DENSITY_MAX``
-as set) and with the dense ones (0), alternating the two in one process so that a loaded machine
+and times the training step with the event-driven synapses
+(``spiking.backends.cpu.EVENT_DENSITY_MAX`` as set) and with the dense ones (0), alternating the two in one process so that a loaded machine
 slows both alike. Prints one row per scale: the densities, the fraction of chunks that ran
 event-driven, both medians and their ratio.
 
@@ -27,7 +27,7 @@ for _path in (ROOT, ROOT / "tests"):
         sys.path.insert(0, str(_path))
 
 from benchmarks import bench  # noqa: E402
-from spiking import backend  # noqa: E402
+from spiking.backends import cpu as cpu_backend  # noqa: E402
 from training import UsageError  # noqa: E402
 
 
@@ -36,19 +36,19 @@ def sweep_row(args: argparse.Namespace, scale: float) -> dict:
     variant = bench.build_variants(args.arch, args.time_steps, args.batch, width=args.width,
                                    names=["project"], seed=args.seed, data=args.data,
                                    resume=args.resume, threshold_scale=scale)["project"]
-    event_max = backend.EVENT_DENSITY_MAX
+    event_max = cpu_backend.EVENT_DENSITY_MAX
     densities = bench.input_densities(variant)
     times: dict[str, list[float]] = {"event": [], "dense": []}
     try:
         for round_index in range(args.warmup + args.repeats):
             for path, setting in (("event", event_max), ("dense", 0.0)):
-                backend.EVENT_DENSITY_MAX = setting
+                cpu_backend.EVENT_DENSITY_MAX = setting
                 start = time.perf_counter()
                 variant.train_step()
                 if round_index >= args.warmup:
                     times[path].append(time.perf_counter() - start)
     finally:
-        backend.EVENT_DENSITY_MAX = event_max
+        cpu_backend.EVENT_DENSITY_MAX = event_max
     chunks = sum(row["event_chunks"] + row["dense_chunks"] for row in densities.values())
     return {"scale": scale, "densities": {k: row["density"] for k, row in densities.items()},
             "event_fraction": sum(row["event_chunks"] for row in densities.values()) / chunks,
@@ -77,7 +77,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error("--repeats must be at least 1, --warmup at least 0, scales positive")
     print(f"train step, {args.arch} T {args.time_steps} B {args.batch}, images "
           f"{args.data or 'synthetic'}, weights {args.resume or 'initialisation'}, "
-          f"{torch.get_num_threads()} threads, event density max {backend.EVENT_DENSITY_MAX}, "
+          f"{torch.get_num_threads()} threads, event density max "
+          f"{cpu_backend.EVENT_DENSITY_MAX}, "
           f"medians of {args.repeats}")
     header = None
     for scale in args.scales:

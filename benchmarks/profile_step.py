@@ -1,5 +1,6 @@
 """Where a step's time goes: the project's training and evaluation steps of ``bench.py``, with
-every call into the C kernels (:mod:`spiking.cpu_kernels`, :mod:`spiking.event_kernels`) timed.
+every call into the C kernels of the ``cpu`` backend (:mod:`spiking.backends.cpu_kernels`,
+:mod:`spiking.backends.event_kernels`) timed.
 
 Prints, per step, its mean time over ``--repeats`` steps (after two warm-up steps) and each
 kernel's share; what the kernels do not cover is PyTorch's own work (encoding, dense layers,
@@ -26,10 +27,10 @@ if str(ROOT) not in sys.path:
 
 import models  # noqa: E402
 from benchmarks.bench import build_variants  # noqa: E402
-from spiking import cpu_kernels, event_kernels  # noqa: E402
+from spiking.backends import cpu_kernels, event_kernels  # noqa: E402
 
-KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "upsample", "pack_spikes",
-                        "poisson_spikes"),
+KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "avg_pool_backward",
+                        "pack_spikes", "poisson_spikes"),
            event_kernels: ("find_events", "conv_forward", "conv_backward")}
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import TypeVar
 
 import torch
@@ -12,13 +13,18 @@ from spiking import (
     PoolingNeuron,
     SpikingConv2d,
     SpikingLinear,
+    SpikingNeuron,
     TimeHeldDropout,
     reset_states,
 )
 
-__all__ = ["SpikingNetwork", "conv3x3", "halved_by_pooling", "halved_by_stride", "scaled"]
+__all__ = ["NeuronFactory", "SpikingNetwork", "conv3x3", "halved_by_pooling", "halved_by_stride",
+           "scaled"]
 
 Synapse = TypeVar("Synapse", SpikingConv2d, SpikingLinear)
+# Makes a hidden layer's neurons from (threshold, leak, inplace=True): LIFNeuron, or a new neuron
+# class with the same arguments (docs/extending.md).
+NeuronFactory = Callable[..., SpikingNeuron]
 
 
 def scaled(channels: int, width: float) -> int:
@@ -58,6 +64,8 @@ class SpikingNetwork(nn.Module):
         input_shape: ``(C, H, W)`` of the images the network expects.
         num_classes: size of the output.
         leak, threshold: of every hidden LIF neuron (and the output integrator).
+        neuron: makes every hidden layer's neurons, called as ``neuron(threshold, leak,
+            inplace=True)``: :class:`~spiking.LIFNeuron`, the paper's, by default.
         pool_threshold: of every pooling neuron.
         dropout: p of every :class:`~spiking.TimeHeldDropout` of the network (0 = keep all).
         time_chunk: time steps per chunk; None chooses :meth:`default_time_chunk`.
@@ -70,12 +78,14 @@ class SpikingNetwork(nn.Module):
     cpu_chunk_images: int = 64
 
     def __init__(self, input_shape: tuple[int, int, int], num_classes: int, leak: float,
-                 threshold: float, pool_threshold: float, dropout: float) -> None:
+                 threshold: float, pool_threshold: float, dropout: float,
+                 neuron: NeuronFactory = LIFNeuron) -> None:
         super().__init__()
         self.input_shape = tuple(input_shape)
         self.num_classes = num_classes
         self.leak = leak
         self.threshold = threshold
+        self.neuron = neuron
         self.pool_threshold = pool_threshold
         self.dropout = dropout
         self.time_chunk: int | None = None
@@ -118,10 +128,12 @@ class SpikingNetwork(nn.Module):
                              f"would be {height}x{width}")
         return channels * height * width
 
-    def lif(self) -> LIFNeuron:
-        return LIFNeuron(self.threshold, self.leak, inplace=True)
+    def lif(self) -> SpikingNeuron:
+        """A hidden layer's neurons; they write their spikes over the current, which nothing
+        else reads."""
+        return self.neuron(self.threshold, self.leak, inplace=True)
 
-    def hidden(self, synapse: Synapse) -> tuple[Synapse, LIFNeuron, TimeHeldDropout]:
+    def hidden(self, synapse: Synapse) -> tuple[Synapse, SpikingNeuron, TimeHeldDropout]:
         """A hidden layer's three parts: its synapses, its LIF neurons, their held dropout."""
         return synapse, self.lif(), TimeHeldDropout(self.dropout)
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from spiking import OutputIntegrator, SpikingConv2d, SpikingLinear
+from spiking import LIFNeuron, OutputIntegrator, SpikingConv2d, SpikingLinear
 
-from .base import SpikingNetwork, halved_by_pooling, scaled
+from .base import NeuronFactory, SpikingNetwork, halved_by_pooling, scaled
 
 __all__ = ["LeNet"]
 
@@ -32,6 +32,8 @@ class LeNet(SpikingNetwork):
         dropout: p of the dropout after every hidden LIF layer (0: none, the paper's network).
         width: channel multiplier of every hidden layer (1 = the paper's network).
         input_shape: ``(C, H, W)`` of the input images, at least 4x4.
+        neuron: makes every hidden layer's neurons, ``neuron(threshold, leak, inplace=True)``
+            (the paper's :class:`~spiking.LIFNeuron`; docs/extending.md).
     """
 
     init_gain = 2.0
@@ -39,8 +41,10 @@ class LeNet(SpikingNetwork):
 
     def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
                  pool_threshold: float = 0.75, dropout: float = 0.0, width: float = 1.0,
-                 input_shape: tuple[int, int, int] = (1, 28, 28)) -> None:
-        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
+                 input_shape: tuple[int, int, int] = (1, 28, 28),
+                 neuron: NeuronFactory = LIFNeuron) -> None:
+        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout,
+                         neuron)
         in_channels, image_height, image_width = input_shape
         c1, c2, f0 = scaled(20, width), scaled(50, width), scaled(200, width)
         fc0_height, fc0_width = (halved_by_pooling(halved_by_pooling(side))

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from spiking import OutputIntegrator, SpikingConv2d, SpikingLinear, TimeFolded
+from spiking import LIFNeuron, OutputIntegrator, SpikingConv2d, SpikingLinear, TimeFolded
 
-from .base import SpikingNetwork, conv3x3, halved_by_pooling, halved_by_stride, scaled
+from .base import (NeuronFactory, SpikingNetwork, conv3x3, halved_by_pooling, halved_by_stride,
+                   scaled)
 
 __all__ = ["ResNet11", "ResNet13"]
 
@@ -37,8 +38,10 @@ class ResNet11(SpikingNetwork):
 
     def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
                  pool_threshold: float = 0.75, dropout: float = 0.25, width: float = 1.0,
-                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
-        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
+                 input_shape: tuple[int, int, int] = (3, 32, 32),
+                 neuron: NeuronFactory = LIFNeuron) -> None:
+        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout,
+                         neuron)
         in_channels, image_height, image_width = input_shape
         c1, c2, c3, c4, f0 = (scaled(c, width) for c in (64, 128, 256, 512, 1024))
 
@@ -60,6 +63,7 @@ class ResNet11(SpikingNetwork):
         self.cnn51, self.lif51, self.drop51 = self.hidden(conv3x3(c4, c4))
         self.cnn52, self.lif52, self.drop52 = self.hidden(conv3x3(c4, c4, 2))
         self.shortcut4 = TimeFolded(nn.AvgPool2d(kernel_size=1, stride=2))
+        self.build_more_blocks(c4)
 
         fc0_height, fc0_width = (halved_by_stride(halved_by_stride(halved_by_pooling(side)))
                                  for side in (image_height, image_width))
@@ -71,6 +75,9 @@ class ResNet11(SpikingNetwork):
                                  self.cnn32, self.shortcut2[0], self.cnn41, self.cnn42,
                                  self.shortcut3[0], self.cnn51, self.cnn52, self.fc0, self.fc1)
         self.reset_parameters()
+
+    def build_more_blocks(self, channels: int) -> None:
+        """Residual blocks after block 4, of ``channels`` each (a deeper network's): none."""
 
     def features(self, spikes: Tensor) -> Tensor:
         """``[T', B, C, H, W]`` input spikes -> block 4's output spikes
@@ -98,17 +105,12 @@ class ResNet13(ResNet11):
     Args: as :class:`ResNet11`.
     """
 
-    def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
-                 pool_threshold: float = 0.75, dropout: float = 0.25, width: float = 1.0,
-                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
-        super().__init__(num_classes, leak, threshold, pool_threshold, dropout, width, input_shape)
-        c4 = self.cnn52.out_channels
-        self.cnn61, self.lif61, self.drop61 = self.hidden(conv3x3(c4, c4))
-        self.cnn62, self.lif62, self.drop62 = self.hidden(conv3x3(c4, c4))
+    def build_more_blocks(self, channels: int) -> None:
+        self.cnn61, self.lif61, self.drop61 = self.hidden(conv3x3(channels, channels))
+        self.cnn62, self.lif62, self.drop62 = self.hidden(conv3x3(channels, channels))
         # a module, not a bare "+ x", so that --stats counts the additions it causes
         self.shortcut5 = TimeFolded(nn.Identity())
         self.inputs_from_neurons(self.cnn61, self.cnn62)
-        self.reset_parameters()
 
     def features(self, spikes: Tensor) -> Tensor:
         x = super().features(spikes)

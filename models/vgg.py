@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from spiking import OutputIntegrator, SpikingLinear
+from spiking import LIFNeuron, OutputIntegrator, SpikingLinear
 
-from .base import SpikingNetwork, conv3x3, halved_by_pooling, scaled
+from .base import NeuronFactory, SpikingNetwork, conv3x3, halved_by_pooling, scaled
 
 __all__ = ["VGG9"]
 
@@ -31,8 +31,10 @@ class VGG9(SpikingNetwork):
 
     def __init__(self, num_classes: int = 10, leak: float = 0.99, threshold: float = 1.0,
                  pool_threshold: float = 0.75, dropout: float = 0.2, width: float = 1.0,
-                 input_shape: tuple[int, int, int] = (3, 32, 32)) -> None:
-        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout)
+                 input_shape: tuple[int, int, int] = (3, 32, 32),
+                 neuron: NeuronFactory = LIFNeuron) -> None:
+        super().__init__(input_shape, num_classes, leak, threshold, pool_threshold, dropout,
+                         neuron)
         in_channels, image_height, image_width = input_shape
         c1, c2, c3, f0 = (scaled(c, width) for c in (64, 128, 256, 1024))
 

@@ -1,6 +1,13 @@
 """Shared test setup."""
+import os
+
 import pytest
 import torch
+
+# Without a GPU, the triton backend's kernels run in Triton's CPU interpreter, which triton reads
+# when the kernels are first imported: before any test runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

@@ -149,7 +149,7 @@ def test_crossover_and_density_sweep_run_at_toy_sizes(capsys):
 
 def test_profile_times_the_kernels_inside_both_steps_and_restores_them(capsys):
     from benchmarks import profile_step
-    from spiking import cpu_kernels, event_kernels
+    from spiking.backends import cpu_kernels, event_kernels
 
     if not event_kernels.available():
         pytest.skip("no C compiler: the kernels cannot be built")

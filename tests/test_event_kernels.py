@@ -1,17 +1,21 @@
 """The event-driven synapses equal the dense ones, and keep their contract.
 
-Kernels (spiking.event_kernels) against F.conv2d / F.linear and their autograd, for every
-geometry the networks use, signed and scaled spikes, float32 (to rounding) and float64; the input
-gradient equals the dense one at every input spike and is 0 elsewhere. Layers (spiking.synapses):
-a synapse declared to read neuron spikes gets that sparse input gradient, any other the dense
-one; the path follows the density threshold, the backend and autocast. The float64 parity of
-whole networks through the event path against the authors' loop is in tests/test_parity.py.
+Kernels (spiking/backends/event_kernels.py) against F.conv2d / F.linear and their autograd, for
+every geometry the networks use, signed and scaled spikes, float32 (to rounding) and float64; the
+input gradient equals the dense one at every input spike and is 0 elsewhere. Layers under the
+``cpu`` backend: a synapse declared to read neuron spikes gets that sparse input gradient, any
+other the dense one; the path follows the density threshold, the backend and autocast. The
+float64 parity of whole networks through the event path against the authors' loop is in
+tests/test_parity.py.
 """
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from spiking import SpikingConv2d, SpikingLinear, backend, event_kernels
+from spiking import SpikingConv2d, SpikingLinear, backends
+from spiking.backends import cpu, event_kernels
 
 pytestmark = pytest.mark.skipif(not event_kernels.available(),
                                 reason="no C compiler: the event kernels cannot be built")
@@ -34,11 +38,23 @@ def signed_spikes(shape, dtype, density=0.1, scale=1.25, seed=0):
 @pytest.fixture
 def events_always(monkeypatch):
     """The event-driven path for every spike train, whatever its density."""
-    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 1.0)
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 1.0)
 
 
 def events_of(x):
     return event_kernels.find_events(x)
+
+
+def spike_train(events):
+    """The spike train ``[images, *image_shape]`` of ``events`` again."""
+    size = math.prod(events.image_shape)
+    out = torch.zeros(events.images * size, dtype=events.dtype)
+    image = torch.repeat_interleave(torch.arange(events.images), events.offsets.diff())
+    codes = events.positions.long()
+    negative = codes < 0
+    index = torch.where(negative, ~codes, codes) + image * size
+    out[index] = torch.where(negative, -events.scale, events.scale).to(events.dtype)
+    return out.view(events.images, *events.image_shape)
 
 
 def channels_last(weight):
@@ -67,7 +83,7 @@ def test_kernels_equal_the_dense_layer_and_its_gradients(geometry, dtype):
         x = signed_spikes((6, cin, size, size), dtype)
         weight = torch.randn((cout, cin, k, k), generator=gen, dtype=torch.float64).to(dtype)
     events = events_of(x)
-    assert events is not None and events.scale == 1.25 and torch.equal(events.dense(), x)
+    assert events is not None and events.scale == 1.25 and torch.equal(spike_train(events), x)
     out_shape = (F.conv2d(x, weight, None, stride, padding).shape if weight.dim() == 4
                  else (13, 23))
     grad = torch.randn(out_shape, generator=gen, dtype=torch.float64).to(dtype)
@@ -122,12 +138,12 @@ def test_events_are_found_in_one_pass_up_to_a_limit(dtype):
         mixed = event_kernels.find_events(two_magnitudes)
     finally:
         torch.set_num_threads(previous)
-    assert exact is not None and torch.equal(exact.dense(), x) and exact.scale == 1.25
+    assert exact is not None and torch.equal(spike_train(exact), x) and exact.scale == 1.25
     assert exact.positions.numel() == spikes and exact.offsets[-1] == spikes
     assert torch.equal(loose.positions, exact.positions) and torch.equal(loose.offsets,
                                                                          exact.offsets)
     assert too_many is None
-    assert crowded_events is not None and torch.equal(crowded_events.dense(), crowded)
+    assert crowded_events is not None and torch.equal(spike_train(crowded_events), crowded)
     assert mixed is None
 
 
@@ -168,10 +184,10 @@ def layer_gradients(layer, spikes):
 
 
 def both_paths(layer, spikes):
-    with backend.use_backend("cpu"):
+    with backends.use_backend("cpu"):
         event = layer_gradients(layer, spikes)
     assert layer.event_chunks == 1 and layer.dense_chunks == 0
-    with backend.use_backend("torch"):
+    with backends.use_backend("torch"):
         dense = layer_gradients(layer, spikes)
     assert layer.dense_chunks == 1
     return event, dense
@@ -202,8 +218,8 @@ def test_the_path_follows_density_backend_and_precision(monkeypatch):
     layer = SpikingConv2d(2, 4, 3, padding=1)
     sparse = signed_spikes((2, 2, 2, 6, 6), torch.float32, density=0.05)
     dense = signed_spikes((2, 2, 2, 6, 6), torch.float32, density=0.5)
-    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 0.2)
-    with backend.use_backend("cpu"):
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 0.2)
+    with backends.use_backend("cpu"):
         layer(sparse)
         assert (layer.event_chunks, layer.dense_chunks) == (1, 0)
         layer(dense)
@@ -213,11 +229,11 @@ def test_the_path_follows_density_backend_and_precision(monkeypatch):
         assert (layer.event_chunks, layer.dense_chunks) == (1, 2)
         layer(torch.rand(2, 2, 2, 6, 6))  # not spikes: many magnitudes
         assert layer.event_chunks == 1
-        monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 0.0)
+        monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 0.0)
         layer(sparse)
         assert layer.event_chunks == 1
-    with backend.use_backend("torch"):
-        monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 1.0)
+    with backends.use_backend("torch"):
+        monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 1.0)
         layer(sparse)
     assert layer.event_chunks == 1
 
@@ -225,10 +241,10 @@ def test_the_path_follows_density_backend_and_precision(monkeypatch):
 def test_evaluation_without_autograd_equals_the_dense_layer(events_always):
     layer = SpikingConv2d(3, 5, 5, padding=2)
     spikes = signed_spikes((2, 3, 3, 9, 9), torch.float32)
-    with torch.no_grad(), backend.use_backend("cpu"):
+    with torch.no_grad(), backends.use_backend("cpu"):
         event = layer(spikes)
     assert layer.event_chunks == 1
-    with torch.no_grad(), backend.use_backend("torch"):
+    with torch.no_grad(), backends.use_backend("torch"):
         dense = layer(spikes)
     torch.testing.assert_close(event, dense, **TOLERANCE[torch.float32])
 
@@ -236,7 +252,7 @@ def test_evaluation_without_autograd_equals_the_dense_layer(events_always):
 def test_the_relaid_weight_follows_updates(events_always):
     layer = SpikingLinear(30, 4)
     spikes = signed_spikes((2, 2, 30), torch.float32, density=0.2)
-    with torch.no_grad(), backend.use_backend("cpu"):
+    with torch.no_grad(), backends.use_backend("cpu"):
         before = layer(spikes)
         layer.weight.mul_(2)
         after = layer(spikes)
@@ -244,14 +260,14 @@ def test_the_relaid_weight_follows_updates(events_always):
 
 
 def test_each_kind_of_layer_has_its_own_crossover(monkeypatch):
-    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", {"conv": 0.2, "linear": 0.02})
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", {"conv": 0.2, "linear": 0.02})
     conv, linear = SpikingConv2d(2, 3, 1), SpikingLinear(72, 3)
     spikes = signed_spikes((2, 2, 2, 6, 6), torch.float32, density=0.05)
-    with backend.use_backend("cpu"):
+    with backends.use_backend("cpu"):
         conv(spikes)
         linear(spikes.flatten(2))
     assert (conv.event_chunks, linear.event_chunks) == (1, 0)
-    assert backend.event_density_max("linear") == 0.02
+    assert cpu.event_density_max("linear") == 0.02
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

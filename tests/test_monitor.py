@@ -209,8 +209,6 @@ def test_observe_counts_silent_and_correct_outputs():
     monitor.observe(output, torch.tensor([2, 1, 1, 0]))
     monitor.observe(torch.zeros(2, 3), torch.tensor([1, 2]))
     assert monitor.output == OutputCounts(images=6, silent=3, correct=2)
-    monitor.reset()
-    assert monitor.output == OutputCounts()
 
 
 def test_attach_detach_protocol_and_layer_names():

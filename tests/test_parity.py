@@ -1,15 +1,16 @@
 """Every implementation of the networks computes the same numbers.
 
-Two oracles: the readable step-by-step reference (spiking/reference.py, the ``reference``
-backend) and the literal port of the authors' loop (tests/oracle.py). The reference equals the
-authors' loop, and every other backend of spiking.backend equals the reference: same weights,
+Two oracles: the readable step-by-step reference (the ``reference`` backend: every neuron's own
+methods one step at a time, spiking/backends/reference.py) and the literal port of the authors'
+loop (tests/oracle.py). The reference equals the
+authors' loop, and every other backend of spiking.backends equals the reference: same weights,
 same input spikes, same dropout masks, float64, outputs and every parameter gradient to a
 relative error of 1e-9, in training mode (masks) and evaluation mode, and whether the model runs
 the T steps at once or in chunks (the neurons carrying their membranes, NG and the backward's
 delta across chunk boundaries).
 
-A new backend joins by adding its row to ``spiking.backend.BACKENDS``: ``FAST_BACKENDS`` lists
-every backend but the reference, and a backend that cannot run on a device is skipped there.
+A new backend joins by adding its table to ``spiking.backends``: ``FAST_BACKENDS`` lists every
+backend but the reference, and a backend that cannot run on a device is skipped there.
 Weights get a positive mean so spikes reach the deepest layers within a few steps; threshold 1.25
 and leak 0.95 make the 1/threshold and NG factors visible.
 """
@@ -21,7 +22,8 @@ import torch
 
 import models
 from oracle import oracle_forward
-from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backend, event_kernels
+from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backends
+from spiking.backends import cpu, event_kernels
 
 F64 = torch.float64
 INPUT_SHAPE = {"lenet": (1, 8, 8), "vgg9": (3, 8, 8), "resnet11": (3, 16, 16),
@@ -30,7 +32,7 @@ DRIVE = {"lenet": (2.0, 0.3), "vgg9": (3.0, 0.4), "resnet11": (1.0, 0.3), "resne
 WIDTH = {"lenet": 0.2, "vgg9": 0.08, "resnet11": 0.06, "resnet13": 0.06}
 LEAK, THRESHOLD = 0.95, 1.25
 ARCHS = ["lenet", "vgg9", "resnet11", "resnet13"]
-FAST_BACKENDS = [name for name in backend.BACKENDS if name != "reference"]
+FAST_BACKENDS = [name for name in backends.NAMES if name != "reference"]
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
@@ -106,7 +108,7 @@ def run_network(arch: str, backend_name: str, training: bool, time_chunk: int,
     model.time_chunk = time_chunk
     masks = fix_dropout_masks(model, gen)
     model.to(device)
-    with backend.use_backend(backend_name):
+    with backends.use_backend(backend_name):
         out = model(spikes.to(device))
         mse_sum(out, spikes.shape[1]).backward()
     grads = {name: param.grad.cpu() for name, param in model.named_parameters()}
@@ -141,7 +143,7 @@ def test_the_reference_equals_the_authors_loop(arch, training, time_chunk):
 @pytest.mark.parametrize("training,time_chunk", [(True, 5), (True, 2), (True, 1), (False, 5)],
                          ids=["train-whole", "train-chunks-2-2-1", "train-per-step", "eval"])
 def test_every_backend_equals_the_reference(backend_name, device, arch, training, time_chunk):
-    reason = backend.BACKENDS[backend_name][1](torch.device(device))
+    reason = backends.unavailable(backend_name, torch.device(device))
     if reason is not None:
         pytest.skip(f"backend {backend_name} cannot run on {device}: {reason}")
     expected_out, expected_grads, expected_masks = reference_run(arch, training)
@@ -161,7 +163,7 @@ def test_every_backend_equals_the_reference(backend_name, device, arch, training
 def test_event_driven_synapses_equal_the_reference(arch, training, monkeypatch):
     # Every chunk of every synapse event-driven, whatever its density; the input gradients of
     # the declared layers only at their input spikes.
-    monkeypatch.setattr(backend, "EVENT_DENSITY_MAX", 1.0)
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 1.0)
     expected_out, expected_grads, _ = reference_run(arch, training)
     out, grads, _, _, _, model = run_network(arch, "cpu", training, time_chunk=2)
 

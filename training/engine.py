@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 import models
 from analysis import SpikeMonitor, plots, spiking_layer_names, write_report
-from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, backend
+from spiking import LIFNeuron, OutputIntegrator, PoissonEncoder, PoolingNeuron, backends
 
 from .checkpoint import (capture_rng_state, checkpoint_paths, load_checkpoint, load_weights,
                          restore_rng_state, run_tag, save_checkpoint)
@@ -294,7 +294,7 @@ def _header(r: _Run, sizes: str) -> str:
     """The run's first line: what is trained on what, with which settings, and what runs it."""
     settings = r.settings
     data = "synthetic " + settings.dataset if settings.synthetic else settings.dataset
-    runtime = [f"device {r.device}", r.precision.describe(), backend.describe(r.device)]
+    runtime = [f"device {r.device}", r.precision.describe(), backends.describe(r.device)]
     if r.distributed:
         runtime.append(f"DDP over {r.world_size} processes "
                        f"({torch.distributed.get_backend()}), global batch split evenly")

@@ -1,5 +1,6 @@
-/* Event-driven synapses for spiking/synapses.py: a convolution or linear layer whose input is a
- * spike train computed from its spikes alone; loaded by spiking/event_kernels.py.
+/* Event-driven synapses of the cpu backend (spiking/backends/cpu.py): a convolution or linear
+ * layer whose input is a spike train, computed from its spikes alone; loaded by
+ * spiking/backends/event_kernels.py.
  *
  * A spike train x [images, C_in, H, W] holds -c, 0 or c. Its events are stored per image (an
  * image is one time step of one sample) as int32 positions ci * H * W + iy * W + ix, negated
@@ -22,7 +23,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { MAX_K = 32, MAX_THREADS = 256 };  /* spiking/event_kernels.py refuses larger kernels */
+enum { MAX_K = 32, MAX_THREADS = 256 };  /* event_kernels.py refuses larger kernels */
 
 typedef struct {
     int64_t images, cin, height, width, cout, k, stride, pad, out_h, out_w;
@@ -297,14 +298,18 @@ DEFINE_BACKWARD_IMAGE(backward_image_f32_wide, float, WIDE)
 DEFINE_BACKWARD_IMAGE(backward_image_f64_wide, double, WIDE)
 
 #define DEFINE_FORWARD(NAME, T, IMAGE)                                                        \
-    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
-                     double scale, const T *weight, T *out, int threads) {                     \
+    static int NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,       \
+                    double scale, const T *weight, T *out, int threads) {                      \
         const int64_t out_plane = g->out_h * g->out_w, cout = g->cout;                        \
         const int use_wide = wide();                                                            \
+        T *scratch = NULL;                                                                      \
+        threads = threads > MAX_THREADS ? MAX_THREADS : threads < 1 ? 1 : threads;              \
+        if (out_plane > 1 && !(scratch = malloc(sizeof(T) * out_plane * cout * threads)))      \
+            return -1;                                                                          \
         _Pragma("omp parallel num_threads(threads)")                                           \
         {                                                                                       \
             const int part = omp_thread(), parts = omp_threads();                              \
-            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
+            T *buffer = scratch ? scratch + part * out_plane * cout : NULL;                    \
             const int64_t begin = first_image(offsets, g->images, part, parts);                \
             const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
             for (int64_t n = begin; n < end; ++n) {                                            \
@@ -319,31 +324,37 @@ DEFINE_BACKWARD_IMAGE(backward_image_f64_wide, double, WIDE)
                             image[co * out_plane + s] = buffer[s * cout + co];                 \
                 }                                                                               \
             }                                                                                   \
-            free(buffer);                                                                       \
         }                                                                                       \
+        free(scratch);                                                                          \
+        return 0;                                                                               \
     }
 
 /* grad [images, C_out, H', W'] -> grad_weight [C_in, k, k, C_out] (summed over all images; NULL
  * to skip) and grad_input [images, C_in, H, W] (NULL to skip). */
 #define DEFINE_BACKWARD(NAME, T, IMAGE)                                                       \
-    static void NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,      \
-                     double scale, const T *weight, const T *grad, T *grad_weight,             \
-                     T *grad_input, int threads) {                                             \
+    static int NAME(const Geometry *g, const int64_t *offsets, const int32_t *positions,       \
+                    double scale, const T *weight, const T *grad, T *grad_weight,              \
+                    T *grad_input, int threads) {                                              \
         const int64_t plane = g->height * g->width, out_plane = g->out_h * g->out_w;           \
         const int64_t cout = g->cout, weights = g->cin * g->k * g->k * cout;                  \
         const int use_wide = wide();                                                            \
-        T *partial[MAX_THREADS] = {0};                                                          \
-        threads = threads > MAX_THREADS ? MAX_THREADS : threads;                                \
+        T *scratch = NULL, *partials = NULL;                                                    \
+        threads = threads > MAX_THREADS ? MAX_THREADS : threads < 1 ? 1 : threads;              \
+        if (out_plane > 1 && !(scratch = malloc(sizeof(T) * out_plane * cout * threads)))      \
+            return -1;                                                                          \
+        if (grad_weight && threads > 1                                                          \
+                && !(partials = malloc(sizeof(T) * weights * (threads - 1)))) {                \
+            free(scratch);                                                                      \
+            return -1;                                                                          \
+        }                                                                                       \
         _Pragma("omp parallel num_threads(threads)")                                           \
         {                                                                                       \
             const int part = omp_thread(), parts = omp_threads();                              \
-            T *buffer = out_plane > 1 ? malloc(sizeof(T) * out_plane * cout) : NULL;           \
-            T *dw = NULL;                                                                       \
-            if (grad_weight) {                                                                  \
-                dw = part == 0 ? grad_weight : malloc(sizeof(T) * weights);                    \
-                memset(dw, 0, sizeof(T) * weights);                                             \
-                partial[part] = dw;                                                             \
-            }                                                                                   \
+            T *buffer = scratch ? scratch + part * out_plane * cout : NULL;                    \
+            /* thread 0 sums into grad_weight, the others into their own partial gradient */  \
+            T *dw = !grad_weight ? NULL : part == 0 ? grad_weight                               \
+                                        : partials + (part - 1) * weights;                      \
+            if (dw) memset(dw, 0, sizeof(T) * weights);                                         \
             const int64_t begin = first_image(offsets, g->images, part, parts);                \
             const int64_t end = first_image(offsets, g->images, part + 1, parts);              \
             for (int64_t n = begin; n < end; ++n) {                                            \
@@ -359,17 +370,18 @@ DEFINE_BACKWARD_IMAGE(backward_image_f64_wide, double, WIDE)
                 (use_wide ? IMAGE##_wide : IMAGE)(g, positions + offsets[n],                   \
                     offsets[n + 1] - offsets[n], (T)scale, weight, gn, dw, dx);                \
             }                                                                                   \
-            free(buffer);                                                                       \
             _Pragma("omp barrier")                                                             \
             if (grad_weight) {                                                                  \
                 /* thread `part` sums its slice of every partial gradient into thread 0's */  \
                 const int64_t lo = weights * part / parts, hi = weights * (part + 1) / parts;  \
                 for (int q = 1; q < parts; ++q)                                                 \
-                    for (int64_t i = lo; i < hi; ++i) grad_weight[i] += partial[q][i];         \
-                _Pragma("omp barrier")                                                         \
-                if (part > 0) free(dw);                                                         \
+                    for (int64_t i = lo; i < hi; ++i)                                           \
+                        grad_weight[i] += partials[(q - 1) * weights + i];                      \
             }                                                                                   \
         }                                                                                       \
+        free(scratch);                                                                          \
+        free(partials);                                                                         \
+        return 0;                                                                               \
     }
 
 #ifdef _OPENMP
@@ -467,23 +479,22 @@ static Geometry geometry(const int64_t *shape) {
     return g;
 }
 
-/* shape: images, C_in, H, W, C_out, k, stride, pad, H', W' */
-void event_forward(int is_double, const int64_t *shape, const int64_t *offsets,
-                   const int32_t *positions, double scale, const void *weight, void *out,
-                   int threads) {
+/* shape: images, C_in, H, W, C_out, k, stride, pad, H', W'. Returns 0, or -1 if its scratch
+ * memory could not be allocated. */
+int event_forward(int is_double, const int64_t *shape, const int64_t *offsets,
+                  const int32_t *positions, double scale, const void *weight, void *out,
+                  int threads) {
     const Geometry g = geometry(shape);
-    if (is_double) forward_f64(&g, offsets, positions, scale, weight, out, threads);
-    else forward_f32(&g, offsets, positions, scale, weight, out, threads);
+    return is_double ? forward_f64(&g, offsets, positions, scale, weight, out, threads)
+                     : forward_f32(&g, offsets, positions, scale, weight, out, threads);
 }
 
-void event_backward(int is_double, const int64_t *shape, const int64_t *offsets,
-                    const int32_t *positions, double scale, const void *weight, const void *grad,
-                    void *grad_weight, void *grad_input, int threads) {
+int event_backward(int is_double, const int64_t *shape, const int64_t *offsets,
+                   const int32_t *positions, double scale, const void *weight, const void *grad,
+                   void *grad_weight, void *grad_input, int threads) {
     const Geometry g = geometry(shape);
-    if (is_double)
-        backward_f64(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
-                     threads);
-    else
-        backward_f32(&g, offsets, positions, scale, weight, grad, grad_weight, grad_input,
-                     threads);
+    return is_double ? backward_f64(&g, offsets, positions, scale, weight, grad, grad_weight,
+                                    grad_input, threads)
+                     : backward_f32(&g, offsets, positions, scale, weight, grad, grad_weight,
+                                    grad_input, threads);
 }

@@ -1,12 +1,12 @@
-"""The Triton kernels behind :mod:`spiking.triton_kernels` (which launches them).
+"""The Triton kernels of the ``triton`` backend (:mod:`.triton_kernels` launches them).
 
 Imported only when the ``triton`` backend first runs: ``triton.jit`` reads ``TRITON_INTERPRET``
 when it decorates, so a test that sets it before then runs these kernels on CPU tensors.
 
 Each scan gives one program a block of neurons and walks it through all steps of a chunk with
 the membrane (or delta) in registers: one launch per layer and chunk instead of a few per time
-step. Every value is computed with the float operations of the PyTorch loops in
-:mod:`spiking.functional`, in the same order (the launcher turns off fused multiply-adds), so
+step. Every value is computed with the float operations of the neurons' own methods
+(:mod:`spiking.neurons`), in the same order (the launcher turns off fused multiply-adds), so
 both give identical bits. Row offsets are 64-bit: ``steps * neurons`` may pass 2^31.
 """
 from __future__ import annotations
@@ -53,28 +53,20 @@ def lif_scan(values, spikes, membrane, trace, count, constants, steps, neurons,
 
 
 @triton.jit(do_not_specialize=["steps", "neurons"])
-def gradient_scan(grad, spikes, scale, carry, out, steps, neurons, HAS_SCALE: tl.constexpr,
-                  SCALE_PER_NEURON: tl.constexpr, HAS_CARRY: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def gradient_scan(grad, spikes, scale, carry, out, steps, neurons,
+                  SCALE_PER_NEURON: tl.constexpr, BLOCK: tl.constexpr):
     """Backwards in time over ``[steps, neurons]``: ``delta_t = scale * g_t`` where the neuron
-    spiked, else ``delta_{t+1}``, from ``delta = carry`` (or 0); ``scale`` per neuron or one
-    number."""
+    spiked, else ``delta_{t+1}``, from ``delta = carry``; ``scale`` per neuron or one number."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
-    if HAS_CARRY:
-        delta = tl.load(carry + offsets, mask=inside, other=0)
+    delta = tl.load(carry + offsets, mask=inside, other=0)
+    if SCALE_PER_NEURON:
+        factor = tl.load(scale + offsets, mask=inside, other=0)
     else:
-        delta = tl.zeros([BLOCK], dtype=grad.dtype.element_ty)
-    if HAS_SCALE:
-        if SCALE_PER_NEURON:
-            factor = tl.load(scale + offsets, mask=inside, other=0)
-        else:
-            factor = tl.load(scale)
+        factor = tl.load(scale)
     row = (steps - 1).to(tl.int64) * neurons + offsets
     for _ in range(steps):
-        g = tl.load(grad + row, mask=inside, other=0)
-        if HAS_SCALE:
-            g = g * factor
+        g = factor * tl.load(grad + row, mask=inside, other=0)
         delta = tl.where(tl.load(spikes + row, mask=inside, other=0) != 0, g, delta)
         tl.store(out + row, delta, mask=inside)
         row -= neurons
@@ -82,12 +74,12 @@ def gradient_scan(grad, spikes, scale, carry, out, steps, neurons, HAS_SCALE: tl
 
 @triton.jit(do_not_specialize=["steps", "neurons"])
 def output_integrator(current, membrane, constants, steps, neurons, BLOCK: tl.constexpr):
-    """``M <- leak * (M + I_t)`` over ``current`` ``[steps, neurons]`` from ``M = 0``; writes
-    ``M_T``. ``constants`` holds ``leak`` in the currents' dtype."""
+    """``M <- leak * (M + I_t)`` over ``current`` ``[steps, neurons]`` from ``membrane``, which
+    receives the last ``M``. ``constants`` holds ``leak`` in the currents' dtype."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
     leak = tl.load(constants)
-    m = tl.zeros([BLOCK], dtype=current.dtype.element_ty)
+    m = tl.load(membrane + offsets, mask=inside, other=0)
     row = offsets
     for _ in range(steps):
         m = leak * (m + tl.load(current + row, mask=inside, other=0))
@@ -95,31 +87,14 @@ def output_integrator(current, membrane, constants, steps, neurons, BLOCK: tl.co
     tl.store(membrane + offsets, m, mask=inside)
 
 
-@triton.jit
-def avg_pool(image, pooled, total, height, width, rows, cols, K: tl.constexpr,
-             BLOCK: tl.constexpr):
-    """``[planes, height, width]`` -> ``[planes, rows, cols]`` (``total`` outputs): the mean of
-    each K x K window, summed row by row from 0 and divided by K * K, as ``F.avg_pool2d``."""
-    offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    inside = offsets < total
-    plane = offsets // (rows * cols)
-    r = (offsets // cols) % rows
-    c = offsets % cols
-    corner = image + plane * height * width + r * K * width + c * K
-    acc = tl.zeros([BLOCK], dtype=image.dtype.element_ty)
-    for i in tl.static_range(K):
-        for j in tl.static_range(K):
-            acc += tl.load(corner + i * width + j, mask=inside, other=0)
-    tl.store(pooled + offsets, acc / (K * K), mask=inside)
-
-
 @triton.jit(do_not_specialize=["steps", "neurons"])
 def pooling_scan(image, values, spikes, membrane, constants, steps, neurons, image_step, height,
                  width, rows, cols, K: tl.constexpr, HAS_SPIKES: tl.constexpr,
                  BLOCK: tl.constexpr):
     """The pooling neuron's forward: each step's ``[planes, height, width]`` image (steps
-    ``image_step`` values apart) pooled as :func:`avg_pool` into ``neurons = planes * rows *
-    cols`` IF neurons, scanned as :func:`lif_scan` without leak; spikes into ``values``
+    ``image_step`` values apart) pooled into ``neurons = planes * rows * cols`` IF neurons (the
+    mean of each K x K window, summed row by row from 0 and divided by K * K, as
+    ``F.avg_pool2d``), scanned as :func:`lif_scan` without leak; spikes into ``values``
     ``[steps, neurons]`` (and their bool copy). ``constants`` holds the threshold."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
@@ -147,30 +122,28 @@ def pooling_scan(image, values, spikes, membrane, constants, steps, neurons, ima
 
 
 @triton.jit(do_not_specialize=["steps", "neurons"])
-def pooling_gradient_scan(grad, spikes, carry, image_grad, first, constants, steps, neurons,
-                          image_step, height, width, rows, cols, K: tl.constexpr,
-                          BLOCK: tl.constexpr):
+def pooling_gradient_scan(grad, spikes, carry, image_grad, first, steps, neurons, image_step,
+                          height, width, rows, cols, K: tl.constexpr, BLOCK: tl.constexpr):
     """The pooling neuron's backward: :func:`gradient_scan` over the ``[steps, neurons]`` pooled
-    neurons with the one factor in ``constants`` (1 / K^2), each step's delta written to every
-    pixel of its window in ``image_grad`` (steps ``image_step`` apart; the pixels no window
-    covers are left as they are), and delta at step 0 (the carry for the chunk before) into
-    ``first``."""
+    neurons with factor 1, each step's delta divided by K * K and written to every pixel of its
+    window in ``image_grad`` (steps ``image_step`` apart; the pixels no window covers are left
+    as they are), and delta at step 0 (the carry for the chunk before) into ``first``."""
     offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     inside = offsets < neurons
     plane = offsets // (rows * cols)
     r = (offsets // cols) % rows
     c = offsets % cols
-    factor = tl.load(constants)
     delta = tl.load(carry + offsets, mask=inside, other=0)
     last = (steps - 1).to(tl.int64)
     row = last * neurons + offsets
     corner = image_grad + last * image_step + plane * height * width + r * K * width + c * K
     for _ in range(steps):
-        g = tl.load(grad + row, mask=inside, other=0) * factor
+        g = tl.load(grad + row, mask=inside, other=0)
         delta = tl.where(tl.load(spikes + row, mask=inside, other=0) != 0, g, delta)
+        spread = delta / (K * K)
         for i in tl.static_range(K):
             for j in tl.static_range(K):
-                tl.store(corner + i * width + j, delta, mask=inside)
+                tl.store(corner + i * width + j, spread, mask=inside)
         row -= neurons
         corner -= image_step
     tl.store(first + offsets, delta, mask=inside)

@@ -1,9 +1,9 @@
-/* Fused CPU kernels for spiking/functional.py (the neuron scans, the pooling neuron's average
- * pool and its gradient, the Poisson input's spikes) and spiking/synapses.py (the packing of a
- * synapse's input spikes); loaded by spiking/cpu_kernels.py.
+/* Fused CPU kernels of the cpu backend (spiking/backends/cpu.py): the LIF and IF neuron scans
+ * and their gradient, the pooling neuron's average pool and its gradient, the packing of a
+ * synapse's input spikes, the Poisson input's spikes; loaded by spiking/backends/cpu_kernels.py.
  *
- * The PyTorch version of a scan runs a few elementwise ops per time step, each one a pass over
- * memory. These kernels walk each block of neurons through all steps of a chunk while its
+ * The PyTorch version of a scan (the neurons' own methods, spiking/neurons.py, run step by step)
+ * runs a few elementwise ops per time step, each one a pass over memory. These kernels walk each block of neurons through all steps of a chunk while its
  * membrane (or delta) stays in the L1 cache: one read and one write of the [steps, neurons]
  * data. The packing checks and converts in one pass instead of five; the average pool is
  * PyTorch's loop (same summation order), vectorised. Every value is computed with the same float
@@ -41,7 +41,7 @@ typedef struct {
     double c;
     int8_t *codes;         /* [neurons] x / c */
     int other_values;      /* out: x holds a value other than -c, 0, c */
-    /* avg_pool: [planes, height, width] -> [planes, height / k, width / k]; upsample: the
+    /* avg_pool: [planes, height, width] -> [planes, height / k, width / k]; avg_pool_backward: the
      * reverse (neurons = planes) */
     const void *from;
     void *to;
@@ -169,25 +169,27 @@ typedef struct {
         }                                                                                   \
     }
 
-/* The reverse: each pooled value to every pixel of its window, 0 to the dropped rows and
- * columns (PyTorch: nearest-neighbour upsampling and padding). */
-#define DEFINE_UPSAMPLE(NAME, T)                                                           \
+/* The average pool's gradient: each pooled gradient divided by k * k (as PyTorch divides) and
+ * copied to every pixel of its window, 0 to the dropped rows and columns. */
+#define DEFINE_AVG_POOL_BACKWARD(NAME, T)                                                  \
     static void NAME(Args *a) {                                                            \
         const int64_t k = a->k, height = a->height, width = a->width;                      \
         const int64_t rows = height / k, cols = width / k;                                  \
+        const T divisor = (T)(k * k);                                                       \
         for (int64_t p = a->begin; p < a->end; ++p) {                                       \
-            const T *restrict pooled = (const T *)a->from + p * rows * cols;              \
+            const T *restrict pooled = (const T *)a->from + p * rows * cols;                \
             for (int64_t i = 0; i < height; ++i) {                                          \
-                T *restrict line = (T *)a->to + (p * height + i) * width;                \
+                T *restrict line = (T *)a->to + (p * height + i) * width;                   \
                 int64_t j = 0;                                                              \
                 if (i < rows * k) {                                                         \
                     const T *restrict source = pooled + (i / k) * cols;                     \
                     if (k == 2)                                                             \
                         for (int64_t c = 0; c < cols; ++c)                                  \
-                            line[2 * c] = line[2 * c + 1] = source[c];                      \
+                            line[2 * c] = line[2 * c + 1] = source[c] / divisor;            \
                     else                                                                    \
                         for (int64_t c = 0; c < cols; ++c)                                  \
-                            for (int64_t jj = 0; jj < k; ++jj) line[c * k + jj] = source[c]; \
+                            for (int64_t jj = 0; jj < k; ++jj)                              \
+                                line[c * k + jj] = source[c] / divisor;                     \
                     j = cols * k;                                                           \
                 }                                                                           \
                 for (; j < width; ++j) line[j] = (T)0;                                      \
@@ -203,8 +205,8 @@ DEFINE_PACK_SPIKES(pack_spikes_f32, float)
 DEFINE_PACK_SPIKES(pack_spikes_f64, double)
 DEFINE_AVG_POOL(avg_pool_f32, float)
 DEFINE_AVG_POOL(avg_pool_f64, double)
-DEFINE_UPSAMPLE(upsample_f32, float)
-DEFINE_UPSAMPLE(upsample_f64, double)
+DEFINE_AVG_POOL_BACKWARD(avg_pool_backward_f32, float)
+DEFINE_AVG_POOL_BACKWARD(avg_pool_backward_f64, double)
 DEFINE_POISSON_SPIKES(poisson_spikes_f32, float)
 DEFINE_POISSON_SPIKES(poisson_spikes_f64, double)
 
@@ -264,11 +266,11 @@ void avg_pool(int is_double, const void *image, void *pooled, int64_t planes, in
     run_parallel(is_double ? avg_pool_f64 : avg_pool_f32, a, threads);
 }
 
-void upsample(int is_double, const void *pooled, void *image, int64_t planes, int64_t height,
-              int64_t width, int64_t k, int threads) {
+void avg_pool_backward(int is_double, const void *pooled, void *image, int64_t planes,
+                       int64_t height, int64_t width, int64_t k, int threads) {
     Args a = {.neurons = planes, .from = pooled, .to = image, .height = height, .width = width,
               .k = k};
-    run_parallel(is_double ? upsample_f64 : upsample_f32, a, threads);
+    run_parallel(is_double ? avg_pool_backward_f64 : avg_pool_backward_f32, a, threads);
 }
 
 void poisson_spikes(int is_double, void *uniform, const void *magnitude, const void *sign,

@@ -1,12 +1,13 @@
-"""Event-driven CPU kernels for synapses fed by spikes, compiled from ``csrc/event_kernels.c`` at
-first use (as :mod:`spiking.cpu_kernels`, same flags, cache and OpenMP thread pool).
+"""Event-driven C kernels of the ``cpu`` backend for synapses fed by spikes, compiled from
+``csrc/event_kernels.c`` at first use (as :mod:`.cpu_kernels`, same flags, cache and OpenMP
+thread pool).
 
 A spike train holds few nonzero entries (1 to 7 % in a trained LeNet), so a convolution or linear
 layer over it can follow its events: the forward adds each event's weight columns to the output
 around it, the weight gradient correlates each event with the output's gradient around it, and
 the input gradient is a dot product per event. Each costs ``C_out * k * k`` per event instead of
-per input entry. :mod:`spiking.synapses` decides per layer and chunk, from the measured density,
-whether they or the dense PyTorch ops run (:data:`spiking.backend.EVENT_DENSITY_MAX`).
+per input entry. :mod:`.cpu` decides per layer and chunk, from the measured density, whether
+they or the dense PyTorch ops run (:data:`.cpu.EVENT_DENSITY_MAX`).
 
 Events of ``x`` ``[images, C, H, W]`` (or ``[images, F]``): ``offsets`` ``[images + 1]`` into
 ``positions`` (int32 ``c * H * W + y * W + x``, stored as ``~p`` for a ``-c`` spike), and the
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from . import cpu_kernels
+from .cpu_kernels import build, threads_for
 
 __all__ = ["Events", "available", "conv_backward", "conv_forward", "find_events"]
 
@@ -37,7 +38,7 @@ _MAX_KERNEL = 32  # MAX_K of the C code
 @functools.cache
 def _library() -> ctypes.CDLL | None:
     try:
-        library = ctypes.CDLL(str(cpu_kernels.build(_SOURCE)))
+        library = ctypes.CDLL(str(build(_SOURCE)))
     except (OSError, subprocess.SubprocessError):
         return None
     pointer, int64, double, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
@@ -46,10 +47,10 @@ def _library() -> ctypes.CDLL | None:
     library.find_events.restype = int64
     library.event_forward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
                                       c_int]
-    library.event_forward.restype = None
+    library.event_forward.restype = c_int
     library.event_backward.argtypes = [c_int, pointer, pointer, pointer, double, pointer, pointer,
                                        pointer, pointer, c_int]
-    library.event_backward.restype = None
+    library.event_backward.restype = c_int
     return library
 
 
@@ -88,27 +89,6 @@ class Events:
     def density(self) -> float:
         return self.positions.numel() / max(1, self.images * math.prod(self.image_shape))
 
-    def dense(self) -> Tensor:
-        """The spike train ``[images, *image_shape]`` again (what the tests compare)."""
-        size = math.prod(self.image_shape)
-        out = torch.zeros(self.images * size, dtype=self.dtype)
-        counts = self.offsets.diff()
-        image = torch.repeat_interleave(torch.arange(self.images), counts)
-        codes = self.positions.long()
-        negative = codes < 0
-        index = torch.where(negative, ~codes, codes) + image * size
-        out[index] = torch.where(negative, -self.scale, self.scale).to(self.dtype)
-        return out.view(self.images, *self.image_shape)
-
-
-# A thread gets at least this many multiply-adds or output writes: starting one costs about as
-# much as 10^4 of them (as in spiking.cpu_kernels).
-_WORK_PER_THREAD = 65536
-
-
-def _threads(work: int) -> int:
-    return max(1, min(torch.get_num_threads(), work // _WORK_PER_THREAD))
-
 
 def _work(events: Events, weight_cl: Tensor, outputs: int) -> int:
     """Multiply-adds of one pass over the events, plus the output entries written."""
@@ -130,7 +110,7 @@ def find_events(x: Tensor, max_events: int | None = None) -> Events | None:
     scale = ctypes.c_double()
     found = _library().find_events(x.dtype == torch.float64, x.data_ptr(), images, size,
                                    capacity, offsets.data_ptr(), positions.data_ptr(),
-                                   ctypes.byref(scale), _threads(x.numel()))
+                                   ctypes.byref(scale), threads_for(x.numel()))
     if found < 0:
         return None
     # A copy of the right size: a view would keep the whole buffer alive for the backward.
@@ -182,10 +162,11 @@ def conv_forward(events: Events, weight_cl: Tensor, stride: int = 1, padding: in
     out_shape = ((events.images, cout, out_h, out_w) if len(events.image_shape) == 3
                  else (events.images, cout))
     out = torch.empty(out_shape, dtype=events.dtype)
-    _library().event_forward(events.dtype == torch.float64, shape.data_ptr(),
-                             events.offsets.data_ptr(), events.positions.data_ptr(), events.scale,
-                             weight_cl.data_ptr(), out.data_ptr(),
-                             _threads(_work(events, weight_cl, out.numel())))
+    status = _library().event_forward(
+        events.dtype == torch.float64, shape.data_ptr(), events.offsets.data_ptr(),
+        events.positions.data_ptr(), events.scale, weight_cl.data_ptr(), out.data_ptr(),
+        threads_for(_work(events, weight_cl, out.numel())))
+    _check_status(status)
     return out
 
 
@@ -206,10 +187,16 @@ def conv_backward(events: Events, weight_cl: Tensor, grad: Tensor, stride: int =
     grad_weight = torch.empty_like(weight_cl) if weight_grad else None
     grad_input = (torch.empty((events.images, *events.image_shape), dtype=events.dtype)
                   if input_grad else None)
-    _library().event_backward(events.dtype == torch.float64, shape.data_ptr(),
-                              events.offsets.data_ptr(), events.positions.data_ptr(),
-                              events.scale, weight_cl.data_ptr(), grad.data_ptr(),
-                              None if grad_weight is None else grad_weight.data_ptr(),
-                              None if grad_input is None else grad_input.data_ptr(),
-                              _threads(_work(events, weight_cl, grad.numel())))
+    status = _library().event_backward(
+        events.dtype == torch.float64, shape.data_ptr(), events.offsets.data_ptr(),
+        events.positions.data_ptr(), events.scale, weight_cl.data_ptr(), grad.data_ptr(),
+        None if grad_weight is None else grad_weight.data_ptr(),
+        None if grad_input is None else grad_input.data_ptr(),
+        threads_for(_work(events, weight_cl, grad.numel())))
+    _check_status(status)
     return grad_weight, grad_input
+
+
+def _check_status(status: int) -> None:
+    if status != 0:
+        raise MemoryError("the event kernels could not allocate their scratch memory")

@@ -1,0 +1,137 @@
+"""The ``torch`` backend: PyTorch operations on any device.
+
+Neurons run their own methods over a whole chunk of time steps (the loops of
+:mod:`.reference`, with one autograd node per chunk instead of per step), so every neuron runs
+here, the ones no fused kernel implements included. Synapses fold time into the batch
+(``[T*B, ...]``): one convolution or matrix product over all T steps at once. For the backward
+they keep their input as int8 codes whenever it is a spike train (values ``-c, 0, c`` for one
+constant c, e.g. dropout's ``1/(1-p)``), one byte per input and step instead of a float.
+
+The ``cpu`` and ``triton`` backends use these synapses with their own packing kernels.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .reference import (average_pool_backward, integrator_forward, neuron_backward,
+                        neuron_forward, poisson_encode)
+
+__all__ = ["average_pool", "conv_backward", "conv_forward", "describe", "integrator_forward",
+           "linear_backward", "linear_forward", "neuron_backward", "neuron_forward",
+           "pack_spikes", "poisson_encode", "pooling_backward", "pooling_forward", "unavailable",
+           "unpack_spikes"]
+
+NAME = "torch"
+DESCRIPTION = "PyTorch loops over the steps of every neuron, time-folded synapses"
+NEURONS = None  # every neuron: its own methods
+DTYPES = None
+STEP_BY_STEP = False
+
+Packed = tuple[Tensor, Tensor | None]  # (int8 codes, scale c), or (the float input, None)
+Packer = Callable[[Tensor], Packed]
+
+
+def unavailable(device: torch.device) -> str | None:
+    """Runs anywhere."""
+    return None
+
+
+def describe() -> str:
+    return DESCRIPTION
+
+
+def average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
+    """``[T, B, C, H, W]`` -> ``[T, B, C, H // k, W // k]``: the window means of each image."""
+    return F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
+
+
+def pooling_forward(neuron, spikes: Tensor, membrane: Tensor, stats: tuple[Tensor, ...],
+                    kept: Tensor | None) -> tuple[Tensor, Tensor]:
+    """As :func:`.reference.pooling_forward`, with one pool over all steps."""
+    current = average_pool(spikes, neuron.kernel_size)
+    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
+
+
+def pooling_backward(neuron, grad_pooled: Tensor, kept: Tensor, scale: Tensor | float,
+                     carry: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """As :func:`.reference.pooling_backward`."""
+    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
+    return average_pool_backward(delta, neuron.kernel_size, input_hw), delta[0]
+
+
+def pack_spikes(x: Tensor) -> Packed:
+    """``(int8 codes, scale)`` with ``x == codes * scale`` if ``x`` only holds ``-c, 0, c``;
+    else ``(x, None)``.
+
+    With ``c = max |x|`` and ``codes = trunc(x / c)``, a nonzero x becomes a nonzero code exactly
+    when ``|x| = c``, so equal nonzero counts prove the packing lossless.
+    """
+    low, high = torch.aminmax(x)
+    scale = torch.maximum(high, -low)
+    if scale == 0:
+        return torch.zeros_like(x, dtype=torch.int8), scale
+    codes = (x if scale == 1 else x / scale).to(torch.int8)
+    if torch.count_nonzero(codes) == torch.count_nonzero(x):
+        return codes, scale
+    return x, None
+
+
+def unpack_spikes(packed: Packed, dtype: torch.dtype) -> Tensor:
+    """Inverse of :func:`pack_spikes`, in ``dtype``."""
+    codes, scale = packed
+    if scale is None or scale == 1:
+        return codes.to(dtype)
+    return torch.mul(codes, scale.to(dtype))
+
+
+def conv_forward(spikes: Tensor, weight: Tensor, stride: tuple[int, int],
+                 padding: tuple[int, int], *, cache: dict, recording: bool, weight_grad: bool,
+                 pack: Packer = pack_spikes) -> tuple[Tensor, Packed | None, bool]:
+    """A bias-free convolution of ``spikes`` ``[T, B, C, H, W]``, time folded into the batch:
+    ``(current [T, B, C', H', W'], the packed input if ``weight_grad``, False: dense)``."""
+    saved = pack(spikes) if weight_grad else None
+    current = F.conv2d(spikes.flatten(0, 1).to(weight.dtype), weight, None, stride, padding)
+    return current.unflatten(0, spikes.shape[:2]), saved, False
+
+
+def conv_backward(saved: Packed | None, weight: Tensor, grad_current: Tensor,
+                  stride: tuple[int, int], padding: tuple[int, int], input_shape: torch.Size,
+                  needs_input: bool, needs_weight: bool, sparse_input: bool
+                  ) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of :func:`conv_forward`: the input's ``[T, B, C, H, W]`` and the
+    weight's, None for one not asked for."""
+    if needs_weight:
+        spikes = unpack_spikes(saved, grad_current.dtype)
+    else:
+        spikes = grad_current.new_empty(input_shape)
+    grad_input, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_current.flatten(0, 1), spikes.flatten(0, 1), weight, None, stride, padding, (1, 1),
+        False, (0, 0), 1, (needs_input, needs_weight, False))
+    if grad_input is not None:
+        grad_input = grad_input.unflatten(0, input_shape[:2])
+    return grad_input, grad_weight
+
+
+def linear_forward(spikes: Tensor, weight: Tensor, *, cache: dict, recording: bool,
+                   weight_grad: bool, pack: Packer = pack_spikes
+                   ) -> tuple[Tensor, Packed | None, bool]:
+    """A bias-free linear layer over ``spikes`` ``[T, B, F]``: as :func:`conv_forward`,
+    ``[T, B, F']``."""
+    saved = pack(spikes) if weight_grad else None
+    return F.linear(spikes.to(weight.dtype), weight), saved, False
+
+
+def linear_backward(saved: Packed | None, weight: Tensor, grad_current: Tensor,
+                    input_shape: torch.Size, needs_input: bool, needs_weight: bool,
+                    sparse_input: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The gradients of :func:`linear_forward`."""
+    grad_input = grad_current @ weight if needs_input else None
+    grad_weight = None
+    if needs_weight:
+        spikes = unpack_spikes(saved, grad_current.dtype)
+        grad_weight = grad_current.flatten(0, -2).T @ spikes.flatten(0, -2)
+    return grad_input, grad_weight

@@ -1,0 +1,183 @@
+"""The backend choice (spiking/backends/__init__.py): one setting, tables of the same kernels, a
+neuron no fused kernel implements runs on torch, and a fallback is never silent."""
+import importlib
+import logging
+
+import pytest
+import torch
+
+import spiking.backends as backends
+from spiking import LIFNeuron, functional
+from spiking.backends import cpu, cpu_kernels, pytorch
+
+CPU = torch.device("cpu")
+
+
+class SoftResetLIF(LIFNeuron):
+    """A subclass inherits the equations, not the fused kernel: it may change them."""
+
+    def reset(self, potential, spikes):
+        return self.leak * (potential - self.threshold * spikes)
+
+
+class SurrogateLIF(LIFNeuron):
+    """A derivative that needs the membrane potential (a fast-sigmoid surrogate)."""
+
+    keeps_potential = True
+
+    def backward_step(self, grad_spikes, grad_membrane, potential, scale):
+        surrogate = 1.0 / (1.0 + 10.0 * (potential - self.threshold).abs()) ** 2
+        return surrogate * grad_spikes + torch.where(potential > self.threshold, 0.0,
+                                                     grad_membrane)
+
+
+@pytest.fixture
+def log(caplog):
+    backends._told.clear()
+    caplog.set_level(logging.WARNING, logger="spiking")
+    return caplog
+
+
+def test_every_backend_offers_every_kernel():
+    for name in backends.NAMES:
+        table = backends.table(name)
+        assert table.NAME == name
+        missing = [kernel for kernel in backends.KERNELS if not callable(getattr(table, kernel))]
+        assert not missing, f"backend {name} lacks {missing}"
+        assert isinstance(table.STEP_BY_STEP, bool)
+
+
+def test_auto_takes_the_cpu_kernels_for_cpu_tensors_and_torch_elsewhere():
+    x = torch.zeros(2, 3)
+    with backends.use_backend("auto"):
+        expected = cpu if cpu_kernels.available() else pytorch
+        assert backends.select(x) is expected
+        assert backends.select(torch.zeros(2, 3, device="meta")) is pytorch
+        assert backends.describe("cpu").startswith(f"spiking backend {expected.NAME}: ")
+
+
+def test_auto_keeps_the_pytorch_loops_on_cuda_until_triton_is_validated_on_a_gpu():
+    with backends.use_backend("auto"):
+        assert backends.describe("cuda").startswith("spiking backend torch: ")
+
+
+def test_use_backend_chooses_and_restores():
+    before = backends.requested_backend()
+    with backends.use_backend("torch"):
+        assert backends.requested_backend() == "torch"
+        assert backends.select(torch.zeros(3)) is pytorch
+    assert backends.requested_backend() == before
+
+
+def test_an_unknown_backend_is_refused_with_the_choices():
+    with pytest.raises(ValueError, match="unknown spiking backend 'fast'; choose auto or one of "
+                                         "reference, torch, cpu, triton"):
+        backends.set_backend("fast")
+
+
+def test_the_environment_variable_chooses_at_import(monkeypatch):
+    monkeypatch.setenv("SPIKING_BACKEND", "Torch")
+    fresh = importlib.reload(backends)
+    try:
+        assert fresh.requested_backend() == "torch"
+    finally:
+        monkeypatch.delenv("SPIKING_BACKEND")
+        importlib.reload(backends)
+
+
+@pytest.mark.parametrize("name", ["cpu", "triton"])
+def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_line(name, log):
+    with backends.use_backend(name):
+        assert backends.select(torch.zeros(3, device="meta")) is pytorch
+        assert backends.select(torch.zeros(3, device="meta")) is pytorch
+    assert len(log.records) == 1
+    assert log.records[0].getMessage().startswith(
+        f"spiking: backend '{name}' cannot run this (it runs on ")
+    assert "backend 'torch' runs it" in log.records[0].getMessage()
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
+def test_a_dtype_the_kernels_do_not_take_runs_on_torch_with_one_line(log):
+    with backends.use_backend("cpu"):
+        assert backends.select(torch.zeros(3, dtype=torch.float16)) is pytorch
+        assert backends.select(torch.zeros(3), torch.zeros(3, dtype=torch.float64)) is pytorch
+        assert backends.select(torch.zeros(3), torch.zeros(3, dtype=torch.bool)) is cpu
+    assert [r.getMessage().split("(")[1].split(")")[0] for r in log.records] == [
+        "it runs on torch.float32 or torch.float64, not ['torch.float16']",
+        "it runs on torch.float32 or torch.float64, not ['torch.float32', 'torch.float64']"]
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
+@pytest.mark.parametrize("neuron", [SoftResetLIF, SurrogateLIF])
+def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(neuron, log):
+    # Its spikes and gradients are those of the same equations one autograd node per step.
+    torch.manual_seed(0)
+    current = torch.rand(6, 2, 5, dtype=torch.float64) * 1.2
+    grad = torch.randn(6, 2, 5, dtype=torch.float64)
+    results = {}
+    for name in ("cpu", "reference"):
+        leaf = current.clone().requires_grad_()
+        with backends.use_backend(name):
+            spikes = neuron(1.0, 0.9)(leaf)
+            spikes.backward(grad)
+        results[name] = spikes.detach(), leaf.grad
+    assert torch.equal(results["cpu"][0], results["reference"][0])
+    assert results["cpu"][0].any() and results["cpu"][1].abs().sum() > 0
+    torch.testing.assert_close(results["cpu"][1], results["reference"][1], rtol=1e-12, atol=0)
+    assert [r.getMessage() for r in log.records] == [
+        f"spiking: backend 'cpu' cannot run this (it has no kernel for {neuron.__name__}); "
+        "backend 'torch' runs it, with the same results, more slowly"]
+    assert backends.select(current, neuron=LIFNeuron()) is cpu
+
+
+def test_a_neuron_that_keeps_its_potential_gets_it_in_the_backward():
+    current = torch.tensor([[0.5], [0.75], [0.5]], dtype=torch.float64, requires_grad=True)
+    with backends.use_backend("torch"):
+        spikes = SurrogateLIF(1.0, 0.5)(current)  # u = 0.5, 1.0, 1.0
+    kept = spikes.grad_fn.saved_tensors[0]
+    assert kept.dtype == torch.float64 and kept.flatten().tolist() == [0.5, 1.0, 1.0]
+    spikes.backward(torch.tensor([[0.0], [0.0], [1.0]], dtype=torch.float64))
+    assert current.grad.flatten().tolist() == [1.0, 1.0, 1.0]  # surrogate 1 at u = theta
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
+def test_the_choice_decides_which_code_runs(monkeypatch):
+    calls = []
+    original = cpu_kernels.lif_scan
+    monkeypatch.setattr(cpu_kernels, "lif_scan",
+                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    current = torch.rand(3, 4)
+    with backends.use_backend("torch"):
+        loops = LIFNeuron(0.5, 0.9)(current)
+    assert not calls
+    with backends.use_backend("cpu"):
+        fused = LIFNeuron(0.5, 0.9)(current)
+    assert calls and torch.equal(loops, fused)
+
+
+def test_the_reference_records_one_autograd_node_per_step():
+    current = torch.rand(4, 3, dtype=torch.float64, requires_grad=True)
+    with backends.use_backend("reference"):
+        spikes = LIFNeuron(0.5, 0.9)(current)
+    steps = spikes.grad_fn.next_functions
+    assert len(steps) == 4 and all(f.name() == "_NeuronScanBackward" for f, _ in steps)
+    with backends.use_backend("torch"):
+        assert LIFNeuron(0.5, 0.9)(current).grad_fn.name() == "_NeuronScanBackward"
+
+
+def test_the_tables_run_only_what_functional_asks_of_them():
+    # One table per call: the table the forward chose also runs the backward.
+    chosen = []
+    original = backends.select
+
+    def spy(*tensors, neuron=None):
+        chosen.append(original(*tensors, neuron=neuron))
+        return chosen[-1]
+
+    current = torch.rand(3, 4, dtype=torch.float64, requires_grad=True)
+    try:
+        backends.select = spy
+        functional.spiking_neuron(LIFNeuron(), current).sum().backward()
+    finally:
+        backends.select = original
+    assert len(chosen) == 1

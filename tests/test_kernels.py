@@ -1,0 +1,269 @@
+"""Every fused kernel gives the bits of the neurons' own methods: each kernel of the ``cpu`` and
+``triton`` tables against the same kernel of the ``torch`` table (which runs the neurons'
+methods step by step), then whole networks.
+
+The cpu kernels get shapes with several blocks of 1024 neurons, ragged ends and two threads;
+the Triton kernels run in Triton's CPU interpreter here (slow: tiny shapes, a few steps).
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+from test_parity import build, fix_dropout_masks, input_spikes, mse_sum
+
+from spiking import IFNeuron, LIFNeuron, OutputIntegrator, PoolingNeuron, backends
+from spiking.backends import cpu, cpu_kernels, pytorch, triton_kernels
+
+CPU = torch.device("cpu")
+FUSED = [pytest.param(name, marks=pytest.mark.skipif(
+    backends.unavailable(name, CPU) is not None,
+    reason=f"backend {name} cannot run here: {backends.unavailable(name, CPU)}"))
+    for name in ("cpu", "triton")]
+DTYPES = [torch.float32, torch.float64]
+# [T, B, ...] of the scans: blocks of 1024 with a ragged end, and work for two threads
+SCAN_SHAPES = {"cpu": [(3, 5, 7001), (4, 40000)], "triton": [(4, 2, 3, 5)]}
+# (T, B, C, H, W) and k of the pooling neuron: some rows and columns dropped
+POOL_SHAPES = {"cpu": [((3, 4, 20, 24, 24), 2), ((2, 3, 5, 13, 11), 2), ((2, 1, 4, 9, 10), 3)],
+               "triton": [((3, 2, 2, 6, 4), 2), ((3, 2, 2, 7, 5), 2), ((2, 2, 2, 8, 7), 3)]}
+
+
+@pytest.fixture
+def two_threads():
+    """The cpu kernels split their larger shapes over two threads (conftest restores one)."""
+    torch.set_num_threads(2)
+
+
+def assert_identical(fused, loops):
+    for a, b in zip(fused, loops, strict=True):
+        if b is None:
+            assert a is None
+            continue
+        assert a.dtype == b.dtype and a.shape == b.shape
+        assert torch.equal(a, b), (a - b).abs().max()
+
+
+def both(name, run):
+    """``run(table)`` with the fused table ``name``, then with the torch table."""
+    return run(backends.table(name)), run(pytorch)
+
+
+def currents(shape, dtype, threshold, generator):
+    """Random currents, some exactly at the threshold from rest (the strict ``>``)."""
+    values = torch.rand(shape, generator=generator, dtype=dtype) * 1.6 * threshold
+    values[0].view(-1)[::7] = threshold
+    return values
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["lif", "if"])
+@pytest.mark.usefixtures("two_threads")
+def test_neuron_scan_with_membrane_stats_and_spikes(name, dtype, kind):
+    gen = torch.Generator().manual_seed(0)
+    neuron = LIFNeuron(1.0, 0.97) if kind == "lif" else IFNeuron(0.75)
+    for shape in SCAN_SHAPES[name]:
+        current = currents(shape, dtype, neuron.threshold, gen)
+        start = torch.rand(shape[1:], generator=gen, dtype=dtype) * 0.5
+        start.view(-1)[::7] = 0.0
+
+        def run(table):
+            out, membrane = current.clone(), start.clone()
+            stats = neuron.spike_stats(membrane)
+            spikes = torch.empty(shape, dtype=torch.bool)
+            membrane = table.neuron_forward(neuron, out, membrane, stats, out, spikes)
+            return out, membrane, spikes, *stats
+
+        fused, loops = both(name, run)
+        assert_identical(fused, loops)
+        assert 0 < fused[2].sum() < fused[2].numel() and torch.equal(fused[2], fused[0].bool())
+        assert not fused[2][0].view(-1)[::7].any()
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_neuron_scan_writes_where_asked(name, inplace):
+    current = torch.rand(4, 3, 50, dtype=torch.float64)
+
+    def run(table):
+        x = current.clone()
+        out = x if inplace else torch.empty_like(x)
+        membrane = table.neuron_forward(IFNeuron(0.6), x, torch.zeros(3, 50, dtype=x.dtype), (),
+                                        out, None)
+        assert inplace or torch.equal(x, current)
+        return out, membrane
+
+    assert_identical(*both(name, run))
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("scale", ["neurons", "number"])
+@pytest.mark.usefixtures("two_threads")
+def test_neuron_backward(name, dtype, scale):
+    gen = torch.Generator().manual_seed(1)
+    for shape in SCAN_SHAPES[name]:
+        grad = torch.randn(shape, generator=gen, dtype=dtype)
+        spikes = torch.rand(shape, generator=gen) < 0.3
+        carry = torch.randn(shape[1:], generator=gen, dtype=dtype)
+        factor = (torch.rand(shape[1:], generator=gen, dtype=dtype) + 0.5 if scale == "neurons"
+                  else 0.25)
+
+        def run(table):
+            return (table.neuron_backward(LIFNeuron(), grad, spikes, factor, carry),)
+
+        fused, loops = both(name, run)
+        assert_identical(fused, loops)
+        silent = ~spikes.any(0)
+        assert torch.equal(fused[0][:, silent], carry[silent].expand(shape[0], -1))
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
+def test_pooling_neuron_forward_and_backward(name, dtype):
+    # Pool and scan, then the scan's gradient spread over the windows, odd sizes zero-padded.
+    gen = torch.Generator().manual_seed(6)
+    for shape, k in POOL_SHAPES[name]:
+        neuron = PoolingNeuron(0.6, k)
+        spikes = (torch.rand(shape, generator=gen) < 0.4).to(dtype)
+        pooled_shape = (*shape[:-2], shape[-2] // k, shape[-1] // k)
+        grad = torch.randn(pooled_shape, generator=gen, dtype=dtype)
+        carry = torch.randn(pooled_shape[1:], generator=gen, dtype=dtype)
+
+        def run(table):
+            fired = torch.empty(pooled_shape, dtype=torch.bool)
+            membrane = torch.zeros(pooled_shape[1:], dtype=dtype)
+            out, membrane = table.pooling_forward(neuron, spikes, membrane, (), fired)
+            grad_image, first = table.pooling_backward(neuron, grad, fired, 1.0, carry,
+                                                       shape[-2:])
+            return out, membrane, fired, grad_image, first
+
+        fused, loops = both(name, run)
+        assert_identical(fused, loops)
+        assert fused[0].any() and fused[3].abs().sum() > 0
+        assert (fused[3][..., shape[-2] // k * k:, :] == 0).all()
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
+def test_the_average_pool_sums_as_pytorch(name, dtype):
+    # Any values, not only spikes: the same sums in the same order as F.avg_pool2d, seen in
+    # the membranes they leave.
+    gen = torch.Generator().manual_seed(5)
+    for shape, k in POOL_SHAPES[name]:
+        x = torch.randn(shape, generator=gen, dtype=dtype)
+        start = torch.zeros(*shape[1:-2], shape[-2] // k, shape[-1] // k, dtype=dtype)
+        fused, loops = both(name, lambda table: table.pooling_forward(
+            PoolingNeuron(0.3, k), x, start.clone(), (), None))
+        assert_identical(fused, loops)
+    if name == "cpu":
+        assert torch.equal(cpu_kernels.avg_pool(x, k), pytorch.average_pool(x, k))
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_output_integrator(name, dtype):
+    current = torch.randn(5, 3, 4, generator=torch.Generator().manual_seed(3), dtype=dtype)
+    start = torch.randn(3, 4, generator=torch.Generator().manual_seed(4), dtype=dtype)
+    fused, loops = both(name, lambda table: (
+        table.integrator_forward(OutputIntegrator(0.95), current, start.clone()),))
+    assert_identical(fused, loops)
+
+
+PACKING = ["spikes", "dropout-scaled", "signed", "all-zero", "two-values", "nan", "inf",
+           "negative-zero"]
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", PACKING)
+def test_spike_packing(name, dtype, case):
+    gen = torch.Generator().manual_seed(2)
+    shape = (6, 3, 9000) if name == "cpu" else (3, 2, 7)
+    base = (torch.rand(shape, generator=gen) < 0.5).to(dtype)
+    x = {"spikes": base, "dropout-scaled": base / (1 - 0.25),
+         "signed": base - (torch.rand(shape, generator=gen) < 0.3).to(dtype),
+         "all-zero": torch.zeros(shape, dtype=dtype),
+         "two-values": base * torch.where(torch.rand(shape, generator=gen) < 0.5, 1.0, 2.0),
+         "nan": base.index_put((torch.tensor([1]),), torch.tensor(float("nan"), dtype=dtype)),
+         "inf": base * float("inf"), "negative-zero": -torch.zeros(shape, dtype=dtype)}[case]
+    x = x.to(dtype)
+    pack = cpu_kernels.pack_spikes if name == "cpu" else triton_kernels.pack_spikes
+    fused, loops = pack(x), pytorch.pack_spikes(x)
+    packable = case not in ("two-values", "nan", "inf")
+    assert (fused[1] is not None) == packable == (loops[1] is not None)
+    if packable:
+        assert fused[0].dtype == torch.int8 and torch.equal(fused[0], loops[0])
+        assert fused[1].dtype == dtype and fused[1].item() == loops[1].item()
+        assert torch.equal(pytorch.unpack_spikes(fused, dtype), x)
+    else:
+        assert fused[0] is x
+
+
+@pytest.mark.parametrize("name", FUSED)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.usefixtures("two_threads")
+def test_poisson_encoding(name, dtype):
+    # The same draws give the same spikes to the bit, -0 where a negative pixel did not fire.
+    shape, steps = ((32, 1, 28, 28), 8) if name == "cpu" else ((2, 3, 5, 5), 3)
+    images = torch.randn(shape, generator=torch.Generator().manual_seed(7), dtype=dtype)
+    images[0, 0, 0, :3] = 0
+    fused, loops = both(name, lambda table: (
+        table.poisson_encode(images, steps, 0.7, torch.Generator().manual_seed(8)),))
+    assert_identical(fused, loops)
+    assert torch.equal(fused[0].signbit(), loops[0].signbit())
+    assert fused[0].signbit().any() and (fused[0] == 0).any() and (fused[0] == -1).any()
+
+
+def train_step(model, spikes, name, masks_from=None):
+    """Output and every weight gradient of one forward and backward with backend ``name``."""
+    model.zero_grad()
+    with backends.use_backend(name):
+        out = model(spikes)
+        mse_sum(out, spikes.shape[1]).backward()
+    return [out.detach()] + [p.grad.clone() for _, p in sorted(model.named_parameters())]
+
+
+@pytest.mark.parametrize("arch", ["lenet", "vgg9", "resnet11", "resnet13"])
+@pytest.mark.skipif(backends.unavailable("cpu", CPU) is not None, reason="no C kernels")
+def test_networks_train_identically_with_the_c_kernels(arch, monkeypatch):
+    # float32, as the networks train: same outputs and weight gradients, bit for bit. The
+    # event-driven synapses sum in another order (tests/test_event_kernels.py): off here.
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 0.0)
+    model, gen = build(arch, seed=3)
+    model = model.float()
+    model.time_chunk = 2
+    spikes = input_spikes(arch, gen).float()
+    results = []
+    for name in ("cpu", "torch"):
+        torch.manual_seed(4)  # the same dropout masks
+        results.append(train_step(model, spikes, name))
+    assert results[0][0].abs().sum() > 0 and all(g.abs().sum() > 0 for g in results[0][1:])
+    assert_identical(*results)
+
+
+@pytest.mark.parametrize("arch", ["lenet", "resnet11"])
+@pytest.mark.skipif(backends.unavailable("triton", CPU) is not None, reason="no triton")
+def test_networks_train_identically_with_the_triton_kernels(arch):
+    """Pooling and residual layers, dropout masks held over time, float64: output and every
+    weight gradient identical, in one chunk of all T and in uneven chunks (chunks change the
+    matrix products' shapes, and so their rounding: compared chunk for chunk)."""
+    for chunk in (3, 2):
+        results = []
+        for name in ("triton", "torch"):
+            model, gen = build(arch, seed=3)
+            model.time_chunk = chunk
+            spikes = input_spikes(arch, gen, time_steps=3, batch=2)
+            fix_dropout_masks(model, gen)
+            results.append(train_step(model, spikes, name))
+        assert results[1][0].abs().max() > 0 and all(g.abs().max() > 0 for g in results[1][1:])
+        assert_identical(*results)
+
+
+def test_the_pooling_neurons_gradient_is_the_average_pools():
+    # The torch table's own pooling backward against autograd through F.avg_pool2d.
+    spikes = (torch.rand(2, 3, 2, 7, 6, generator=torch.Generator().manual_seed(9)) < 0.5)
+    grad = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64)
+    image = spikes.double().requires_grad_()
+    F.avg_pool2d(image.flatten(0, 1), 2).unflatten(0, (2, 3)).backward(grad)
+    assert torch.equal(pytorch.average_pool_backward(grad, 2, (7, 6)), image.grad)
