@@ -8,10 +8,7 @@ import math
 import pytest
 import torch
 
-try:  # works whether or not tests/ becomes a package
-    from tests import oracle
-except ImportError:  # pragma: no cover
-    import oracle
+from models import authors_loop as oracle
 
 DT = torch.float64
 

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import models
-from oracle import oracle_forward
+from models.authors_loop import oracle_forward
 from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backend, event_kernels
 
 F64 = torch.float64
