@@ -814,7 +814,8 @@ def _check_before_work(settings: BenchSettings) -> None:
     imported_from = Path(models.__file__).resolve().parents[1]
     if imported_from != ROOT:
         raise UsageError(f"this script is in {ROOT} but imports the project from "
-                         f"{imported_from}: run it from that checkout, or pip install -e {ROOT}")
+                         f"{imported_from}; to measure {ROOT}, run python -m benchmarks.bench "
+                         f"in that folder, or pip install -e {ROOT}")
     if settings.json is not None:
         folder = settings.json.resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):

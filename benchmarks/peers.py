@@ -12,9 +12,11 @@ snnTorch one time step at a time through the whole network, SpikingJelly in its 
 (each layer over all T at once). Each draws its Poisson input with its own encoder, at the
 project's rate (spike probability: the input scale, 0.5 for MNIST, times the pixel value).
 
-They do the project's work, not its arithmetic: their surrogate gradients replace the authors'
-leak-corrected derivative, and snnTorch's ``Leaky`` resets on the step after a spike (its
-default). The libraries are optional (``pip install -e ".[bench]"``).
+They compute the project's forward pass with their own neurons, not its backward pass: their
+surrogate gradients replace the authors' leak-corrected derivative. SpikingJelly fires at a
+membrane equal to the threshold (the project and snnTorch above it), so its pooling neurons,
+whose input is a multiple of 0.25, fire more often. The libraries are optional
+(``pip install -e ".[bench]"``).
 """
 from __future__ import annotations
 

@@ -179,6 +179,14 @@ def test_the_report_says_what_it_measured_and_judges_nothing(capsys):
     assert "target" not in out and " met" not in out
 
 
+def test_another_checkouts_code_is_not_measured_in_silence(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # as if bench.py lay in another checkout
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["-T", "2", "-b", "2", "--width", "0.25", "--variants", "project"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith(f"error: this script is in {tmp_path} but imports")
+
+
 def test_settings_survive_the_command_line(tmp_path):
     settings = bench.BenchSettings(
         arch="vgg9", time_steps=5, batch=3, device="cpu", width=0.5, variants=("project", "ann"),
