@@ -1,29 +1,31 @@
-"""Benchmark: the project against the authors' loop and the dense-ANN cost floor.
+"""Benchmark: the project's training and evaluation steps against baselines run in the same process.
 
-For one network, T, batch and device this times a full training step (encode, forward, MSE-sum
-loss, backward, SGD step) and an evaluation step (encode, forward, argmax, no autograd), and
-measures the peak memory of a training step, for three variants that start from identical weights
-and see identical images:
+For one network, T, batch and device this times a training step (encode, forward, summed-MSE
+loss, backward, SGD step: ``training.loop.train_one_epoch`` on one batch, the step the trainer
+runs) and an evaluation step (``training.loop.evaluate`` on that batch), and measures the peak
+memory of a training step, for variants that start from identical weights and see identical
+images:
 
-* ``project``: ``models.get_model(...)`` driven by ``spiking.PoissonEncoder``.
-* ``authors``: ``tests/oracle.py``, the literal per-time-step port of the authors' loop; it draws
-  its Poisson spikes step by step inside its own time loop and its dropout masks once per batch
-  before it, like the released scripts.
-* ``ann``: the dense-ANN floor (:class:`DenseFloor`): the same convolutions and linear layers
-  with ReLU in place of every spiking neuron, run once on the ``T*B`` images. It is a cost floor,
-  not a model: what any implementation has to compute at least.
+* ``project``: ``models.get_model(...)`` fed by ``spiking.PoissonEncoder``.
+* ``authors``: :mod:`models.authors_loop`, the literal per-time-step port of the authors' loop,
+  drawing its Poisson spikes step by step inside its time loop and its dropout masks once per
+  batch before it, like the released scripts.
+* ``ann``: the dense-ANN cost floor (:class:`DenseFloor`): the same convolutions and linear
+  layers with ReLU in place of every spiking neuron, run once on the ``T*B`` images. Not a model:
+  what any implementation has to compute at least.
+* ``snntorch``, ``spikingjelly`` (LeNet only, where the library is installed): the same LeNet
+  written with that library's layers and neurons (:mod:`benchmarks.peers`).
 
-Variants alternate (A B C A B C ...), warm-up rounds are dropped, medians are reported with the
-ratios project/authors and project/ann and the targets, and the input density of every
-synapse layer of the project (the fraction of its input entries that are spikes) with the path
-(event-driven or dense) its chunks took. Images are synthetic, or real MNIST digits with ``--data
-DIR``; weights are the model's initialisation, or a checkpoint's with ``--resume PATH``. Run
-``python benchmarks/bench.py --help``; ``benchmarks/README.md`` describes the method and quotes
-results.
+It reports medians, the ratios project / each other variant, and the input density of every
+synapse layer of the project; it judges nothing (the project's own targets are in
+benchmarks/README.md). When the machine's load exceeds its cores, before or after the run, the
+timings are marked unreliable. ``python benchmarks/bench.py --help``; benchmarks/README.md
+describes the method.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import inspect
 import json
@@ -34,78 +36,138 @@ import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-ROOT = Path(__file__).resolve().parents[1]
-# The project packages live at the repository root, the authors' loop among the tests.
-for _path in (ROOT, ROOT / "tests"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-import models  # noqa: E402
-from oracle import ARCHS, oracle_forward  # noqa: E402
-from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backends  # noqa: E402
-from spiking.backends import cpu as cpu_backend  # noqa: E402
-from training.checkpoint import load_checkpoint, load_weights  # noqa: E402
-from training import UsageError  # noqa: E402
+import models
+from benchmarks import peers
+from models.authors_loop import ARCHS, oracle_forward
+from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear
+from spiking import backends
+from spiking.backends import cpu as cpu_backend
+from training import Experiment, UsageError
+from training.checkpoint import load_checkpoint, load_weights
+from training.loop import Precision, build_optimizer, evaluate, train_one_epoch
+from training.metrics import EpochStats
 
 __all__ = [
     "PHASES",
     "VARIANTS",
+    "BenchSettings",
     "DenseFloor",
     "PerStepPoissonSpikes",
     "Variant",
+    "available_variants",
     "build_variants",
     "input_densities",
+    "machine_load",
     "measure_memory",
     "step_memory",
     "summarise",
     "time_variants",
 ]
 
-VARIANTS: tuple[str, ...] = ("project", "authors", "ann")
+ROOT = Path(__file__).resolve().parents[1]
+BASELINES: tuple[str, ...] = ("authors", "ann")
+VARIANTS: tuple[str, ...] = ("project", *BASELINES, *peers.PEERS)
 PHASES: tuple[str, ...] = ("train", "eval")
 # Small, so that repeated steps leave the weights (and with them the spike rates) where they began.
 LEARNING_RATE = 1e-4
-WEIGHT_DECAY = 5e-4  # docs/algorithm.md, *Loss and optimiser*
-# Input scale a (docs/algorithm.md, *Input encoding*): MNIST 0.5, CIFAR-10 and SVHN 1.
-ENCODING_SCALE = {"lenet": 0.5}
+# The data set of each network's published run, and its rate code's scale a (docs/algorithm.md,
+# *Input encoding*): with them the optimiser and the encoding are the training scripts' own.
+DATASETS = {"lenet": "mnist", "vgg9": "cifar10", "resnet11": "cifar10", "resnet13": "svhn"}
+INPUT_SCALES = {"mnist": 0.5}
 # glibc keeps freed blocks above its (self-raising) mmap threshold in the heap for reuse, so after
 # a warm-up step RSS would not show a step's peak; a fixed threshold returns every large block.
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
-# (what, phase or "memory", baseline variant, bound on project / baseline): the event-driven
-# targets, set for LeNet (T 100, B 32, real digits, trained weights; VGG9 T 25 B 16: training
-# <= 0.35x the authors' loop).
-TARGETS: tuple[tuple[str, str, str, float], ...] = (
-    ("training step time", "train", "authors", 0.2),
-    ("evaluation step time", "eval", "authors", 0.15),
-    ("peak training memory", "memory", "authors", 0.15),
-    ("training step time", "train", "ann", 0.35),
-)
-# (arch, T, B) at which the targets are set, on the 2-core CPU at full width.
-TARGET_CONFIGS = {("lenet", 100, 32), ("vgg9", 25, 16)}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What one benchmark run measures: one field per command-line flag (``--help``).
+
+    ``variants`` empty means every variant :func:`available_variants` offers for ``arch``.
+    ``data`` takes real MNIST digits (LeNet) instead of synthetic images, ``resume`` a
+    checkpoint's weights instead of the model's initialisation. ``threshold_scale`` multiplies
+    every neuron threshold (below 1: denser spikes); ``event_density_max`` overrides the spiking
+    core's event-driven crossover for every kind of layer.
+    """
+
+    arch: str = "lenet"
+    time_steps: int = 100
+    batch: int = 32
+    device: str = "cpu"
+    width: float = 1.0
+    variants: tuple[str, ...] = ()
+    repeats: int = 3
+    warmup: int = 1
+    memory: bool = True
+    seed: int = 0
+    amp: bool = False
+    time_chunk: int | None = None
+    threads: int | None = None
+    data: Path | None = None
+    resume: str | None = None
+    threshold_scale: float = 1.0
+    event_density_max: float | None = None
+    json: Path | None = None
+
+    def argv(self) -> list[str]:
+        """Command-line flags that reproduce these settings, paths made absolute."""
+        argv = ["--arch", self.arch, "-T", str(self.time_steps), "-b", str(self.batch),
+                "--device", self.device, "--width", repr(self.width), "--repeats",
+                str(self.repeats), "--warmup", str(self.warmup), "--seed", str(self.seed),
+                "--threshold-scale", repr(self.threshold_scale)]
+        optional = {"--variants": ",".join(self.variants) or None,
+                    "--time-chunk": self.time_chunk, "--threads": self.threads,
+                    "--data": self.data and Path(self.data).resolve(),
+                    "--resume": self.resume and Path(self.resume).resolve(),
+                    "--event-density-max": self.event_density_max,
+                    "--json": self.json and Path(self.json).resolve()}
+        argv += [item for flag, value in optional.items() if value is not None
+                 for item in (flag, str(value))]
+        return argv + ["--amp"] * self.amp + ["--no-memory"] * (not self.memory)
+
+
+def training_settings(arch: str) -> Experiment:
+    """The settings the training scripts would give ``arch``'s optimiser and encoder (the
+    authors' momentum and weight decay, the data set's input scale), at the benchmark's small
+    learning rate."""
+    dataset = DATASETS[arch]
+    return Experiment(tag="benchmark", dataset=dataset, arch=arch, lr=LEARNING_RATE,
+                      input_scale=INPUT_SCALES.get(dataset, 1.0))
 
 
 @dataclass
 class Variant:
-    """One implementation under test: its two steps as closures over its weights and the batch.
-
-    ``train_step()`` runs encode, forward, loss, backward and the SGD step; ``eval_step()`` returns
-    the predicted classes ``[B]``.
-    """
+    """One implementation under test: a network and its encoder (images ``[B, C, H, W]`` -> its
+    input), its optimiser, and the batch it is timed on (``images``, labels ``[B]``)."""
 
     name: str
-    train_step: Callable[[], None]
-    eval_step: Callable[[], Tensor]
+    model: nn.Module
+    encoder: Callable[[Tensor], Any]
     optimizer: torch.optim.Optimizer
-    model: torch.nn.Module | None = None
+    images: Tensor
+    labels: Tensor
+    precision: Precision
+
+    def train_step(self) -> EpochStats:
+        """One training step, as the trainer runs it: ``train_one_epoch`` over this one batch."""
+        return train_one_epoch(self.model, self.encoder, [(self.images, self.labels)],
+                               self.optimizer, self.images.device, precision=self.precision)
+
+    def eval_step(self) -> EpochStats:
+        """One evaluation step: ``evaluate`` over this one batch (no autograd, eval mode)."""
+        return evaluate(self.model, self.encoder, [(self.images, self.labels)],
+                        self.images.device, precision=self.precision)
 
 
 class PerStepPoissonSpikes:
@@ -131,39 +193,52 @@ class PerStepPoissonSpikes:
         return (intensity > torch.rand_like(intensity)).to(self.dtype) * self.images.sign()
 
 
-class DenseFloor:
+class _AuthorsWeights(nn.Module):
+    """Weights under the authors' names (``"cnn1.weight"``, ...) as parameters of a module."""
+
+    def __init__(self, weights: Mapping[str, Tensor]) -> None:
+        super().__init__()
+        self.names = list(weights)
+        self.params = nn.ParameterList(nn.Parameter(w.detach().clone()) for w in weights.values())
+
+    def named_weights(self) -> dict[str, Tensor]:
+        return dict(zip(self.names, self.params))
+
+
+class DenseFloor(_AuthorsWeights):
     """The dense-ANN cost floor: a plain ReLU network with the spiking networks' layers.
 
     Not a model of anything: it bounds from below what a spiking implementation must compute,
     namely every convolution and linear layer, forward and backward, on all ``T*B`` images. Its
-    wiring is the authors' own (``oracle.ARCHS``, which the parity tests tie to the project's
-    models), so it follows every architecture without knowing the project's internals: each
-    architecture function calls the methods below once per layer, here on the whole time-folded
-    batch instead of once per step. ReLU replaces each LIF neuron (followed by the dropout mask,
-    held over time, in training), ``avg_pool2d(2)`` each pooling neuron, residual shortcut currents
-    are added as in the original, and the output layer's currents are averaged over T.
+    wiring is the authors' own (``models.authors_loop.ARCHS``, which the parity tests tie to the
+    project's models), so it follows every architecture without knowing the project's internals:
+    each architecture function calls the methods below once per layer, here on the whole
+    time-folded batch instead of once per step. ReLU replaces each LIF neuron (followed by the
+    dropout mask, held over time, in training), ``avg_pool2d(2)`` each pooling neuron, residual
+    shortcut currents are added as in the original, and the output layer's currents are averaged
+    over T.
 
     Args:
         arch: ``"lenet"``, ``"vgg9"``, ``"resnet11"`` or ``"resnet13"``.
-        weights: ``"<layer>.weight"`` tensors under the authors' names (convolutions get padding
-            ``k // 2``, strides come from the architecture function).
+        weights: ``"<layer>.weight"`` tensors under the authors' names (copied; convolutions get
+            padding ``k // 2``, strides come from the architecture function).
         time_steps: T; the input batch holds ``T*B`` images, time-major.
         dropout: p of the mask after every ReLU in training (0 = none).
     """
 
     def __init__(self, arch: str, weights: Mapping[str, Tensor], time_steps: int,
                  dropout: float) -> None:
+        super().__init__(weights)
         self.step = ARCHS[arch]
-        self.weights = weights
         self.time_steps = time_steps
         self.dropout = dropout
-        self.training = False
         self.hidden_shapes: dict[str, torch.Size] = {}
+        self.weights: dict[str, Tensor] = {}
         self.output: Tensor | None = None
 
-    def __call__(self, images: Tensor, training: bool) -> Tensor:
+    def forward(self, images: Tensor) -> Tensor:
         """``[T*B, C, H, W]`` images (step-major) -> output ``[B, classes]``."""
-        self.training = training
+        self.weights = self.named_weights()
         self.step(self, images)
         return self.output
 
@@ -192,27 +267,78 @@ class DenseFloor:
         self.output = current.unflatten(0, (self.time_steps, -1)).mean(0)
 
 
-def _sgd(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=LEARNING_RATE, weight_decay=WEIGHT_DECAY)
+class AuthorsLoop(_AuthorsWeights):
+    """:func:`models.authors_loop.oracle_forward` as a module: ``forward(spikes)`` ->
+    ``[B, classes]``, the weights its parameters. In training it draws one dropout mask per
+    hidden LIF layer before the time loop, as the released scripts do.
+
+    Args:
+        arch: the network.
+        model: the project's network whose weights (copied) and neuron settings it takes.
+        image: one input image ``[1, C, H, W]``, to find the hidden layers' shapes.
+    """
+
+    def __init__(self, arch: str, model: models.SpikingNetwork, image: Tensor) -> None:
+        weights = {name: w.detach() for name, w in model.state_dict().items()}
+        super().__init__(weights)
+        self.arch = arch
+        self.dropout = model.dropout
+        self.neurons = {"leak": model.leak, "threshold": model.threshold,
+                        "pool_threshold": model.pool_threshold}
+        probe = DenseFloor(arch, weights, 1, 0.0).eval()
+        with torch.no_grad():
+            probe(image)
+        self.hidden_shapes = probe.hidden_shapes
+
+    def masks(self, batch: int, device: torch.device) -> dict[str, Tensor] | None:
+        """One ``[B, ...]`` mask per hidden LIF layer (values 0 or ``1/(1-p)``), or None."""
+        if not self.training or self.dropout == 0:
+            return None
+        keep = 1 - self.dropout
+        return {name: torch.bernoulli(torch.full((batch, *shape), keep, device=device)).div_(keep)
+                for name, shape in self.hidden_shapes.items()}
+
+    def forward(self, spikes: PerStepPoissonSpikes) -> Tensor:
+        return oracle_forward(self.arch, self.named_weights(), spikes,
+                              self.masks(spikes.shape[1], spikes.device), **self.neurons)
+
+
+def available_variants(arch: str) -> tuple[str, ...]:
+    """The variants a run of ``arch`` has by default: the project, its baselines, and for LeNet
+    each peer whose library is installed."""
+    here = tuple(name for name in peers.PEERS if arch == "lenet" and peers.installed(name))
+    return ("project", *BASELINES, *here)
+
+
+def _chosen_variants(settings: BenchSettings) -> tuple[str, ...]:
+    """``settings.variants`` checked (a :class:`UsageError` names what cannot run), or the
+    default ones."""
+    if not settings.variants:
+        return available_variants(settings.arch)
+    for name in settings.variants:
+        if name not in VARIANTS:
+            raise UsageError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
+        if name in peers.PEERS and settings.arch != "lenet":
+            raise UsageError(f"the {name} variant is a LeNet: it needs --arch lenet")
+        if name in peers.PEERS and not peers.installed(name):
+            raise UsageError(f"the {name} variant needs the {peers.PEERS[name]} package: "
+                             'pip install -e ".[bench]"')
+    return tuple(dict.fromkeys(settings.variants))
 
 
 def _synthetic_batch(arch: str, input_shape: tuple[int, ...], batch: int, classes: int,
                      device: torch.device) -> tuple[Tensor, Tensor]:
-    """Images ``[B, C, H, W]`` and their one-hot targets ``[B, classes]``.
-
-    MNIST-like in [0, 1) for LeNet, normalised-CIFAR-like N(0, 1) otherwise: the dense kernels
-    that dominate every variant do not depend on the values.
-    """
+    """Images ``[B, C, H, W]`` and labels ``[B]``: MNIST-like in [0, 1) for LeNet,
+    normalised-CIFAR-like N(0, 1) otherwise (the dense kernels do not depend on the values)."""
     shape = (batch, *input_shape)
     images = torch.rand(shape) if arch == "lenet" else torch.randn(shape)
-    labels = torch.randint(classes, (batch,))
-    return images.to(device), F.one_hot(labels, classes).float().to(device)
+    return images.to(device), torch.randint(classes, (batch,)).to(device)
 
 
-def _mnist_batch(data_dir: Path, batch: int, classes: int, device: torch.device,
+def _mnist_batch(data_dir: Path, batch: int, device: torch.device,
                  seed: int) -> tuple[Tensor, Tensor]:
     """``batch`` real MNIST test digits ``[B, 1, 28, 28]`` in [0, 1] (as the training scripts
-    see them) drawn with ``seed``, and their one-hot targets."""
+    see them) drawn with ``seed``, and their labels ``[B]``."""
     from torchvision import datasets, transforms
 
     try:
@@ -223,10 +349,74 @@ def _mnist_batch(data_dir: Path, batch: int, classes: int, device: torch.device,
     order = torch.randperm(len(digits), generator=torch.Generator().manual_seed(seed))[:batch]
     images = torch.stack([digits[int(i)][0] for i in order])
     labels = torch.tensor([digits[int(i)][1] for i in order])
-    return images.to(device), F.one_hot(labels, classes).float().to(device)
+    return images.to(device), labels.to(device)
 
 
-def _synapses(model: torch.nn.Module) -> dict[str, SpikingConv2d | SpikingLinear]:
+def _project_model(settings: BenchSettings, device: torch.device) -> models.SpikingNetwork:
+    """The project's network: its initialisation or ``settings.resume``'s weights, thresholds
+    times ``settings.threshold_scale``."""
+    neuron_kwargs = {}
+    if settings.threshold_scale != 1.0:
+        defaults = inspect.signature(models.MODELS[settings.arch]).parameters
+        neuron_kwargs = {key: settings.threshold_scale * defaults[key].default
+                         for key in ("threshold", "pool_threshold")}
+    model = models.get_model(settings.arch, width=settings.width, **neuron_kwargs)
+    if settings.resume:
+        load_weights(model, load_checkpoint(settings.resume), settings.arch, settings.resume)
+    model.time_chunk = settings.time_chunk
+    return model.to(device)
+
+
+def _network_and_encoder(name: str, settings: BenchSettings, model: models.SpikingNetwork,
+                         images: Tensor, scale: float) -> tuple[nn.Module, Callable]:
+    """Variant ``name``'s network, built from the project's ``model``, and its encoder."""
+    steps = settings.time_steps
+    if name == "project":
+        return model, PoissonEncoder(steps, scale)
+    if name == "authors":
+        network = AuthorsLoop(settings.arch, model, images[:1])
+        return network, lambda batch: PerStepPoissonSpikes(batch, steps, scale)
+    if name == "ann":
+        weights = {key: w.detach() for key, w in model.state_dict().items()}
+        # the T*B images, step-major like the project's folded batch
+        return (DenseFloor(settings.arch, weights, steps, model.dropout),
+                lambda batch: batch.repeat(steps, 1, 1, 1))
+    network, encoder = peers.build_peer(name, model, steps, scale)
+    return network.to(images.device), encoder
+
+
+def build_variants(settings: BenchSettings) -> dict[str, Variant]:
+    """The variants of ``settings`` (in its order), all from one ``models.get_model`` instance's
+    weights and on one batch: ``settings.batch`` synthetic images, or real MNIST test digits
+    from ``settings.data``. The seed makes a variant built alone (in a memory-measuring child
+    process) identical to one built with the others. Only the project runs under ``--amp``.
+
+    Raises:
+        UsageError: a variant that cannot run here, unreadable data or checkpoint.
+    """
+    names = _chosen_variants(settings)
+    if settings.data is not None and settings.arch != "lenet":
+        raise UsageError(f"--data reads MNIST digits, for lenet only, not {settings.arch}")
+    device = torch.device(settings.device)
+    torch.manual_seed(settings.seed)
+    model = _project_model(settings, device)
+    if settings.data is not None:
+        images, labels = _mnist_batch(settings.data, settings.batch, device, settings.seed)
+    else:
+        images, labels = _synthetic_batch(settings.arch, model.input_shape, settings.batch,
+                                          model.num_classes, device)
+    training = training_settings(settings.arch)
+    variants = {}
+    for name in names:
+        network, encoder = _network_and_encoder(name, settings, model, images,
+                                                training.input_scale)
+        precision = Precision(device.type, settings.amp and name == "project")
+        variants[name] = Variant(name, network, encoder, build_optimizer(network, training),
+                                 images, labels, precision)
+    return variants
+
+
+def _synapses(model: nn.Module) -> dict[str, SpikingConv2d | SpikingLinear]:
     return {name: module for name, module in model.named_modules()
             if isinstance(module, (SpikingConv2d, SpikingLinear))}
 
@@ -259,140 +449,6 @@ def input_densities(variant: Variant) -> dict[str, dict[str, float | int]]:
                    "event_chunks": m.event_chunks - before[name][0],
                    "dense_chunks": m.dense_chunks - before[name][1]}
             for name, m in synapses.items()}
-
-
-def _project_variant(model: models.SpikingNetwork, encoder: PoissonEncoder, images: Tensor,
-                     target: Tensor, amp: bool) -> Variant:
-    """The project; with ``amp``, its synapses under bfloat16 autocast (what ``--amp`` runs)."""
-    optimizer = _sgd(model.parameters())
-    precision = torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=amp)
-
-    def train_step() -> None:
-        model.train()
-        optimizer.zero_grad(set_to_none=True)
-        with precision:
-            output = model(encoder(images))
-        F.mse_loss(output.float(), target, reduction="sum").backward()
-        optimizer.step()
-
-    def eval_step() -> Tensor:
-        model.eval()
-        with torch.no_grad(), precision:
-            return model(encoder(images)).argmax(1)
-
-    return Variant("project", train_step, eval_step, optimizer, model)
-
-
-def _authors_variant(arch: str, weights: Mapping[str, Tensor], model: models.SpikingNetwork,
-                     images: Tensor, target: Tensor, time_steps: int, scale: float,
-                     hidden_shapes: Mapping[str, torch.Size]) -> Variant:
-    params = {name: w.clone().requires_grad_() for name, w in weights.items()}
-    optimizer = _sgd(params.values())
-    spikes = PerStepPoissonSpikes(images, time_steps, scale)
-    neurons = {"leak": model.leak, "threshold": model.threshold,
-               "pool_threshold": model.pool_threshold}
-    p, batch = model.dropout, images.shape[0]
-
-    def draw_masks() -> dict[str, Tensor] | None:
-        """One ``[B, ...]`` mask per hidden LIF layer, drawn before the time loop."""
-        if p == 0:
-            return None
-        return {name: torch.bernoulli(torch.full((batch, *shape), 1 - p, device=images.device))
-                .div_(1 - p) for name, shape in hidden_shapes.items()}
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        out = oracle_forward(arch, params, spikes, draw_masks(), **neurons)
-        F.mse_loss(out, target, reduction="sum").backward()
-        optimizer.step()
-
-    def eval_step() -> Tensor:
-        with torch.no_grad():
-            return oracle_forward(arch, params, spikes, None, **neurons).argmax(1)
-
-    return Variant("authors", train_step, eval_step, optimizer)
-
-
-def _ann_variant(arch: str, weights: Mapping[str, Tensor], images: Tensor, target: Tensor,
-                 time_steps: int, dropout: float) -> Variant:
-    params = {name: w.clone().requires_grad_() for name, w in weights.items()}
-    optimizer = _sgd(params.values())
-    floor = DenseFloor(arch, params, time_steps, dropout)
-    # The T*B images, step-major like the project's folded batch; built once, as input data.
-    repeated = images.repeat(time_steps, 1, 1, 1)
-
-    def train_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.mse_loss(floor(repeated, training=True), target, reduction="sum").backward()
-        optimizer.step()
-
-    def eval_step() -> Tensor:
-        with torch.no_grad():
-            return floor(repeated, training=False).argmax(1)
-
-    return Variant("ann", train_step, eval_step, optimizer)
-
-
-def build_variants(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
-                   width: float = 1.0, names: Sequence[str] = VARIANTS,
-                   seed: int = 0, amp: bool = False,
-                   time_chunk: int | None = None, data: Path | None = None,
-                   resume: str | None = None,
-                   threshold_scale: float = 1.0) -> dict[str, Variant]:
-    """Build the variants ``names`` from one ``models.get_model(arch, width=width)`` instance.
-
-    All variants start from that instance's weights and share one batch of ``batch`` images at
-    the model's ``input_shape`` with one-hot targets: synthetic, or real MNIST test digits from
-    ``data`` (LeNet only). The seed makes a variant built alone (e.g. in a memory-measuring
-    child process) identical to one built with the others. ``amp`` runs the project's synapses
-    under bfloat16 autocast; the other variants stay float32. ``time_chunk`` sets the project's
-    time steps per chunk (None: the model's default). ``resume`` loads the weights of that
-    checkpoint (``training.checkpoint``). ``threshold_scale`` multiplies every neuron's threshold
-    (hidden LIF and pooling; the output scaling too): below 1 more spikes, for measuring how the
-    cost grows with spike density.
-
-    Returns:
-        ``{name: Variant}`` in the order of ``names``.
-    """
-    unknown = set(names) - set(VARIANTS)
-    if unknown:
-        raise ValueError(f"unknown variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
-    device = torch.device(device)
-    arch = arch.lower()
-    torch.manual_seed(seed)
-    neuron_kwargs = {}
-    if threshold_scale != 1.0:
-        defaults = inspect.signature(models.MODELS[arch]).parameters
-        neuron_kwargs = {key: threshold_scale * defaults[key].default
-                         for key in ("threshold", "pool_threshold")}
-    model = models.get_model(arch, width=width, **neuron_kwargs)
-    if resume:
-        load_weights(model, load_checkpoint(resume), arch, resume)
-    model = model.to(device)
-    model.time_chunk = time_chunk
-    weights = {name: w.detach().clone() for name, w in model.state_dict().items()}
-    if data is not None:
-        if arch != "lenet":
-            raise UsageError(f"--data reads MNIST digits, for lenet only, not {arch}")
-        images, target = _mnist_batch(data, batch, model.num_classes, device, seed)
-    else:
-        images, target = _synthetic_batch(arch, model.input_shape, batch, model.num_classes,
-                                          device)
-    scale = ENCODING_SCALE.get(arch, 1.0)
-
-    # The shapes of the hidden layers' outputs, for the authors' masks: one image through the floor.
-    probe = DenseFloor(arch, weights, 1, 0.0)
-    with torch.no_grad():
-        probe(images[:1], training=False)
-
-    builders: dict[str, Callable[[], Variant]] = {
-        "project": lambda: _project_variant(model, PoissonEncoder(time_steps, scale), images,
-                                            target, amp),
-        "authors": lambda: _authors_variant(arch, weights, model, images, target, time_steps,
-                                            scale, probe.hidden_shapes),
-        "ann": lambda: _ann_variant(arch, weights, images, target, time_steps, model.dropout),
-    }
-    return {name: builders[name]() for name in names}
 
 
 def _synchronize(device: torch.device) -> None:
@@ -486,59 +542,52 @@ def step_memory(variant: Variant, device: str | torch.device = "cpu") -> dict[st
     return {"baseline": baseline, "peak": peak, "increment": peak - baseline, "warm_up": warm_up}
 
 
-def measure_memory(arch: str, time_steps: int, batch: int, device: str | torch.device = "cpu",
-                   width: float = 1.0, names: Sequence[str] = VARIANTS, seed: int = 0,
-                   threads: int | None = None, amp: bool = False,
-                   time_chunk: int | None = None, data: Path | None = None,
-                   resume: str | None = None,
-                   threshold_scale: float = 1.0) -> dict[str, dict[str, int | bool]]:
-    """Training-step peak memory of each variant (see :func:`step_memory`), in bytes.
+def _memory_child(settings: BenchSettings, name: str) -> dict[str, int | bool]:
+    """:func:`step_memory` of variant ``name`` in a fresh process: this module run from the
+    repository root (the same code as this process), same settings and thread count."""
+    threads = settings.threads or torch.get_num_threads()
+    child_settings = dataclasses.replace(settings, variants=(name,), threads=threads, json=None)
+    command = [sys.executable, "-m", "benchmarks.bench", "--memory-child", name,
+               *child_settings.argv()]
+    child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                           env={**os.environ, **MALLOC_ENV})
+    if child.returncode != 0:
+        raise RuntimeError(f"memory child for {name!r} exited with {child.returncode} "
+                           f"(negative: killed by that signal):\n{child.stderr}")
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(settings: BenchSettings) -> dict[str, dict[str, int | bool]]:
+    """Training-step peak memory of each variant of ``settings`` (:func:`step_memory`), bytes.
 
     CUDA: in this process, one variant built at a time (the allocator's statistics are exact).
-    CPU: each variant in a fresh child process (this script with a hidden flag), because RSS is
-    per process and its peak cannot be attributed otherwise.
+    CPU: each variant in a fresh child process, because RSS is per process and its peak cannot
+    be attributed otherwise.
     """
-    device = torch.device(device)
+    device = torch.device(settings.device)
     results = {}
-    for name in names:
-        if device.type == "cuda":
-            variant = build_variants(arch, time_steps, batch, device, width, [name], seed,
-                                     amp, time_chunk, data, resume, threshold_scale)[name]
-            results[name] = step_memory(variant, device)
-            del variant
-            torch.cuda.empty_cache()
+    for name in _chosen_variants(settings):
+        if device.type != "cuda":
+            results[name] = _memory_child(settings, name)
             continue
-        command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", name,
-                   "--arch", arch, "-T", str(time_steps), "-b", str(batch), "--width", str(width),
-                   "--seed", str(seed), "--threads", str(threads or torch.get_num_threads())]
-        command += ["--amp"] if amp else []
-        command += ["--time-chunk", str(time_chunk)] if time_chunk else []
-        command += ["--data", str(data)] if data is not None else []
-        command += ["--resume", resume] if resume else []
-        command += ["--threshold-scale", repr(threshold_scale)]
-        if not isinstance(cpu_backend.EVENT_DENSITY_MAX, dict):
-            command += ["--event-density-max", repr(cpu_backend.EVENT_DENSITY_MAX)]
-        child = subprocess.run(command, capture_output=True, text=True,
-                               env={**os.environ, **MALLOC_ENV})
-        if child.returncode != 0:
-            raise RuntimeError(f"memory child for {name!r} exited with {child.returncode} "
-                               f"(negative: killed by that signal):\n{child.stderr}")
-        results[name] = json.loads(child.stdout.strip().splitlines()[-1])
+        variant = build_variants(dataclasses.replace(settings, variants=(name,)))[name]
+        results[name] = step_memory(variant, device)
+        del variant
+        torch.cuda.empty_cache()
     return results
 
 
 def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
               memory: Mapping[str, Mapping[str, int | bool]] | None) -> dict:
-    """Medians and spreads, the ratios project/authors and project/ann, and the targets.
+    """Medians and spreads, and the ratios of the project to every other variant.
 
     Returns:
         ``{"time": {variant: {phase: {"median", "min", "max"}}}, "memory": ...,
-        "ratios": {"project/<baseline>": {metric: ratio}}, "targets": [{"what", "baseline",
-        "bound", "ratio", "met"}]}``. Ratio metrics: ``train``, ``eval`` (of medians, which the
-        targets use), ``train_min``, ``eval_min`` (of the fastest samples: on a machine shared with
-        other jobs the least disturbed run is the better estimate of the cost), ``memory`` (of
-        peak increments) and ``memory_absolute`` (of absolute peaks). A ratio is ``None`` where a
-        variant was not run.
+        "ratios": {"project/<variant>": {metric: ratio}}}``. Ratio metrics: ``train``, ``eval``
+        (of medians), ``train_min``, ``eval_min`` (of the fastest samples: on a machine shared
+        with other jobs the least disturbed run is the better estimate of the cost), ``memory``
+        (of peak increments) and ``memory_absolute`` (of absolute peaks). A ratio is ``None``
+        where a variant was not run or its memory not measured.
     """
     time_stats = {name: {phase: {"median": statistics.median(values), "min": min(values),
                                  "max": max(values)}
@@ -554,18 +603,23 @@ def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
         return memory[name]["peak" if metric == "memory_absolute" else "increment"]
 
     ratios = {}
-    for baseline in ("authors", "ann"):
-        ratios[f"project/{baseline}"] = {}
+    for other in (name for name in samples if name != "project"):
+        ratios[f"project/{other}"] = {}
         for metric in (*PHASES, "train_min", "eval_min", "memory", "memory_absolute"):
-            mine, theirs = value("project", metric), value(baseline, metric)
-            ratios[f"project/{baseline}"][metric] = (
+            mine, theirs = value("project", metric), value(other, metric)
+            ratios[f"project/{other}"][metric] = (
                 None if mine is None or theirs is None or theirs <= 0 else mine / theirs)
-    targets = []
-    for what, metric, baseline, bound in TARGETS:
-        ratio = ratios[f"project/{baseline}"][metric]
-        targets.append({"what": what, "baseline": baseline, "bound": bound, "ratio": ratio,
-                        "met": None if ratio is None else ratio <= bound})
-    return {"time": time_stats, "memory": memory, "ratios": ratios, "targets": targets}
+    return {"time": time_stats, "memory": memory, "ratios": ratios}
+
+
+def machine_load() -> dict[str, Any] | None:
+    """The 1-, 5- and 15-minute load averages and the CPU count, and ``busy``: the 1-minute
+    load above the CPU count, i.e. more runnable threads than cores, where torch's parallel
+    regions wait for descheduled threads. None where the system keeps no load average."""
+    if not hasattr(os, "getloadavg"):
+        return None
+    load, cores = os.getloadavg(), os.cpu_count() or 1
+    return {"load": list(load), "cores": cores, "busy": load[0] > cores}
 
 
 def _git_state() -> str:
@@ -583,7 +637,7 @@ def _git_state() -> str:
 
 
 def machine_info(device: torch.device) -> dict[str, str]:
-    """What the numbers were measured on, for the header and the README."""
+    """What the numbers were measured on, for the header and the JSON."""
     cpu = platform.processor() or "unknown"
     try:
         with open("/proc/cpuinfo") as cpuinfo:
@@ -596,14 +650,21 @@ def machine_info(device: torch.device) -> dict[str, str]:
                      f"{torch.get_num_interop_threads()} inter-op threads",
             "python": platform.python_version(),
             "git": _git_state()}
-    if hasattr(os, "getloadavg"):
-        # Other processes on the cores matter: with more runnable threads than cores, torch's
-        # parallel regions wait for descheduled threads and small per-step ops slow down tenfold.
-        info["load"] = "1/5/15-min load average %.2f %.2f %.2f before the run" % os.getloadavg()
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     info["backend"] = backends.describe(device)
     return info
+
+
+def _busy_note(loads: Mapping[str, Mapping[str, Any] | None]) -> str | None:
+    """Why the timings are unreliable (a load above the cores before or after the run), or None."""
+    busy = {when: load for when, load in loads.items() if load and load["busy"]}
+    if not busy:
+        return None
+    cores = next(iter(busy.values()))["cores"]
+    when = " and ".join(f"{load['load'][0]:.2f} {when} the run" for when, load in busy.items())
+    return (f"UNRELIABLE TIMINGS: the machine was busy (1-minute load average {when}, above its "
+            f"{cores} cores); other processes slowed the variants unequally. Memory is unaffected.")
 
 
 def _mib(num_bytes: float) -> str:
@@ -614,144 +675,205 @@ def _ratio(ratio: float | None) -> str:
     return "      n/a" if ratio is None else f"{ratio:8.3f}x"
 
 
-def report(args: argparse.Namespace, info: Mapping[str, str], summary: Mapping,
-           densities: Mapping[str, Mapping[str, float | int]] | None = None) -> str:
-    """The printed tables: machine and settings, times, memory, ratios, targets."""
+def _header(settings: BenchSettings, info: Mapping[str, str], ran: Sequence[str],
+            loads: Mapping[str, Mapping[str, Any] | None]) -> list[str]:
+    """The command, the machine, the settings, the variants ``ran``, and what the images and
+    weights are."""
     lines = [f"command : {shlex.join([Path(sys.executable).name, *sys.argv])}"]
     lines += [f"{key:8s}: {value}" for key, value in info.items()]
-    lines.append(f"settings: arch {args.arch}, width {args.width}, T {args.time_steps}, "
-                 f"batch {args.batch}, device {args.device}, repeats {args.repeats}, "
-                 f"warmup {args.warmup}, seed {args.seed}, variants {','.join(args.variants)}, "
-                 f"project precision {'bf16 autocast' if args.amp else 'float32'}, "
-                 f"project time chunk {args.time_chunk or 'default'}, "
-                 f"images {args.data or 'synthetic'}, weights {args.resume or 'initialisation'}, "
-                 f"threshold scale {args.threshold_scale}, event density max "
-                 f"{cpu_backend.EVENT_DENSITY_MAX}")
+    lines += [f"load    : 1/5/15-min load average {' '.join(f'{v:.2f}' for v in load['load'])} "
+              f"{when} the run, {load['cores']} cores" for when, load in loads.items() if load]
+    lines.append(f"settings: arch {settings.arch}, width {settings.width}, T "
+                 f"{settings.time_steps}, batch {settings.batch}, device {settings.device}, "
+                 f"repeats {settings.repeats}, warmup {settings.warmup}, seed {settings.seed}, "
+                 f"project precision {'amp' if settings.amp else 'float32'}, project time "
+                 f"chunk {settings.time_chunk or 'default'}, threshold scale "
+                 f"{settings.threshold_scale}")
+    absent = [name for name in peers.PEERS if settings.arch == "lenet" and name not in ran]
+    lines.append(f"variants: {', '.join(ran)}" + (
+        f" (not run: {', '.join(absent)}; the peers need pip install -e \".[bench]\")"
+        if absent else ""))
+    lines.append("images  : " + (f"{settings.batch} real MNIST test digits from {settings.data}"
+                                 if settings.data else f"{settings.batch} synthetic images"))
+    lines.append("weights : " + (f"checkpoint {settings.resume}" if settings.resume else
+                                 "the model's initialisation (untrained)"))
+    return lines
+
+
+def _tables(summary: Mapping, densities: Mapping | None, unreliable: bool) -> list[str]:
+    """Densities, times, memory and ratios; with ``unreliable``, every timing marked ``*``."""
+    mark = " *" if unreliable else ""
+    lines = []
     if densities:
         lines += ["", "project synapse inputs (one training step): layer, fraction of entries "
                       "that are spikes, chunks event-driven / dense"]
         lines += [f"  {name:14s} {row['density']:8.4f}   {row['event_chunks']:4d} / "
                   f"{row['dense_chunks']}" for name, row in densities.items()]
-    lines += ["", "step   variant   median ms     min ms     max ms"]
+    lines += ["", "step   variant        median ms     min ms     max ms"]
     for phase in PHASES:
         for name, phases in summary["time"].items():
             stats = phases[phase]
-            lines.append(f"{phase:6s} {name:8s} {stats['median'] * 1e3:10.1f} "
-                         f"{stats['min'] * 1e3:10.1f} {stats['max'] * 1e3:10.1f}")
+            lines.append(f"{phase:6s} {name:13s} {stats['median'] * 1e3:10.1f} "
+                         f"{stats['min'] * 1e3:10.1f} {stats['max'] * 1e3:10.1f}{mark}")
     if summary["memory"]:
         lines += ["", "training-step memory, MiB: peak above the pre-step baseline (increment), "
-                      "baseline, absolute peak"]
-        lines.append("variant   increment  baseline      peak")
+                      "baseline, absolute peak",
+                  "variant        increment  baseline      peak"]
         for name, mem in summary["memory"].items():
             note = "" if mem["warm_up"] else "  (first step, no warm-up)"
-            lines.append(f"{name:8s} {_mib(mem['increment'])} {_mib(mem['baseline'])} "
+            lines.append(f"{name:13s} {_mib(mem['increment'])} {_mib(mem['baseline'])} "
                          f"{_mib(mem['peak'])}{note}")
     columns = {"train": "train", "eval": "eval", "train_min": "train min", "eval_min": "eval min",
                "memory": "mem incr", "memory_absolute": "mem abs"}
-    lines += ["", "ratios (train, eval: of medians; min: of fastest samples; mem: of the "
-                  "training step's peak increment, absolute peak)",
-              f"{'':16s}" + "".join(f"{title:>11s}" for title in columns.values())]
+    lines += ["", "ratios: the project's figure over the other variant's (below 1: the project "
+                  "is cheaper, 1/ratio times);",
+              "train, eval: of medians; min: of the fastest samples; mem: of the training "
+              "step's peak increment, absolute peak",
+              f"{'':22s}" + "".join(f"{title:>11s}" for title in columns.values())]
     for key, row in summary["ratios"].items():
-        lines.append(f"{key:16s}" + "".join(f"{_ratio(row[metric]):>11s}" for metric in columns))
-    config = (args.arch.lower(), args.time_steps, args.batch)
-    at_target = config in TARGET_CONFIGS and args.width == 1 and args.device == "cpu"
-    lines += ["", "targets" + ("" if at_target else
-                               " (set for LeNet T100 B32 on real digits with trained weights, "
-                               "VGG9 T25 B16 training <= 0.35x, on the 2-core CPU; shown for "
-                               "reference)")]
-    for target in summary["targets"]:
-        verdict = {None: "n/a", True: "met", False: "NOT met"}[target["met"]]
-        lines.append(f"  {target['what']:21s} <= {target['bound']:.2f} x {target['baseline']:7s}"
-                     f": {_ratio(target['ratio'])}  {verdict}")
+        cells = [_ratio(row[metric]) + ("" if metric.startswith("memory") else mark)
+                 for metric in columns]
+        lines.append(f"{key:22s}" + "".join(f"{cell:>11s}" for cell in cells))
+    return lines
+
+
+def report(settings: BenchSettings, info: Mapping[str, str], summary: Mapping,
+           densities: Mapping[str, Mapping[str, float | int]] | None,
+           loads: Mapping[str, Mapping[str, Any] | None]) -> str:
+    """The printed report: header, tables, and the busy-machine note where there is one."""
+    note = _busy_note(loads)
+    lines = _header(settings, info, list(summary["time"]), loads)
+    lines += _tables(summary, densities, unreliable=note is not None)
+    if note:
+        lines += ["", f"* {note}"]
     return "\n".join(lines)
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+def _write_json(path: Path, content: Mapping) -> None:
+    """Write ``content`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(content, out, indent=2, default=str)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, str | None]:
+    """The settings, and the variant a memory-measuring child measures (None: a normal run)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", default="lenet", choices=sorted(models.MODELS))
-    parser.add_argument("-T", "--time-steps", type=int, default=100)
-    parser.add_argument("-b", "--batch", type=int, default=32)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (or cuda:N)")
-    parser.add_argument("--width", type=float, default=1.0,
-                        help="multiplies every hidden width (quick runs: e.g. 0.25)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (default 3)")
-    parser.add_argument("--warmup", type=int, default=1, help="discarded rounds (default 1)")
-    parser.add_argument("--variants", type=lambda s: s.split(","), default=list(VARIANTS),
-                        help="comma-separated subset of project,authors,ann")
-    parser.add_argument("--no-memory", dest="memory", action="store_false",
-                        help="skip the peak-memory measurement")
-    parser.add_argument("--json", type=Path, help="also write the results to this file")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--amp", action="store_true",
-                        help="run the project's synapses under bfloat16 autocast, as --amp does")
-    parser.add_argument("--time-chunk", type=int, default=None,
-                        help="the project's time steps per chunk (default: the model's choice)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
-    parser.add_argument("--data", type=Path, default=None,
-                        help="real MNIST digits from this folder (torchvision's MNIST/raw under "
-                             "it; lenet only) instead of synthetic images")
-    parser.add_argument("--resume", default=None,
-                        help="start from the weights of this checkpoint (a training run's .pth.tar)")
-    parser.add_argument("--threshold-scale", type=float, default=1.0,
-                        help="multiply every neuron threshold (below 1: denser spikes)")
-    parser.add_argument("--event-density-max", type=float, default=None,
-                        help="override spiking.backends.cpu.EVENT_DENSITY_MAX for every kind of "
-                             "layer (0: never event-driven, 1: whenever the input is spikes)")
+    add = parser.add_argument
+    add("--arch", default="lenet", choices=sorted(models.MODELS))
+    add("-T", "--time-steps", type=int, default=100)
+    add("-b", "--batch", type=int, default=32)
+    add("--device", default="cpu", help="cpu or cuda (or cuda:N)")
+    add("--width", type=float, default=1.0,
+        help="multiplies every hidden width (quick runs: e.g. 0.25)")
+    add("--variants", type=lambda s: tuple(s.split(",")), default=(),
+        help=f"comma-separated subset of {','.join(VARIANTS)} (default: project,authors,ann and, "
+             "for lenet, each peer whose library is installed)")
+    add("--repeats", type=int, default=3, help="timed rounds (default 3)")
+    add("--warmup", type=int, default=1, help="discarded rounds (default 1)")
+    add("--no-memory", dest="memory", action="store_false",
+        help="skip the peak-memory measurement")
+    add("--seed", type=int, default=0)
+    add("--amp", action="store_true", help="run the project under --amp's mixed precision")
+    add("--time-chunk", type=int, default=None,
+        help="the project's time steps per chunk (default: the model's choice)")
+    add("--threads", type=int, default=None,
+        help="torch intra-op threads (default: torch's own choice)")
+    add("--data", type=Path, default=None,
+        help="real MNIST digits from this folder (torchvision's MNIST/raw under it; lenet only) "
+             "instead of synthetic images")
+    add("--resume", default=None,
+        help="start from the weights of this checkpoint (a training run's .pth.tar)")
+    add("--threshold-scale", type=float, default=1.0,
+        help="multiply every neuron threshold (below 1: denser spikes)")
+    add("--event-density-max", type=float, default=None,
+        help="the spiking core's event-driven crossover for every kind of layer (0: never "
+             "event-driven, 1: whenever the input is spikes)")
+    add("--json", type=Path, help="also write the results to this file")
     # A child process measuring the peak RSS of one variant's training step (CPU memory).
-    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.repeats < 1 or args.warmup < 0:
+    add("--memory-child", help=argparse.SUPPRESS)
+    args = vars(parser.parse_args(argv))
+    memory_child = args.pop("memory_child")
+    settings = BenchSettings(**args)
+    if settings.repeats < 1 or settings.warmup < 0:
         parser.error("--repeats must be at least 1 and --warmup at least 0")
-    if args.threshold_scale <= 0:
+    if settings.time_steps < 1 or settings.batch < 1 or settings.width <= 0:
+        parser.error("-T and -b must be at least 1 and --width positive")
+    if settings.threshold_scale <= 0:
         parser.error("--threshold-scale must be positive")
-    if args.data is not None and args.arch != "lenet":
-        parser.error("--data reads MNIST digits: for --arch lenet only")
-    return args
+    return settings, memory_child
+
+
+def _check_before_work(settings: BenchSettings) -> None:
+    """What can be checked before any measurement: that the packages imported are this
+    repository's (else another checkout's code would be measured), and the JSON's folder."""
+    imported_from = Path(models.__file__).resolve().parents[1]
+    if imported_from != ROOT:
+        raise UsageError(f"this script is in {ROOT} but imports the project from "
+                         f"{imported_from}; to measure {ROOT}, run python -m benchmarks.bench "
+                         f"in that folder, or pip install -e {ROOT}")
+    if settings.json is not None:
+        folder = settings.json.resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise UsageError(f"--json {settings.json}: {folder} is not a writable folder")
+
+
+def _measure(settings: BenchSettings, variants: dict[str, Variant]) -> dict[str, Any]:
+    """Time and measure ``variants``: the results :func:`report` and the JSON show."""
+    info = machine_info(torch.device(settings.device))
+    densities = input_densities(variants["project"]) if "project" in variants else None
+    samples = time_variants(variants, settings.repeats, settings.warmup, settings.device)
+    variants.clear()  # free their memory before the children measure theirs
+    memory, memory_error = None, None
+    if settings.memory:
+        try:
+            memory = measure_memory(settings)
+        except RuntimeError as error:  # keep the timings of a long run when a child dies
+            memory_error = str(error)
+    return {"machine": info, "densities": densities, "samples": samples,
+            **summarise(samples, memory), "memory_error": memory_error}
+
+
+def _run(settings: BenchSettings) -> None:
+    """A whole benchmark run: variants, load check, measurements, report, JSON."""
+    variants = build_variants(settings)
+    loads = {"before": machine_load()}
+    if _busy_note(loads):
+        print(f"warning: {_busy_note(loads)}", file=sys.stderr)
+    results = _measure(settings, variants)
+    loads["after"] = machine_load()
+    note = _busy_note(loads)
+    print(report(settings, results["machine"], results, results["densities"], loads))
+    if settings.json:
+        _write_json(settings.json, {"command": sys.argv, "settings": dataclasses.asdict(settings),
+                                    "variants": list(results["samples"]), "load": loads,
+                                    "reliable": note is None, "unreliable_because": note,
+                                    **results})
+    if results["memory_error"]:
+        sys.exit(f"memory measurement failed: {results['memory_error']}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.event_density_max is not None:
-        cpu_backend.EVENT_DENSITY_MAX = args.event_density_max
-    device = torch.device(args.device)
-    inputs = (args.data, args.resume, args.threshold_scale)
+    settings, memory_child = parse_args(argv)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
+    if settings.event_density_max is not None:
+        cpu_backend.EVENT_DENSITY_MAX = settings.event_density_max
     try:
-        if args.memory_child:
-            variant = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                                     [args.memory_child], args.seed, args.amp,
-                                     args.time_chunk, *inputs)[args.memory_child]
-            print(json.dumps(step_memory(variant, device)))
+        _check_before_work(settings)
+        if memory_child:
+            variant = build_variants(dataclasses.replace(settings, variants=(memory_child,)))
+            print(json.dumps(step_memory(variant[memory_child], settings.device)))
             return
-        variants = build_variants(args.arch, args.time_steps, args.batch, device, args.width,
-                                  args.variants, args.seed, args.amp, args.time_chunk, *inputs)
+        _run(settings)
     except UsageError as error:
-        sys.exit(f"error: {error}")
-
-    info = machine_info(device)
-    densities = input_densities(variants["project"]) if "project" in variants else None
-    samples = time_variants(variants, args.repeats, args.warmup, device)
-    del variants
-    memory, memory_error = None, None
-    if args.memory:
-        try:
-            memory = measure_memory(args.arch, args.time_steps, args.batch, device, args.width,
-                                    args.variants, args.seed, args.threads, args.amp,
-                                    args.time_chunk, *inputs)
-        except RuntimeError as error:  # keep the timings of a long run when a child dies
-            memory_error = str(error)
-    summary = summarise(samples, memory)
-    print(report(args, info, summary, densities))
-    if args.json:
-        args.json.write_text(json.dumps({"command": sys.argv, "machine": info,
-                                         "settings": {k: v for k, v in vars(args).items()
-                                                      if k not in ("json", "memory_child")},
-                                         "densities": densities, "samples": samples, **summary},
-                                        indent=2, default=str))
-    if memory_error:
-        sys.exit(f"memory measurement failed: {memory_error}")
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

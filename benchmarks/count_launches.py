@@ -21,19 +21,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import models  # noqa: E402
-from spiking import PoissonEncoder, backends  # noqa: E402
-from spiking.backends import triton_kernels  # noqa: E402
+import models
+from spiking import PoissonEncoder, backends
+from spiking.backends import triton_kernels
 
 __all__ = ["OperationCounter", "count_training_step"]
 

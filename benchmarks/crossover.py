@@ -16,17 +16,12 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from spiking.backends import event_kernels  # noqa: E402
+from spiking.backends import event_kernels
 
 # (name, C_in, C_out, k, stride, padding, H, input_gradient) of the distinct layers; H = 0: linear
 LAYERS: tuple[tuple[str, int, int, int, int, int, int, bool], ...] = (

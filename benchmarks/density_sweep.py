@@ -21,21 +21,17 @@ from typing import Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-for _path in (ROOT, ROOT / "tests"):
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
-
-from benchmarks import bench  # noqa: E402
-from spiking.backends import cpu as cpu_backend  # noqa: E402
-from training import UsageError  # noqa: E402
+from benchmarks import bench
+from spiking.backends import cpu as cpu_backend
+from training import UsageError
 
 
 def sweep_row(args: argparse.Namespace, scale: float) -> dict:
     """Densities and train-step medians (event-driven, dense) at one threshold scale."""
-    variant = bench.build_variants(args.arch, args.time_steps, args.batch, width=args.width,
-                                   names=["project"], seed=args.seed, data=args.data,
-                                   resume=args.resume, threshold_scale=scale)["project"]
+    settings = bench.BenchSettings(arch=args.arch, time_steps=args.time_steps, batch=args.batch,
+                                   width=args.width, variants=("project",), seed=args.seed,
+                                   data=args.data, resume=args.resume, threshold_scale=scale)
+    variant = bench.build_variants(settings)["project"]
     event_max = cpu_backend.EVENT_DENSITY_MAX
     densities = bench.input_densities(variant)
     times: dict[str, list[float]] = {"event": [], "dense": []}

@@ -17,9 +17,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 OUT_OF_MEMORY = 3  # exit status of a try that ran out of memory
 
 
@@ -28,7 +26,6 @@ def try_batch(arch: str, time_steps: int, batch: int, width: float, device: str)
     import torch
     import torch.nn.functional as F
 
-    sys.path.insert(0, str(ROOT))
     import models
     from spiking import PoissonEncoder
 

@@ -14,20 +14,15 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import models  # noqa: E402
-from benchmarks.bench import build_variants  # noqa: E402
-from spiking.backends import cpu_kernels, event_kernels  # noqa: E402
+import models
+from benchmarks.bench import BenchSettings, build_variants
+from spiking.backends import cpu_kernels, event_kernels
 
 KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "avg_pool_backward",
                         "pack_spikes", "poisson_spikes"),
@@ -74,8 +69,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     seconds: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
-    project = build_variants(args.arch, args.time_steps, args.batch, width=args.width,
-                             names=["project"], data=args.data, resume=args.resume)["project"]
+    settings = BenchSettings(arch=args.arch, time_steps=args.time_steps, batch=args.batch,
+                             width=args.width, variants=("project",), data=args.data,
+                             resume=args.resume)
+    project = build_variants(settings)["project"]
     with timed_kernels(seconds, calls):
         for step_name, step in (("train", project.train_step), ("eval", project.eval_step)):
             step(), step()

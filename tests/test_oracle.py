@@ -1,4 +1,4 @@
-"""Self-checks of the test oracle (tests/oracle.py) in float64: hand-worked single neurons, the NG delta
+"""Self-checks of the authors'-loop port (models/authors_loop.py) in float64: hand-worked single neurons, the NG delta
 rule (docs/algorithm.md, *Approximate backward*) checked end to end inside a real network, the output scaling, and every arch's
 forward + backward with and without dropout masks. Tiny widths, T = 3..5, batch 2: a few seconds."""
 from __future__ import annotations
@@ -8,10 +8,7 @@ import math
 import pytest
 import torch
 
-try:  # works whether or not tests/ becomes a package
-    from tests import oracle
-except ImportError:  # pragma: no cover
-    import oracle
+from models import authors_loop as oracle
 
 DT = torch.float64
 

@@ -2,7 +2,7 @@
 
 Two oracles: the readable step-by-step reference (the ``reference`` backend: every neuron's own
 methods one step at a time, spiking/backends/reference.py) and the literal port of the authors'
-loop (tests/oracle.py). The reference equals the
+loop (models/authors_loop.py). The reference equals the
 authors' loop, and every other backend of spiking.backends equals the reference: same weights,
 same input spikes, same dropout masks, float64, outputs and every parameter gradient to a
 relative error of 1e-9, in training mode (masks) and evaluation mode, and whether the model runs
@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import models
-from oracle import oracle_forward
+from models.authors_loop import oracle_forward
 from spiking import SpikingConv2d, SpikingLinear, TimeHeldDropout, backends
 from spiking.backends import cpu, event_kernels
 

@@ -1,8 +1,10 @@
-"""Test oracle: a literal, per-time-step port of the authors' PyTorch 0.3 training loop.
+"""The authors' per-time-step training loop: a literal port of their PyTorch 0.3 scripts.
 
 Lee, Sarwar, Panda, Srinivasan, Roy (2020), "Enabling Spike-Based Backpropagation for Training Deep
-Neural Network Architectures". docs/algorithm.md describes the algorithm; this file follows the
-authors' code to the letter. It is deliberately slow and simple: one ``conv2d``/``linear`` call per
+Neural Network Architectures". docs/algorithm.md describes the algorithm; this module follows the
+authors' code to the letter. It is not used for training: it is the oracle of the parity tests
+(every network's outputs and gradients equal it in float64) and the ``authors`` baseline of
+``benchmarks/bench.py``. It is deliberately slow and simple: one ``conv2d``/``linear`` call per
 layer per time step, the backward pass is plain autograd through the authors' own mechanisms:
 
 * ``SpikeFn`` (their ``SpikingNN``): forward ``input > 0``; backward passes the gradient where
