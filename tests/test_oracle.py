@@ -1,6 +1,7 @@
-"""Self-checks of the authors'-loop port (models/authors_loop.py) in float64: hand-worked single neurons, the NG delta
-rule (docs/algorithm.md, *Approximate backward*) checked end to end inside a real network, the output scaling, and every arch's
-forward + backward with and without dropout masks. Tiny widths, T = 3..5, batch 2: a few seconds."""
+"""Self-checks of the authors'-loop port (models/authors_loop.py) in float64: hand-worked
+single neurons, the NG delta rule (docs/algorithm.md, *Approximate backward*) checked end to end
+inside a real network, the output scaling, and every arch's forward + backward with and without
+dropout masks. Tiny widths, T = 3..5, batch 2: a few seconds."""
 from __future__ import annotations
 
 import math
