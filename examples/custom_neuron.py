@@ -29,6 +29,8 @@ class SoftResetLIF(LIFNeuron):
     ``dLoss/du_t = [s_t] (NG / theta) g_t + dLoss/dm_t``, the leak straight-through as before.
     """
 
+    grad_only_at_spikes = True  # backward_step reads g_t only at spikes, as the authors' does
+
     def reset(self, potential, spikes):
         return self.leak * (potential - self.threshold * spikes.to(potential.dtype))
 
@@ -50,7 +52,7 @@ def train(steps: int = 6, time_steps: int = 20, batch: int = 32) -> None:
         loss.backward()
         optimizer.step()
         correct = int((output.argmax(1) == y).sum())
-        print(f"step {step}: loss {loss.item():.3f}, {correct}/{len(y)} correct")
+        print(f"step {step}: loss {loss.item():.3f}, {correct}/{len(y)} correct", flush=True)
 
 
 def gradients(model: torch.nn.Module, spikes: torch.Tensor, labels: torch.Tensor,
@@ -78,9 +80,9 @@ def check(time_steps: int = 8, batch: int = 4) -> bool:
                 for k in stepped)
     silent = [k for k in stepped if not stepped[k].abs().max() > 0]
     print(f"checked {len(stepped)} parameter gradients ({', '.join(stepped)}) of a float64 "
-          f"LeNet with SoftResetLIF, T={time_steps}, in chunks of 3 steps ("
-          f"{backends.describe('cpu').split(':')[0]}) against one autograd node per step "
-          f"(reference backend): largest relative difference {worst:.1e}")
+          f"LeNet with SoftResetLIF, T={time_steps}, in chunks of 3 steps on the default "
+          f"backend against one autograd node per step (reference backend): largest relative "
+          f"difference {worst:.1e}")
     if silent:
         print(f"no gradient reached {', '.join(silent)}: nothing was checked there")
     return worst <= 1e-9 and not silent

@@ -1,6 +1,7 @@
 """The paper's spiking networks, built from :mod:`spiking`, and a lookup by name."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .base import SpikingNetwork
@@ -10,7 +11,8 @@ from .vgg import VGG9
 
 __all__ = ["MODELS", "LeNet", "ResNet11", "ResNet13", "SpikingNetwork", "VGG9", "get_model"]
 
-MODELS: dict[str, type[SpikingNetwork]] = {
+# name -> network class (or any callable taking the keyword arguments of get_model)
+MODELS: dict[str, Callable[..., SpikingNetwork]] = {
     "lenet": LeNet,
     "vgg9": VGG9,
     "resnet11": ResNet11,

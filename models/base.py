@@ -145,7 +145,10 @@ class SpikingNetwork(nn.Module):
     def inputs_from_neurons(self, *synapses: SpikingConv2d | SpikingLinear) -> None:
         """Declare that each of ``synapses`` reads the spikes of a layer of spiking neurons (or
         of dropout over one), which reads its gradient only where it spiked: their event-driven
-        backward may leave the input gradient 0 elsewhere. Not for the input layer."""
+        backward may leave the input gradient 0 elsewhere. Not for the input layer. Hidden
+        neurons whose derivative reads it everywhere (a surrogate gradient) declare none."""
+        if not type(self.lif()).gradient_only_at_spikes():
+            return
         for synapse in synapses:
             synapse.input_from_neurons = True
 

@@ -74,6 +74,9 @@ class SpikingNeuron(nn.Module):
     # What the backward keeps of each step for backward_step: the spikes (False: one byte per
     # neuron and step) or the potential u_t (True: a float), for a derivative that needs it.
     keeps_potential: ClassVar[bool] = False
+    # Whether backward_step reads grad_spikes only where the neuron spiked, as the authors' rule
+    # does: see gradient_only_at_spikes.
+    grad_only_at_spikes: ClassVar[bool] = True
 
     def __init__(self, threshold: float, inplace: bool = False) -> None:
         super().__init__()
@@ -101,6 +104,17 @@ class SpikingNeuron(nn.Module):
         cuts the membrane's path; elsewhere the membrane's gradient passes straight through (the
         leak is ignored by the gradient)."""
         return torch.where(spikes, scale * grad_spikes, grad_membrane)
+
+    @classmethod
+    def gradient_only_at_spikes(cls) -> bool:
+        """Whether :meth:`backward_step` reads ``grad_spikes`` only where the neuron spiked:
+        then a synapse these neurons feed may compute its input gradient at their spikes alone
+        (event-driven). A class that redefines ``backward_step`` is taken to read it everywhere
+        unless it sets ``grad_only_at_spikes = True`` in its own body."""
+        for klass in cls.__mro__:
+            if "backward_step" in vars(klass):
+                return vars(klass).get("grad_only_at_spikes", klass is SpikingNeuron)
+        return False
 
     def spike_stats(self, like: Tensor) -> tuple[Tensor, ...]:
         """Fresh per-neuron statistics ``[B, ...]`` that the forward accumulates over the spike

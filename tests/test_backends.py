@@ -6,6 +6,7 @@ import logging
 import pytest
 import torch
 
+import models
 import spiking.backends as backends
 from spiking import LIFNeuron, functional
 from spiking.backends import cpu, cpu_kernels, pytorch
@@ -128,6 +129,32 @@ def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(neuron, l
         f"spiking: backend 'cpu' cannot run this (it has no kernel for {neuron.__name__}); "
         "backend 'torch' runs it, with the same results, more slowly"]
     assert backends.select(current, neuron=LIFNeuron()) is cpu
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
+def test_a_derivative_that_reads_every_steps_gradient_gets_dense_input_gradients(monkeypatch):
+    # Event-driven synapses give their input gradient only at the input's spikes: right for the
+    # authors' rule, wrong for a surrogate, so a network of surrogate neurons declares none.
+    monkeypatch.setattr(cpu, "EVENT_DENSITY_MAX", 1.0)
+    assert LIFNeuron.gradient_only_at_spikes() and not SurrogateLIF.gradient_only_at_spikes()
+    assert SoftResetLIF.gradient_only_at_spikes()  # its backward_step is the authors'
+    torch.manual_seed(0)
+    model = models.get_model("lenet", neuron=SurrogateLIF, width=0.3).double()
+    with torch.no_grad():
+        for weight in model.parameters():
+            weight.add_(0.5 * weight.std())
+    assert not any(getattr(m, "input_from_neurons", False) for m in model.modules())
+    spikes = (torch.rand(6, 2, 1, 28, 28) < 0.3).double()
+    grads = {}
+    for name in ("cpu", "reference"):
+        model.zero_grad()
+        with backends.use_backend(name):
+            model(spikes).square().sum().backward()
+        grads[name] = [p.grad.clone() for p in model.parameters()]
+    assert model.fc1.event_chunks > 0
+    for fast, stepped in zip(grads["cpu"], grads["reference"]):
+        assert stepped.abs().max() > 0
+        torch.testing.assert_close(fast, stepped, rtol=1e-9, atol=0)
 
 
 def test_a_neuron_that_keeps_its_potential_gets_it_in_the_backward():

@@ -26,8 +26,12 @@ def test_dependencies_and_extras_come_from_the_requirements_files():
     assert {"torch", "torchvision"} <= runtime and "pytest" in test
     assert {"snntorch", "spikingjelly"} <= bench
     assert not runtime & ({"pytest"} | bench), "test and benchmark tools are not runtime needs"
-    for package in setuptools["packages"]:
-        assert (ROOT / package / "__init__.py").is_file(), package
+    for package in setuptools["packages"]["find"]["include"]:
+        if not package.endswith(".*"):
+            assert (ROOT / package / "__init__.py").is_file(), package
+    for package, patterns in setuptools["package-data"].items():
+        for pattern in patterns:
+            assert list((ROOT / package.replace(".", "/")).glob(pattern)), (package, pattern)
 
 
 def test_nothing_outside_tests_edits_sys_path():
