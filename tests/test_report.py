@@ -1,5 +1,5 @@
-"""Summary fields, table, JSON (and the README's list of its fields), the optional plots of the
-spike statistics; training curves."""
+"""Summary fields, table, JSON (and docs/analysis.md's list of its fields), the optional plots of
+the spike statistics; training curves."""
 from __future__ import annotations
 
 import json
@@ -160,9 +160,9 @@ def test_without_matplotlib_nothing_is_drawn(summary, tmp_path, monkeypatch):
     assert "pip install matplotlib" in plots.MATPLOTLIB_HINT
 
 
-def test_readme_documents_every_json_field():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Spike activity and energy", 1)[1].split("\n## ", 1)[0]
+def test_docs_document_every_json_field():
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "analysis.md").read_text()
+    section = docs.split("## Files", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_0-9]+)`", section))
     assert set(SUMMARY_FIELDS) | set(LAYER_FIELDS) | set(TOTAL_FIELDS) | set(OUTPUT_FIELDS) \
         <= documented
