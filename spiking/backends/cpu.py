@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from . import cpu_kernels, event_kernels, pytorch
+from .arguments import scan_arguments
 from .event_kernels import Events
 from .reference import integrator_forward, poisson_draws
 
@@ -69,18 +70,13 @@ def describe() -> str:
             f"{event_density_max('linear')}")
 
 
-def _leak(neuron: nn.Module) -> float:
-    """The leak of the kernel's equations: the LIF neuron's, 1 for the IF and pooling neurons."""
-    return neuron.leak if type(neuron).kernel == "lif" else 1.0
-
-
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
                    stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
     """As :func:`.reference.neuron_forward`, in C; ``membrane`` is updated in place."""
     if out is not current:
         out.copy_(current)
-    trace, count = stats if stats else (None, None)
-    cpu_kernels.lif_scan(out, neuron.threshold, _leak(neuron), membrane, kept, trace, count)
+    threshold, leak, trace, count = scan_arguments(neuron, stats)
+    cpu_kernels.lif_scan(out, threshold, leak, membrane, kept, trace, count)
     return membrane
 
 

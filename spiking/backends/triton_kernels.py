@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from . import pytorch
-from .arguments import check_tensor, check_window
+from .arguments import check_tensor, check_window, scan_arguments
 from .pytorch import conv_backward, linear_backward
 from .reference import poisson_encode
 
@@ -93,21 +93,16 @@ def launch(kernel: Callable, size: int, device: torch.device, *args, block: int 
         kernel[grid](*args, BLOCK=block, enable_fp_fusion=False, **constexprs)
 
 
-def _leak(neuron: nn.Module) -> float:
-    """The leak of the kernel's equations: the LIF neuron's, 1 for the IF and pooling neurons."""
-    return neuron.leak if type(neuron).kernel == "lif" else 1.0
-
-
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
                    stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
     """As :func:`.reference.neuron_forward`, in one launch; ``membrane`` is updated in place."""
     if out is not current:
         out.copy_(current)
-    trace, count = stats if stats else (None, None)
+    threshold, leak, trace, count = scan_arguments(neuron, stats)
     for tensor, name in ((membrane, "membrane"), (trace, "trace"), (count, "count")):
         check_tensor(tensor, out.shape[1:], name, out.dtype)
     check_tensor(kept, out.shape, "spikes", torch.bool)
-    constants = _constants(out.dtype, out.device, neuron.threshold, _leak(neuron))
+    constants = _constants(out.dtype, out.device, threshold, leak)
     neurons = membrane.numel()
     launch(_jit().lif_scan, neurons, out.device, out, out if kept is None else kept,
            membrane, membrane if trace is None else trace, membrane if count is None else count,
