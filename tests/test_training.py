@@ -190,6 +190,19 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     assert second.split(" | ")[:2] == ["   12", "      "]  # a value the history lacks stays empty
 
 
+def test_progress_of_a_resumed_epoch_averages_over_the_whole_epoch(capsys):
+    from training.metrics import EpochMeters
+
+    # 8 images done before the interruption: loss 0.5 and top-1 50 % per image, 2 s
+    resumed = EpochMeters([0.5 * 8, 2.3 * 8, 50.0 * 8, 90.0 * 8, 8, 2.0])
+    progress = EpochProgress(4, "Epoch 1/1", print_freq=4, done=2, meters=resumed)
+    progress.update(8, 0.1, 100.0)
+    progress.update(8, 0.1, 100.0)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Epoch 1/1 [4/4]  Loss 0.1000 (0.2333)  Prec@1 100.00 ( 83.33)")
+    assert float(line.split()[-2]) <= 24 / 2.0  # 24 images in the 2 s before and a moment
+
+
 def test_evaluate_without_resume_is_refused():
     with pytest.raises(UsageError, match="--evaluate needs a checkpoint"):
         run(replace(TINY, evaluate=True))
