@@ -14,7 +14,8 @@ import torch
 from spiking import PoissonEncoder
 from training import Experiment, UsageError, run
 from training.checkpoint import load_checkpoint
-from training.data import DATASETS, build_datasets, synthetic_dataset
+from training.data import DATASETS, build_datasets, make_loader
+from training.synthetic import synthetic_dataset
 from training.engine import build_model
 from training.experiment import parse_settings
 from training.loop import evaluate, learning_rate, spike_loss
@@ -142,6 +143,27 @@ def test_missing_data_offline_names_the_files(tmp_path):
     message = str(error.value)
     assert "\n" not in message
     assert "MNIST/raw/train-images-idx3-ubyte" in message and str(tmp_path) in message
+
+
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: whether the process that loads it ignores SIGINT and SIGTERM."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import signal
+
+        return torch.tensor([signal.getsignal(s) is signal.SIG_IGN
+                             for s in (signal.SIGINT, signal.SIGTERM)])
+
+
+def test_data_loading_workers_leave_signals_to_the_main_process():
+    # Ctrl-C and SLURM signal the whole process group: a worker killed by one would make
+    # PyTorch raise in the main process in the middle of the step the engine lets finish
+    loader = make_loader(_SignalDispositions(), 2, 1, torch.device("cpu"), torch.Generator(),
+                         range(4))
+    assert all(bool(batch.all()) for batch in loader)
 
 
 def test_evaluate_calls_the_monitor_and_is_reproducible():

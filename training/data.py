@@ -7,6 +7,7 @@ torchvision is imported only when real data is used, which keeps ``--synthetic``
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -141,8 +142,19 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
                 generator: torch.Generator, sampler: Sampler[int] | Sequence[int]) -> DataLoader:
     """A DataLoader over ``sampler``'s indices whose augmentation and worker seeds come from
     ``generator``: seeded at each epoch's start, it fixes the epoch's data independently of
-    every other draw (exact resume). In-memory data sets use no workers."""
+    every other draw (exact resume). In-memory data sets use no workers; worker processes
+    ignore SIGINT and SIGTERM (:func:`leave_signals_to_the_main_process`)."""
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=leave_signals_to_the_main_process if workers else None)
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """In a data-loading worker: ignore SIGINT and SIGTERM. Ctrl-C and SLURM signal the whole
+    process group; a worker they killed would make PyTorch raise in the main process, in the
+    middle of the step or test batch that the engine lets finish before it saves and stops. The
+    main process shuts its workers down itself (and they leave when it dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -157,8 +157,9 @@ class _Epoch:
     lr: float
     meters: EpochMeters
     spikes: dict[str, torch.Tensor]  # this process's spikes per layer so far
-    stats: EpochStats | None = None  # once the training pass is over
     steps: int = 0  # steps done so far, those before a resume included
+    stats: EpochStats | None = None  # once the training pass is over, its averages
+    at_end: list[float] | None = None  # and its meters' state, for a checkpoint after it
 
 
 def run(settings: Experiment, after_step: AfterStep | None = None) -> RunResult:
@@ -385,7 +386,7 @@ def _epoch(r: _Run, model: nn.Module, loader: DataLoader, test_loader: DataLoade
     try:
         test = _test_pass(r, test_loader, monitor)
     except _PassStopped as stop:
-        _save_inside_epoch(r, trained, trained.meters.state())
+        _save_inside_epoch(r, trained, trained.at_end)
         raise Interrupted(stop.signum, f"interrupted during the test pass of epoch {epoch + 1}, "
                                        f"{stop}: the epoch's training is saved, and its test pass "
                                        f"runs again on resume; {_resume_hint(r)}") from None
@@ -443,7 +444,7 @@ def _train_epoch(r: _Run, model: nn.Module, loader: DataLoader, epoch: int) -> _
     except NonFiniteLoss as error:
         raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
                          f"{_kept(r)} (lower --lr?)") from None
-    ep.steps = done + len(loader)
+    ep.steps, ep.at_end = done + len(loader), ep.meters.state()
     return ep
 
 
