@@ -5,7 +5,7 @@ The settings in this script are those of the authors' released cifar10_ResNet11.
 (python cifar10_ResNet11.py --help). Their usage line works unchanged:
 python cifar10_ResNet11.py --resume model_bestT1_cifar10_r11.pth.tar --evaluate
 """
-from training import Experiment, main
+from training import Experiment, main  # first: it sets the CPU thread policy before torch loads
 
 EXPERIMENT = Experiment(
     tag="cifar10_r11",

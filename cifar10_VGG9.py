@@ -3,7 +3,7 @@
 The settings in this script are those of the authors' released cifar10_VGG9.py (docs/algorithm.md
 lists them); every command-line flag overrides one of them (python cifar10_VGG9.py --help).
 """
-from training import Experiment, main
+from training import Experiment, main  # first: it sets the CPU thread policy before torch loads
 
 EXPERIMENT = Experiment(
     tag="cifar10_vgg9",

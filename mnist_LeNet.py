@@ -3,7 +3,7 @@
 The settings in this script are those of the authors' released mnist_LeNet.py (docs/algorithm.md
 lists them); every command-line flag overrides one of them (python mnist_LeNet.py --help).
 """
-from training import Experiment, main
+from training import Experiment, main  # first: it sets the CPU thread policy before torch loads
 
 EXPERIMENT = Experiment(
     tag="mnist_lenet",

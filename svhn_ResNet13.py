@@ -7,7 +7,7 @@ own per-channel mean/std, and a shorter schedule, since the training split is
 half again as large as CIFAR-10's. Every flag overrides one setting
 (python svhn_ResNet13.py --help); --svhn-extra adds the 531k "extra" images.
 """
-from training import Experiment, main
+from training import Experiment, main  # first: it sets the CPU thread policy before torch loads
 
 EXPERIMENT = Experiment(
     tag="svhn_r13",

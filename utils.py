@@ -5,11 +5,12 @@ learning-rate schedule, data sets and loaders, the networks and checkpointing. T
 """
 from training import Experiment, UsageError, main, run
 from training.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from training.data import build_datasets, make_loader, synthetic_dataset
+from training.data import build_datasets, make_loader
 from training.engine import build_model, seed_everything
 from training.loop import (adjust_learning_rate, build_optimizer, evaluate, learning_rate,
                            spike_loss, train_one_epoch)
 from training.metrics import AverageMeter, accuracy
+from training.synthetic import synthetic_dataset
 
 validate = evaluate  # the name pytorch/examples and the authors' scripts used
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +29,18 @@ def _figure_class():
 
 
 def _save(figure, path: str | Path) -> Path:
+    """Write ``figure`` as the PNG ``path`` whole or not at all (a temporary file, renamed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            figure.savefig(handle, dpi=120, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -65,13 +76,18 @@ def _layer_bars(rates, ratios, summary: dict[str, Any]) -> None:
     rates.set_title(f"Firing rate per layer (T = {summary['time_steps']}, "
                     f"{summary['images']} images)")
     ratios.bar(positions, [row["op_ratio"] or 0.0 for row in layers], color="tab:orange")
+    ratios.axhline(1.0, color="tab:red", linestyle=":", linewidth=1.5,
+                   label="break-even: as many operations as the ANN")
     total_ratio = summary["totals"]["op_ratio"]
     if total_ratio is not None:
         ratios.axhline(total_ratio, color="black", linestyle="--",
                        label=f"network: {total_ratio:.3f}")
-        ratios.legend()
+    ratios.set_ylim(0, 1.1 * max([1.0, total_ratio or 0.0,
+                                  *(row["op_ratio"] or 0.0 for row in layers)]))
+    ratios.legend()
     ratios.set_ylabel("SNN AC / ANN ops")
-    ratios.set_title("Synaptic operations caused by each layer's spikes, SNN / equivalent ANN")
+    ratios.set_title("Synaptic operations caused by each layer's spikes, SNN / equivalent ANN\n"
+                     "(below the break-even line at 1: fewer than the ANN's)")
     for axis in (rates, ratios):
         axis.set_xticks(list(positions), [row["name"] for row in layers], rotation=45,
                         ha="right")
@@ -146,7 +162,7 @@ def _curve_label(name: str, values: list[float], epochs: list[float]) -> str:
 
 
 def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
-                           title: str | None = None):
+                           title: str | None = None, classes: int = 10):
     """Loss, cross-entropy and accuracy against epoch from a per-epoch CSV, read by header name.
 
     A column goes to the loss panel if its name contains ``loss``, to the cross-entropy panel if
@@ -154,9 +170,12 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
     ``prec``; other columns (``lr``, timings) are not drawn, nor are panels left empty. The
     axes read at a glance after one epoch as after hundreds: whole-number epochs, losses from
     0, accuracy from 0 to 100 % (from just below the lowest value once the run settles above
-    50 %), tick labels without an offset. Dashed vertical lines mark the epochs where ``lr``
-    changes. Returns a matplotlib ``Figure``, or None when matplotlib is not installed; raises
-    ValueError if the CSV has no ``epoch_column`` column.
+    50 %, with a triangle on the lower edge for each point below it and the lowest value
+    written), tick labels without an offset. Dashed vertical lines mark the epochs where ``lr``
+    changes. The cross-entropy panel shows, for ``classes`` classes, the cross-entropy of an
+    output exactly equal to its one-hot target and of a silent one, and the caption says why
+    the curve stays near the first. Returns a matplotlib ``Figure``, or None when matplotlib is
+    not installed; raises ValueError if the CSV has no ``epoch_column`` column.
     """
     columns = _read_columns(csv_path)
     if epoch_column not in columns:
@@ -176,15 +195,65 @@ def training_curves_figure(csv_path: str | Path, epoch_column: str = "epoch",
         figure.suptitle(title)
     for axis, (label, names) in zip(figure.subplots(1, max(1, len(panels)), squeeze=False)[0],
                                     panels):
-        for name in names:
-            axis.plot(epochs, columns[name], label=_curve_label(name, columns[name], epochs),
-                      **_curve_style(name, len(epochs) <= _MARKED_EPOCHS))
         for epoch in lr_changes:
             axis.axvline(epoch - 0.5, color="0.6", linestyle="--", linewidth=1)
+        _draw_panel(axis, label, {name: columns[name] for name in names}, epochs, classes)
         axis.set_xlabel(epoch_column)
-        axis.set_ylabel(label)
-        _curve_axes(axis, epochs, [columns[name] for name in names], label)
+    if any(label == "cross-entropy" for label, _ in panels):
+        figure.supxlabel(_cross_entropy_caption(classes), fontsize=8, wrap=True)
     return figure
+
+
+def _cross_entropy_references(classes: int) -> dict[str, float]:
+    """Softmax cross-entropy of an output equal to its one-hot target (1 for the true class, 0
+    for the others: ln(K - 1 + e) - 1), and of a silent, all-zero output (ln K)."""
+    return {"output = one-hot target": math.log(classes - 1 + math.e) - 1,
+            "silent output (all 0)": math.log(classes)}
+
+
+def _cross_entropy_caption(classes: int) -> str:
+    one_hot, silent = _cross_entropy_references(classes).values()
+    return (f"Cross-entropy is logged, not trained: the summed-MSE loss pulls the output "
+            rf"$M_T / (\theta T)$ toward the one-hot target, and softmax of even an exactly "
+            f"one-hot output gives cross-entropy ln({classes - 1} + e) - 1 = {one_hot:.2f}, not 0; a "
+            f"silent output gives ln {classes} = {silent:.2f} (dotted lines).")
+
+
+def _draw_panel(axis, label: str, curves: dict[str, list[float]], epochs: list[float],
+                classes: int) -> None:
+    """One panel of :func:`training_curves_figure`: its curves (by CSV column name), reference
+    lines, axes and legend."""
+    marked = len(epochs) <= _MARKED_EPOCHS
+    for name, values in curves.items():
+        axis.plot(epochs, values, label=_curve_label(name, values, epochs),
+                  **_curve_style(name, marked))
+    references = _cross_entropy_references(classes) if label == "cross-entropy" else {}
+    for (what, value), color in zip(references.items(), ("tab:green", "0.4")):
+        axis.axhline(value, color=color, linestyle=":", linewidth=1.2,
+                     label=f"{what}: {value:.2f}")
+    axis.set_ylabel(label)
+    _curve_axes(axis, epochs, [*curves.values(), list(references.values())], label)
+    if label.startswith("accuracy"):
+        _mark_clipped(axis, curves, epochs, marked)
+
+
+def _mark_clipped(axis, curves: dict[str, list[float]], epochs: list[float],
+                  marked: bool) -> None:
+    """Points below an accuracy panel's lower limit: a triangle on the lower edge at each
+    epoch, and the lowest value of each curve written beside its triangle."""
+    low = axis.get_ylim()[0]
+    for row, (name, values) in enumerate(curves.items()):
+        below = [(value, epoch) for value, epoch in zip(values, epochs) if value < low]
+        if not below:
+            continue
+        color = _curve_style(name, marked)["color"]
+        axis.plot([epoch for _, epoch in below], [low] * len(below), linestyle="none",
+                  marker="v", markersize=7, color=color, clip_on=False)
+        value, epoch = min(below)
+        axis.annotate(f"{_curve_label(name, [], [])} {value:.2f} % at epoch {epoch:g} (below)",
+                      xy=(epoch, low),
+                      xytext=(6, 4 + 11 * row), textcoords="offset points", fontsize=8,
+                      color=color)
 
 
 def _curve_axes(axis, epochs: list[float], curves: list[list[float]], label: str) -> None:
@@ -215,8 +284,9 @@ def _curve_axes(axis, epochs: list[float], curves: list[list[float]], label: str
 
 
 def plot_training_curves(csv_path: str | Path, png_path: str | Path,
-                         epoch_column: str = "epoch", title: str | None = None) -> Path | None:
+                         epoch_column: str = "epoch", title: str | None = None,
+                         classes: int = 10) -> Path | None:
     """Draw :func:`training_curves_figure` of ``csv_path`` into the PNG ``png_path``; returns
     ``png_path``, or None when matplotlib is not installed."""
-    figure = training_curves_figure(csv_path, epoch_column, title)
+    figure = training_curves_figure(csv_path, epoch_column, title, classes)
     return None if figure is None else _save(figure, png_path)

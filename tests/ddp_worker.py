@@ -51,8 +51,7 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGTERM)
 
     try:
-        trained = run(settings, after_step=terminate if stop_at else None,
-                      command=[f"{REPO}/mnist_LeNet.py", *argv])
+        trained = run(settings, after_step=terminate if stop_at else None)
     except Interrupted as interrupt:
         cleanup()
         sys.exit(interrupt.status)

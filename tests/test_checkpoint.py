@@ -3,6 +3,7 @@ files, and the one-line errors for missing, unreadable and mismatched checkpoint
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -187,3 +188,36 @@ def test_architecture_mismatch_suggests_what_fits(saved, this, dataset, hint):
     with pytest.raises(UsageError, match=r"\(it fits svhn_ResNet13.py -a lenet\)$" if saved ==
                        "lenet" else "svhn_ResNet13.py"):
         load_weights(_tiny(this), checkpoint, this, "x.pth.tar", dataset)
+
+
+def test_training_state_roundtrip_and_what_each_kind_of_checkpoint_holds(tmp_path):
+    from training import Experiment
+    from training.checkpoint import (TrainingState, checkpoint_contents, describe_checkpoint,
+                                     rank_state, read_training_state, restore_rank)
+
+    settings = Experiment(tag="t", dataset="mnist", arch="lenet", width=0.125)
+    model = _tiny()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    history = [{"epoch": 1, "test_top1": 50.0}, {"epoch": 2, "test_top1": 60.0}]
+    at_end = TrainingState(epoch=2, best_prec1=60.0, history=history, fired=frozenset({"lif1"}))
+    inside = TrainingState(epoch=2, step=7, best_prec1=60.0, history=history,
+                           fired=frozenset({"lif1"}),
+                           ranks=[rank_state([1.0, 2.0, 3.0, 4.0, 28.0, 9.5],
+                                             {"lif1": torch.tensor(5)})])
+    expected = torch.rand(3)  # drawn from the generator state rank_state captured
+    authors = {"epoch", "arch", "state_dict", "best_prec1", "optimizer"}
+    ours = {"scheduler", "settings", "history", "fired"}
+    for state, extra in ((at_end, set()), (inside, {"step", "ranks"})):
+        contents = checkpoint_contents(state, settings, model, optimizer, scaler)
+        assert set(contents) == authors | ours | extra  # generator states only inside an epoch
+        save_checkpoint(contents, False, str(tmp_path), "t")
+        loaded = load_checkpoint(checkpoint_paths(str(tmp_path), "t")[0])
+        read = read_training_state(loaded)
+        assert replace(read, ranks=[]) == replace(state, ranks=[])
+        assert len(read.ranks) == len(state.ranks)
+    assert describe_checkpoint(loaded) == "inside epoch 3, after step 7"
+    assert describe_checkpoint({"epoch": 2}) == "epoch 2"
+    meters, spikes = restore_rank(loaded["ranks"][0])
+    assert meters == [1.0, 2.0, 3.0, 4.0, 28.0, 9.5] and spikes == {"lif1": 5}
+    assert torch.equal(torch.rand(3), expected)

@@ -64,16 +64,62 @@ def _resume_args(out: Path, checkpoint: Path, *extra: str) -> list[str]:
     return [*TINY, "--epochs", "2", "--out-dir", str(out), "--resume", str(checkpoint), *extra]
 
 
-@pytest.mark.parametrize("damage", ["truncated", "random"])
-def test_damaged_checkpoint(previous, tmp_path, capsys, damage):
+def _flip_middle(data: bytes, count: int = 400) -> bytes:
+    """``data`` with ``count`` bytes in the middle inverted (inside the weights' storage)."""
+    middle = len(data) // 2
+    return data[:middle] + bytes(b ^ 0xFF for b in data[middle:middle + count]) + \
+        data[middle + count:]
+
+
+@pytest.mark.parametrize("damage, pattern", [
+    ("truncated", "the file is truncated or corrupt"), ("random", "not a PyTorch checkpoint"),
+    ("flipped", r"the file is corrupt \(archive/data/\d+ fails its checksum\)")])
+def test_damaged_checkpoint(previous, tmp_path, capsys, damage, pattern):
     out, before = previous
     good = (out / f"checkpointT1_{TAG}.pth.tar").read_bytes()
     bad = tmp_path / "bad.pth.tar"
-    bad.write_bytes(good[:len(good) // 2] if damage == "truncated"
-                    else torch.randint(0, 256, (4096,), generator=torch.Generator().manual_seed(0),
-                                       dtype=torch.uint8).numpy().tobytes())
-    _fails(_resume_args(out, bad), capsys, "cannot read checkpoint .*bad.pth.tar")
+    damaged = {"truncated": lambda: good[:len(good) // 2], "flipped": lambda: _flip_middle(good),
+               "random": lambda: torch.randint(0, 256, (4096,), dtype=torch.uint8,
+                                               generator=torch.Generator().manual_seed(0))
+               .numpy().tobytes()}
+    bad.write_bytes(damaged[damage]())
+    _fails(_resume_args(out, bad), capsys, f"cannot read checkpoint .*bad.pth.tar: {pattern}")
     assert _snapshot(out) == before
+
+
+def test_bytes_flipped_inside_the_shipped_model_are_found(tmp_path, capsys):
+    shipped = REPO / "pretrained" / "model_bestT1_mnist_lenet.pth.tar"
+    bad = tmp_path / "model_bestT1_mnist_lenet.pth.tar"
+    bad.write_bytes(_flip_middle(shipped.read_bytes()))
+    _fails(["--resume", str(bad), "--evaluate", "--synthetic", "-T", "2"], capsys,
+           rf"^error: cannot read checkpoint {bad}: the file is corrupt \(archive/data/2 fails its "
+           r"checksum\)$")
+
+
+@pytest.mark.parametrize("evaluate", [True, False], ids=["evaluate-stats", "train"])
+def test_an_out_dir_that_cannot_be_written_is_refused_before_any_work(previous, tmp_path, capsys,
+                                                                      monkeypatch, evaluate):
+    out, _ = previous
+    blocked = tmp_path / "a_file"
+    blocked.write_text("not a folder")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the data was loaded before the out-dir was checked")
+
+    monkeypatch.setattr(training.engine, "build_datasets", no_work)
+    extra = (["--resume", str(out / f"checkpointT1_{TAG}.pth.tar"), "--evaluate", "--stats"]
+             if evaluate else [])
+    _fails([*TINY, "--out-dir", str(blocked / "runs"), *extra], capsys,
+           rf"^error: cannot write to --out-dir {blocked / 'runs'}: Not a directory$")
+
+
+def test_a_previous_runs_files_are_named_with_only_a_checkpoint_that_exists(previous, capsys):
+    out, _ = previous
+    for name in (f"checkpointT1_{TAG}.pth.tar", f"model_bestT1_{TAG}.pth.tar"):
+        (out / name).unlink()
+    _fails([*TINY, "--out-dir", str(out)], capsys,
+           rf"^error: {out} holds a previous run's metrics_{TAG}.csv; start over with "
+           r"--overwrite$")
 
 
 class _Payload:
@@ -130,7 +176,7 @@ def test_images_of_the_wrong_shape(previous, capsys, monkeypatch):
                 synthetic_dataset(info, 10, 1, False))
 
     monkeypatch.setattr(training.engine, "build_datasets", cifar_sized)
-    _fails([*TINY, "--epochs", "2", "--out-dir", str(out)], capsys,
+    _fails([*TINY, "--epochs", "2", "--out-dir", str(out), "--overwrite"], capsys,
            r"test images have shape \(3, 32, 32\) \(C, H, W\), but lenet expects \(1, 28, 28\)")
     assert _snapshot(out) == before
 

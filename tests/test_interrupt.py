@@ -38,13 +38,6 @@ VGG9 = replace(cifar10_VGG9.EXPERIMENT, **{**QUICK, "width": 0.25, "time_steps":
                allow_silent=True)
 
 
-def _signal_at(epoch: int, step: int, signum: int):
-    def hook(e: int, s: int) -> None:
-        if (e, s) == (epoch, step):
-            os.kill(os.getpid(), signum)
-    return hook
-
-
 def _last(out: Path, settings) -> dict:
     return load_checkpoint(str(out / f"checkpointT1_{settings.tag}_synthetic.pth.tar"))
 
@@ -60,39 +53,101 @@ def _same_training(a: dict, b: dict) -> None:
             assert row_a[name] == row_b[name], name
 
 
-@pytest.mark.parametrize("settings, epoch, step, signum, where", [
-    (LENET, 1, 2, signal.SIGINT, "at epoch 2, step 3"),
-    (VGG9, 0, 1, signal.SIGTERM, "at epoch 1, step 2"),
-    (LENET, 0, 3, signal.SIGTERM, "at epoch 1, step 4"),  # all steps done, the test pass not
-    (LENET, 0, 4, signal.SIGINT, "after epoch 1")],  # seen once the epoch is saved
-    ids=["lenet-sigint", "vgg9-sigterm", "lenet-last-step", "lenet-epoch-end"])
-def test_interrupted_run_resumes_bit_identical(tmp_path, capsys, settings, epoch, step, signum,
-                                               where):
-    straight = tmp_path / "straight"
-    initial = run(replace(settings, out_dir=str(straight), epochs=1, start_epoch=1)).model
-    run(replace(settings, out_dir=str(straight), overwrite=True))
-    trained = _last(straight, settings)
-    assert {"lif_fc0", "output"} <= set(trained["fired"])
-    assert all(not torch.equal(value, trained["state_dict"][key])
-               for key, value in initial.state_dict().items())
+def _send(signums) -> None:
+    for signum in signums:
+        os.kill(os.getpid(), signum)
 
-    out = tmp_path / "interrupted"
-    command = ["mnist_LeNet.py", "-T", "3", "--resume", "old.pth.tar", "--overwrite"]
-    with pytest.raises(Interrupted) as stop:
-        run(replace(settings, out_dir=str(out)), after_step=_signal_at(epoch, step, signum),
-            command=command)
-    assert stop.value.status == 128 + signum
-    stopped = _last(out, settings)
-    if where.startswith("at"):  # the step under way when the signal was seen is finished
-        assert (stopped["epoch"], stopped["step"]) == (epoch, step + 1)
-        assert len(stopped["ranks"]) == 1 and stopped["ranks"][0]["meters"][4] == 4 * (step + 1)
+
+def _trigger(monkeypatch, when: str, epoch: int, at: int, signums):
+    """Send ``signums`` to this process after training step ``at`` (``"step"``), before test batch
+    ``at`` of the epoch's test pass (``"test"``), or while the epoch's checkpoint is written
+    (``"save"``); returns the ``after_step`` hook to pass to ``run``."""
+    if when == "step":
+        return lambda e, s: _send(signums) if (e, s) == (epoch, at) else None
+    if when == "test":
+        original, passes = training.engine.evaluate, []
+
+        def evaluate(*args):
+            passes.append(args)
+            check = args[-1]  # the engine's before_batch
+
+            def before_batch(index: int) -> None:
+                if (len(passes) - 1, index) == (epoch, at):
+                    _send(signums)
+                check(index)
+
+            return original(*args[:-1], before_batch)
+
+        monkeypatch.setattr(training.engine, "evaluate", evaluate)
     else:
-        assert stopped["epoch"] == epoch + 1 and "step" not in stopped
+        original_save = training.engine.save_checkpoint
+
+        def save(contents, *args):
+            if (contents["epoch"], contents.get("step")) == (epoch + 1, None):
+                _send(signums)
+            return original_save(contents, *args)
+
+        monkeypatch.setattr(training.engine, "save_checkpoint", save)
+    return None
+
+
+TEST_PASS = "the epoch's training is saved, and its test pass runs again on resume"
+
+
+@pytest.fixture(scope="module")
+def straight_runs(tmp_path_factory):
+    """The uninterrupted run of some settings (made once per module), in which every layer
+    fires and training changes every weight; returns its out-dir."""
+    done = {}
+
+    def straight(settings) -> Path:
+        if settings.tag not in done:
+            out = tmp_path_factory.mktemp(f"straight_{settings.tag}")
+            initial = run(replace(settings, out_dir=str(out), epochs=1, start_epoch=1)).model
+            run(replace(settings, out_dir=str(out), overwrite=True))
+            trained = _last(out, settings)
+            assert {"lif_fc0", "output"} <= set(trained["fired"])
+            assert all(not torch.equal(value, trained["state_dict"][key])
+                       for key, value in initial.state_dict().items())
+            done[settings.tag] = out
+        return done[settings.tag]
+
+    return straight
+
+
+@pytest.mark.parametrize("settings, when, epoch, at, signums, where, saved", [
+    (LENET, "step", 1, 2, [signal.SIGINT], "at epoch 2, step 3", (1, 3)),
+    (VGG9, "step", 0, 1, [signal.SIGTERM], "at epoch 1, step 2", (0, 2)),
+    (LENET, "step", 0, 3, [signal.SIGTERM], "at epoch 1, step 4", (0, 4)),  # the test pass not
+    # after the last step: its test pass stops at once, and the trained epoch is kept
+    (LENET, "step", 0, 4, [signal.SIGINT],
+     f"during the test pass of epoch 1, before test batch 1 of 2: {TEST_PASS}", (0, 4)),
+    # a second signal during the test pass still keeps the trained epoch
+    (LENET, "test", 1, 1, [signal.SIGINT, signal.SIGTERM],
+     f"during the test pass of epoch 2, before test batch 2 of 2: {TEST_PASS}", (1, 4)),
+    (LENET, "save", 0, 0, [signal.SIGTERM, signal.SIGINT], "after epoch 1", (1, 0))],
+    ids=["lenet-sigint", "vgg9-sigterm", "lenet-last-step", "lenet-epoch-end", "test-pass-twice",
+         "saving"])
+def test_interrupted_run_resumes_bit_identical(straight_runs, tmp_path, capsys, monkeypatch,
+                                               settings, when, epoch, at, signums, where, saved):
+    straight = straight_runs(settings)
+    out = tmp_path / "interrupted"
+    with monkeypatch.context() as patch, pytest.raises(Interrupted) as stop:
+        hook = _trigger(patch, when, epoch, at, signums)
+        run(replace(settings, out_dir=str(out)), after_step=hook)
+    assert stop.value.status == 128 + signums[0]
+    stopped = _last(out, settings)
+    assert (stopped["epoch"], stopped.get("step", 0)) == saved
+    if saved[1]:  # the step under way when the signal was seen is finished
+        assert len(stopped["ranks"]) == 1 and stopped["ranks"][0]["meters"][4] == 4 * saved[1]
     last = out / f"checkpointT1_{settings.tag}_synthetic.pth.tar"
-    assert (f"interrupted {where}; resume with: python mnist_LeNet.py -T 3 --resume {last}\n"
+    assert (f"interrupted {where}; to resume, run the same command with --resume {last}\n"
             in capsys.readouterr().out)
 
     result = run(replace(settings, out_dir=str(out), resume=str(last)))
+    position = (f"inside epoch {saved[0] + 1}, after step {saved[1]}" if saved[1]
+                else f"epoch {saved[0]}")
+    assert f"=> loaded checkpoint '{last}' ({position})\n" in capsys.readouterr().out
     _same_training(_last(straight, settings), _last(out, settings))
     assert "step" not in _last(out, settings)
     assert [row["epoch"] for row in result.history] == [1, 2]
@@ -114,16 +169,65 @@ def test_main_exits_143_on_sigterm_with_one_line(tmp_path, capsys, monkeypatch):
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err and captured.err == ""
     lines = [line for line in captured.out.splitlines() if line.startswith("interrupted")]
-    assert lines == [f"interrupted at epoch 1, step 1; resume with: python {sys.argv[0]} "
-                     f"--synthetic --synthetic-size 16 -T 2 --width 0.125 -b 8 -j 0 --out-dir "
-                     f"{tmp_path} --resume {tmp_path}/checkpointT1_mnist_lenet_synthetic.pth.tar"]
+    assert lines == [f"interrupted at epoch 1, step 1; to resume, run the same command with "
+                     f"--resume {tmp_path}/checkpointT1_mnist_lenet_synthetic.pth.tar"]
     assert load_checkpoint(str(tmp_path / "checkpointT1_mnist_lenet_synthetic.pth.tar"))["step"] == 1
     assert not (tmp_path / "model_bestT1_mnist_lenet_synthetic.pth.tar").exists()
 
 
-def test_save_every_writes_mid_epoch_checkpoints_without_changing_the_run(tmp_path):
-    straight = tmp_path / "straight"
-    run(replace(LENET, out_dir=str(straight)))
+def test_a_second_signal_stops_at_once_and_names_no_checkpoint_that_does_not_exist(tmp_path,
+                                                                                    capsys):
+    with pytest.raises(Interrupted) as stop:
+        run(replace(LENET, out_dir=str(tmp_path)),
+            after_step=lambda e, s: _send([signal.SIGINT, signal.SIGINT]) if s == 1 else None)
+    assert stop.value.status == 130
+    lines = [line for line in capsys.readouterr().out.splitlines() if "interrupted" in line]
+    assert lines == ["interrupted again: stopped at once (what the last checkpoint does not hold "
+                     "is lost); no checkpoint was written, so there is nothing to resume"]
+    assert not list(tmp_path.glob("*.pth.tar"))
+
+    # resumed from an epoch's checkpoint, the hint names that checkpoint
+    run(replace(LENET, out_dir=str(tmp_path / "one"), epochs=1))
+    first = tmp_path / "one" / "checkpointT1_mnist_lenet_synthetic.pth.tar"
+    with pytest.raises(Interrupted):
+        run(replace(LENET, out_dir=str(tmp_path / "two"), resume=str(first)),
+            after_step=lambda e, s: _send([signal.SIGTERM, signal.SIGTERM]) if s == 1 else None)
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f"to resume, run the same command with --resume {first}")
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("one_epoch")
+    run(replace(LENET, out_dir=str(out), epochs=1))
+    return out / "checkpointT1_mnist_lenet_synthetic.pth.tar"
+
+
+@pytest.mark.parametrize("signums, stats", [([signal.SIGTERM], True), ([signal.SIGINT], False),
+                                            ([signal.SIGINT, signal.SIGINT], False)])
+def test_signals_during_evaluate_say_nothing_was_written(one_epoch, tmp_path, capsys, monkeypatch,
+                                                         signums, stats):
+    checkpoint = one_epoch
+    out = tmp_path / "evaluated"
+    _trigger(monkeypatch, "test", 0, 1, signums)
+    argv = ["--synthetic", "--synthetic-size", "16", "-T", "8", "--width", "0.5",
+            "--test-batch-size", "8", "-j", "0", "--resume", str(checkpoint), "--evaluate",
+            "--out-dir", str(out), *(["--stats"] if stats else [])]
+    with pytest.raises(SystemExit) as exit_info:
+        main(mnist_LeNet.EXPERIMENT, argv)
+    assert exit_info.value.code == 128 + signums[0]
+    captured = capsys.readouterr()
+    assert captured.err == "" and "Prec@1 " not in captured.out
+    expected = ("interrupted again: the evaluation stopped at once; nothing was written"
+                if len(signums) > 1 else
+                "interrupted during the evaluation, before test batch 2 of 2: nothing was written")
+    assert captured.out.splitlines()[-1] == expected
+    assert not out.exists()
+
+
+def test_save_every_writes_mid_epoch_checkpoints_without_changing_the_run(straight_runs,
+                                                                          tmp_path):
+    straight = straight_runs(LENET)
     out = tmp_path / "saving"
     seen = []
 
@@ -220,8 +324,8 @@ def test_torchrun_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     straight = launch(tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr[-3000:]
     stopped = launch(tmp_path / "resumed", stop_at="1")
-    assert stopped.returncode != 0 and "interrupted at epoch 1, step 2; resume with: torchrun " \
-        "--nproc_per_node=2" in stopped.stdout, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert stopped.returncode != 0 and "interrupted at epoch 1, step 2; to resume, run the same " \
+        "command with --resume" in stopped.stdout, stopped.stdout[-3000:] + stopped.stderr[-3000:]
     last = tmp_path / "resumed" / "checkpointT1_mnist_lenet_synthetic.pth.tar"
     checkpoint = load_checkpoint(str(last))
     assert checkpoint["step"] == 2 and len(checkpoint["ranks"]) == 2

@@ -74,6 +74,10 @@ def test_spike_stats_png(summary, tmp_path):
     pytest.importorskip("matplotlib")
     path = plots.plot_spike_stats(summary, tmp_path / "stats.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["stats.png"]  # no temporary file left
+    ratios = plots.spike_stats_figure(summary).axes[1]
+    [break_even] = [line for line in ratios.get_lines() if line.get_label().startswith("break")]
+    assert list(break_even.get_ydata()) == [1, 1] and ratios.get_ylim()[1] > 1
 
 
 def _write_curves(path):
@@ -111,6 +115,13 @@ def test_training_curves_read_at_a_glance_after_one_epoch(tmp_path):
                 <= axis.get_xlim()[1]] == [1]  # whole epochs only
     assert loss.get_ylim()[0] == 0 and cross_entropy.get_ylim()[0] == 0
     assert accuracy.get_ylim() == (0, 100.5)
+    # why the cross-entropy stays high: its values for a one-hot and for a silent output
+    references = {line.get_label(): line.get_ydata()[0] for line in cross_entropy.get_lines()
+                  if line.get_linestyle() == ":"}
+    assert references == {"output = one-hot target: 1.46": pytest.approx(1.4612, abs=1e-4),
+                          "silent output (all 0): 2.30": pytest.approx(2.3026, abs=1e-4)}
+    assert cross_entropy.get_ylim()[1] > 2.3026
+    assert "ln(9 + e) - 1 = 1.46" in figure.get_supxlabel()
     # train and test points that coincide are both visible: different marker shapes and sizes
     train, test = (line for line in loss.get_lines() if line.get_label() in ("train loss",
                                                                               "test loss"))
@@ -136,6 +147,11 @@ def test_training_curves_of_a_long_run_zoom_on_the_settled_accuracy(tmp_path):
     assert test_top1 == "test top-1 (best 99.50 % at epoch 40)"
     lr_change = [line.get_xdata()[0] for line in loss.get_lines() if line.get_linestyle() == "--"]
     assert lr_change == [75.5]
+    # the points below the panel: a triangle on its lower edge each, the lowest one written
+    [below] = [line for line in accuracy.get_lines() if line.get_marker() == "v"]
+    assert list(below.get_xdata()) == list(range(1, 12)) and set(below.get_ydata()) == {72}
+    assert [text.get_text() for text in accuracy.texts] == [
+        "test top-1 61.00 % at epoch 1 (below)"]
 
 
 def test_raster_has_whole_time_steps_and_readable_neuron_labels(summary):

@@ -4,7 +4,9 @@ two runs with the same seed agree bit for bit; --deterministic sets the CUDA fla
 (bfloat16 autocast) on the CPU."""
 from __future__ import annotations
 
+import csv
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from training import run
+from training import Interrupted, main, run
 from training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,3 +93,79 @@ def test_amp_runs_bfloat16_autocast_on_the_cpu(tmp_path, capsys):
     row = result.history[0]
     assert all(torch.isfinite(torch.tensor(row[k])) for k in ("train_loss", "test_loss"))
     assert all(v.dtype == torch.float32 for v in result.model.state_dict().values())
+
+
+def _stopped_inside_epoch_1(out: Path, settings, step: int) -> Path:
+    """A checkpoint written by SIGTERM after ``step`` steps of epoch 1 (``step * 4`` images):
+    the signal is seen after the step that follows it."""
+    def terminate(epoch: int, done: int) -> None:
+        if (epoch, done) == (0, step - 1):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(Interrupted):
+        run(replace(settings, out_dir=str(out)), after_step=terminate)
+    return out / f"checkpointT1_{settings.tag}_synthetic.pth.tar"
+
+
+@pytest.mark.parametrize("batch", [2, 16])
+def test_a_mid_epoch_resume_with_another_batch_size_trains_the_rest_of_the_epoch(tmp_path, capsys,
+                                                                                batch):
+    last = _stopped_inside_epoch_1(tmp_path, LENET, step=2)
+    steps = []
+    result = run(replace(LENET, out_dir=str(tmp_path), resume=str(last), batch_size=batch),
+                 after_step=lambda epoch, step: steps.append((epoch, step)))
+    printed = capsys.readouterr().out
+    assert (f"note: the checkpoint was written inside an epoch by a run with -b 4; the rest of "
+            f"the epoch runs with -b {batch} (not bit-identical to an uninterrupted run)"
+            in printed)
+    # the 8 images epoch 1 had not reached (in one batch of 16, or four of 2), then whole
+    # epochs of 16 images
+    assert [step for epoch, step in steps if epoch == 0] == list(range(3, 3 + -(-8 // batch)))
+    assert [step for epoch, step in steps if epoch == 1] == list(range(1, 1 + -(-16 // batch)))
+    assert [row["epoch"] for row in result.history] == [1, 2, 3]
+
+
+def test_a_mid_epoch_resume_on_less_data_or_other_process_counts_is_one_error_line(tmp_path,
+                                                                                   capsys):
+    last = _stopped_inside_epoch_1(tmp_path, LENET, step=3)
+    argv = ["--synthetic", "--synthetic-size", "8", "-T", "3", "--width", "0.125", "-b", "4",
+            "-j", "0", "--allow-silent", "--out-dir", str(tmp_path), "--resume", str(last)]
+    with pytest.raises(SystemExit) as exit_info:
+        main(mnist_LeNet.EXPERIMENT, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == (
+        f"error: checkpoint {last} was written after 12 images of epoch 1 per process, but this "
+        f"run's training set gives each process 8; resume it with the same data (--data, "
+        f"--train-subset, --synthetic-size)\n")
+
+    two_ranks = torch.load(last, weights_only=True)
+    two_ranks["ranks"] *= 2  # as if written by 2 processes under torchrun
+    torch.save(two_ranks, tmp_path / "two_ranks.pth.tar")
+    argv[argv.index("8")] = "16"
+    argv[-1] = str(tmp_path / "two_ranks.pth.tar")
+    with pytest.raises(SystemExit) as exit_info:
+        main(mnist_LeNet.EXPERIMENT, argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == (
+        f"error: checkpoint {tmp_path / 'two_ranks.pth.tar'} was written inside an epoch by 2 "
+        f"process(es); resume it with as many (this run has 1)\n")
+
+
+def test_continuing_into_a_new_out_dir_carries_the_history_into_csv_and_curves(tmp_path):
+    first = tmp_path / "first"
+    run(replace(LENET, out_dir=str(first), epochs=2))
+    new = tmp_path / "new"
+    result = run(replace(LENET, out_dir=str(new),
+                         resume=str(first / "checkpointT1_mnist_lenet_synthetic.pth.tar")))
+    with open(new / "metrics_mnist_lenet_synthetic.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["epoch"] for row in rows] == ["1", "2", "3"]
+    assert [float(row["test_loss"]) for row in rows] == [row["test_loss"]
+                                                         for row in result.history]
+    pytest.importorskip("matplotlib")
+    from analysis import plots
+
+    figure = plots.training_curves_figure(new / "metrics_mnist_lenet_synthetic.csv")
+    train_loss = [line for line in figure.axes[0].get_lines() if line.get_label() == "train loss"]
+    assert list(train_loss[0].get_xdata()) == [1, 2, 3]
+    assert (new / "curves_mnist_lenet_synthetic.png").exists()

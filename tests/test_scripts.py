@@ -18,6 +18,7 @@ import torch
 import models
 from training import main, run
 from training.checkpoint import load_checkpoint
+from training.cpu_threads import WAIT_VARIABLES
 
 try:
     from tests.legacy import authors_checkpoint, save_py2_legacy
@@ -37,9 +38,10 @@ SCRIPTS = {"mnist_LeNet.py": ("mnist_lenet", "lenet"),
 # A narrow network, two time steps, 16 synthetic images: the whole pipeline in a few seconds.
 TINY = ["--synthetic", "--synthetic-size", "16", "-T", "2", "--width", "0.125", "-b", "8",
         "--test-batch-size", "8", "-j", "0"]
-# One intra-op thread: on a busy 2-core machine OpenMP's spinning threads cost far more than
-# they give these tiny tensors, and all processes then compute bit-identical results.
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+# One intra-op thread: these tiny tensors gain nothing from more, and all processes then
+# compute bit-identical results. The OpenMP wait policy is the scripts' own.
+ENV = {**{k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES},
+       "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1"}
 
 
 def _run_all(commands: dict[str, Sequence[str]]) -> dict[str, subprocess.CompletedProcess]:
@@ -70,6 +72,7 @@ def test_each_script_trains_one_epoch_and_writes_checkpoints_and_csv(trained, sc
     tag, arch = SCRIPTS[script]
     tag += "_synthetic"  # synthetic runs never overwrite a real run's files
     assert re.search(r"^Epoch 1/1 \| lr .* test loss .* top-1 .*%", result.stdout, re.M)
+    assert result.stdout.splitlines()[0].endswith(", 1 thread, OMP_WAIT_POLICY=PASSIVE")
     assert "epoch |" in result.stdout and "best test top-1" in result.stdout  # end-of-run table
 
     last = load_checkpoint(str(out / f"checkpointT1_{tag}.pth.tar"))

@@ -14,7 +14,8 @@ import torch
 from spiking import PoissonEncoder
 from training import Experiment, UsageError, run
 from training.checkpoint import load_checkpoint
-from training.data import DATASETS, build_datasets, synthetic_dataset
+from training.data import DATASETS, build_datasets, make_loader
+from training.synthetic import synthetic_dataset
 from training.engine import build_model
 from training.experiment import parse_settings
 from training.loop import evaluate, learning_rate, spike_loss
@@ -144,6 +145,27 @@ def test_missing_data_offline_names_the_files(tmp_path):
     assert "MNIST/raw/train-images-idx3-ubyte" in message and str(tmp_path) in message
 
 
+class _SignalDispositions(torch.utils.data.Dataset):
+    """Each item: whether the process that loads it ignores SIGINT and SIGTERM."""
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        import signal
+
+        return torch.tensor([signal.getsignal(s) is signal.SIG_IGN
+                             for s in (signal.SIGINT, signal.SIGTERM)])
+
+
+def test_data_loading_workers_leave_signals_to_the_main_process():
+    # Ctrl-C and SLURM signal the whole process group: a worker killed by one would make
+    # PyTorch raise in the main process in the middle of the step the engine lets finish
+    loader = make_loader(_SignalDispositions(), 2, 1, torch.device("cpu"), torch.Generator(),
+                         range(4))
+    assert all(bool(batch.all()) for batch in loader)
+
+
 def test_evaluate_calls_the_monitor_and_is_reproducible():
     settings = TINY
     model = build_model(settings)
@@ -188,6 +210,19 @@ def test_progress_writes_plain_lines_when_not_a_terminal(capsys):
     assert header.startswith("epoch |     lr | train loss |") and rule.startswith("------+---")
     assert first.split(" | ")[:2] == ["    1", "0.0085"] and first.split(" | ")[5] == "     98.50"
     assert second.split(" | ")[:2] == ["   12", "      "]  # a value the history lacks stays empty
+
+
+def test_progress_of_a_resumed_epoch_averages_over_the_whole_epoch(capsys):
+    from training.metrics import EpochMeters
+
+    # 8 images done before the interruption: loss 0.5 and top-1 50 % per image, 2 s
+    resumed = EpochMeters([0.5 * 8, 2.3 * 8, 50.0 * 8, 90.0 * 8, 8, 2.0])
+    progress = EpochProgress(4, "Epoch 1/1", print_freq=4, done=2, meters=resumed)
+    progress.update(8, 0.1, 100.0)
+    progress.update(8, 0.1, 100.0)
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("Epoch 1/1 [4/4]  Loss 0.1000 (0.2333)  Prec@1 100.00 ( 83.33)")
+    assert float(line.split()[-2]) <= 24 / 2.0  # 24 images in the 2 s before and a moment
 
 
 def test_evaluate_without_resume_is_refused():

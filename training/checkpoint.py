@@ -1,9 +1,17 @@
-"""Checkpoints: the authors' layout (``epoch`` = epochs done, ``arch``, ``state_dict``,
-``best_prec1``, ``optimizer``) plus what an exact resume needs (``scheduler``, ``settings``,
-``history``, ``fired``, float16's ``scaler``; inside an epoch also ``step`` and per process
-``ranks``: generator states, partial meters and spike counts; at an epoch's end the generators
-are reseeded from the seed and epoch), all ``weights_only``-loadable and written atomically;
-and a loader that also reads the authors' PyTorch 0.3 / Python 2 files.
+"""Checkpoints: what each holds, written and read here only; the authors' layout, read safely.
+
+Every checkpoint holds the authors' keys ``epoch`` (complete epochs), ``arch``, ``state_dict``
+(the bare network's weights), ``best_prec1`` and ``optimizer``, and for an exact resume
+``scheduler`` (the learning-rate schedule and its position), ``settings`` (the run's
+:class:`~training.experiment.Experiment`), ``history`` (every epoch's CSV row), ``fired`` (the
+layers that have spiked, for the silence check) and, under float16 ``--amp``, ``scaler``. A
+checkpoint written inside an epoch adds ``step`` (steps done in epoch ``epoch`` + 1) and
+``ranks``: per process its generator states, partial metrics and spike counts. At an epoch's end
+no generator state is saved: every epoch's draws are seeded from the seed and the epoch.
+:class:`TrainingState` is what lives across epochs; :func:`checkpoint_contents` and
+:func:`read_training_state` turn it into those keys and back. Files are written atomically and
+read with ``weights_only=True``, this project's and the authors' PyTorch 0.3 / Python 2 files
+alike; damaged bytes are found by the zip archive's checksums.
 """
 from __future__ import annotations
 
@@ -14,9 +22,10 @@ import pickle
 import random
 import re
 import sys
-import tempfile
 import warnings
+import zipfile
 from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,6 +35,8 @@ from torch import nn
 from models import MODELS
 
 from .experiment import Experiment, UsageError
+from .files import atomic_save
+from .loop import schedule_state
 
 
 def run_tag(settings: Experiment) -> str:
@@ -38,26 +49,6 @@ def checkpoint_paths(out_dir: str, tag: str) -> tuple[str, str]:
     """``(<out_dir>/checkpointT1_<tag>.pth.tar, <out_dir>/model_bestT1_<tag>.pth.tar)``."""
     return (os.path.join(out_dir, f"checkpointT1_{tag}.pth.tar"),
             os.path.join(out_dir, f"model_bestT1_{tag}.pth.tar"))
-
-
-def atomic_save(data: bytes, path: str) -> None:
-    """Write ``data`` to ``path`` via a synced temporary file in the same directory and a rename,
-    so ``path`` holds either the old or the new complete file, even after a crash."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".pth.tar")
-    umask = os.umask(0)  # read by setting it, so set it back at once
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide checkpoints from the group
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(state: Mapping[str, Any], is_best: bool, out_dir: str, tag: str) -> list[str]:
@@ -97,6 +88,51 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
+@dataclass
+class TrainingState:
+    """What lives across epochs, and what a checkpoint gives back: ``epoch`` complete epochs,
+    ``step`` steps done in the next one (0 at an epoch's end), the best test top-1 so far, every
+    epoch's CSV row, the layers that have spiked in some epoch, and for a checkpoint inside an
+    epoch each process's :func:`rank_state` (``ranks``, in rank order)."""
+
+    epoch: int = 0
+    step: int = 0
+    best_prec1: float | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    fired: frozenset[str] = frozenset()
+    ranks: list[dict[str, Any]] = field(default_factory=list)
+
+
+def checkpoint_contents(state: TrainingState, settings: Experiment, model: nn.Module,
+                        optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler) -> dict[str, Any]:
+    """The checkpoint of ``state`` (the module docstring lists its keys); ``model`` is the bare
+    network, so the weights carry the authors' key names."""
+    contents = {"epoch": state.epoch, "arch": settings.arch, "state_dict": model.state_dict(),
+                "best_prec1": state.best_prec1, "optimizer": optimizer.state_dict(),
+                "scheduler": schedule_state(settings, state.epoch), "settings": asdict(settings),
+                "history": state.history, "fired": sorted(state.fired)}
+    if state.step:
+        contents.update(step=state.step, ranks=state.ranks)
+    if scaler.is_enabled():
+        contents["scaler"] = scaler.state_dict()
+    return contents
+
+
+def rank_state(meters: list[float], spikes: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """What one process saves inside an epoch: its generators' states, its partial metrics
+    (:meth:`~training.metrics.EpochMeters.state`) and each layer's spike count so far."""
+    return {"rng": capture_rng_state(), "meters": meters,
+            "spikes": {name: int(count) for name, count in spikes.items()}}
+
+
+def restore_rank(saved: Mapping[str, Any]) -> tuple[list[float], dict[str, int]]:
+    """Set this process's generators from its :func:`rank_state`; return its partial metrics
+    and spike counts."""
+    restore_rng_state(saved["rng"])
+    return list(saved["meters"]), dict(saved.get("spikes", {}))
+
+
 # torch's legacy (non-zip) files, the authors' included, begin with this pickled magic number
 _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
@@ -129,6 +165,25 @@ def _exists(name: str) -> bool:
     return importlib.util.find_spec(name.split(".")[0]) is not None
 
 
+def _damaged_member(path: str) -> str | None:
+    """The first member of a zip checkpoint (torch's format since 1.6) whose bytes fail their
+    CRC-32, which ``torch.load`` does not verify; None if all pass, or if the file is not a
+    readable zip archive (``torch.load`` then says what it is). Legacy files carry no
+    checksums."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"PK":
+            return None
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError):
+        return None
+    with archive:
+        try:
+            return archive.testzip()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):  # a damaged member header
+            return "a member's header"
+
+
 def _safe_load(path: str) -> Any:
     """``torch.load(weights_only=True)`` on the CPU; Python 2 byte strings decoded as latin1."""
     # torch warns about pickle protocols and, for Python 2 pickles (the authors' release), that
@@ -144,9 +199,14 @@ def _safe_load(path: str) -> Any:
 def load_checkpoint(path: str) -> dict[str, Any]:
     """Read a checkpoint safely (``weights_only=True``) onto the CPU: this project's files, the
     authors' legacy Python 2 files, DataParallel's ``module.`` prefix (removed), a bare
-    state_dict (wrapped as ``{'state_dict': ...}``); anything else is a :class:`UsageError`."""
+    state_dict (wrapped as ``{'state_dict': ...}``); anything else, or a zip archive whose
+    checksums fail, is a :class:`UsageError`."""
     if not path or not os.path.isfile(path):
         raise UsageError(f"no checkpoint found at {path!r}")
+    damaged = _damaged_member(path)
+    if damaged:
+        raise UsageError(f"cannot read checkpoint {path}: the file is corrupt ({damaged} fails "
+                         "its checksum)")
     try:
         checkpoint = _safe_load(path)
     except Exception as error:  # corrupt, truncated, foreign pickle, disallowed globals ...
@@ -203,3 +263,61 @@ def load_weights(model: nn.Module, checkpoint: Mapping[str, Any], arch: str, pat
         raise UsageError(f"checkpoint {path} does not fit {arch} at this --width: "
                          f"{'; '.join(details)}")
     model.load_state_dict(saved, strict=True)
+
+
+def read_training_state(checkpoint: Mapping[str, Any]) -> TrainingState:
+    """Where ``checkpoint`` stands (the authors' files: their epoch and best top-1, no more)."""
+    best = checkpoint.get("best_prec1")
+    return TrainingState(epoch=int(checkpoint.get("epoch", 0)), step=int(checkpoint.get("step", 0)),
+                         best_prec1=None if best is None else float(best),
+                         history=list(checkpoint.get("history", [])),
+                         fired=frozenset(checkpoint.get("fired", [])),
+                         ranks=list(checkpoint.get("ranks", [])))
+
+
+def describe_checkpoint(checkpoint: Mapping[str, Any]) -> str:
+    """``epoch 22`` (22 complete epochs, the authors' wording), or ``inside epoch 23, after
+    step 11`` for a checkpoint written inside an epoch."""
+    epoch, step = checkpoint.get("epoch", "?"), checkpoint.get("step")
+    return f"inside epoch {int(epoch) + 1}, after step {step}" if step else f"epoch {epoch}"
+
+
+def restore_optimizer(checkpoint: Mapping[str, Any], optimizer: torch.optim.Optimizer,
+                      scaler: torch.amp.GradScaler, settings: Experiment) -> None:
+    """The optimiser's state (momentum buffers) and float16's grad scaler from ``checkpoint``;
+    the command line's momentum and weight decay apply from here on."""
+    try:
+        if "optimizer" in checkpoint:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise UsageError(f"checkpoint {settings.resume}: optimizer state does not fit: "
+                         f"{error}") from None
+    for group in optimizer.param_groups:
+        group.update(momentum=settings.momentum, weight_decay=settings.weight_decay)
+    if scaler.is_enabled() and "scaler" in checkpoint:
+        scaler.load_state_dict(checkpoint["scaler"])
+
+
+def resume_notes(checkpoint: Mapping[str, Any], settings: Experiment) -> list[str]:
+    """What differs between the run that wrote ``checkpoint`` and this one and matters: T; when
+    training on, the learning-rate schedule (this run's applies) and, inside an epoch, the
+    batch size (the epoch goes on over its remaining images in batches of this run's size)."""
+    saved = checkpoint.get("settings") or {}
+    notes = []
+    if saved.get("time_steps") not in (None, settings.time_steps):
+        notes.append(f"checkpoint was trained with T={saved['time_steps']}; this run uses "
+                     f"T={settings.time_steps}")
+    if settings.evaluate:
+        return notes
+    schedule, keys = checkpoint.get("scheduler"), ("base_lr", "milestones", "gamma")
+    if schedule and any(schedule.get(k) != schedule_state(settings, 0)[k] for k in keys):
+        notes.append(f"the checkpoint's learning-rate schedule "
+                     f"({', '.join(f'{k} {schedule.get(k)}' for k in keys)}) differs from "
+                     f"this run's; this run's applies")
+    batch = saved.get("batch_size")
+    if checkpoint.get("step") and settings.start_epoch is None and batch not in (
+            None, settings.batch_size):
+        notes.append(f"the checkpoint was written inside an epoch by a run with -b {batch}; the "
+                     f"rest of the epoch runs with -b {settings.batch_size} (not bit-identical "
+                     f"to an uninterrupted run)")
+    return notes

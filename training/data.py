@@ -1,5 +1,5 @@
-"""Data sets and loaders: torchvision MNIST, CIFAR-10 and SVHN with the authors' transforms, and a
-small synthetic stand-in of the same shape for runs without files.
+"""Data sets and loaders: torchvision MNIST, CIFAR-10 and SVHN with the authors' transforms, or
+the synthetic stand-in (:mod:`training.synthetic`) for runs without files.
 
 Images come out as ``[B, C, H, W]``; the engine's Poisson encoder turns them into ``[T, B, ...]``.
 torchvision is imported only when real data is used, which keeps ``--synthetic`` runs quick.
@@ -7,15 +7,16 @@ torchvision is imported only when real data is used, which keeps ``--synthetic``
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
-from torch.nn import functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
 from .experiment import Experiment, UsageError
+from .synthetic import synthetic_dataset
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -23,7 +24,7 @@ class DatasetInfo:
     image, the classes, the files torchvision needs under ``--data`` and where to get them (for
     the missing-data message), the real training images' per-channel mean and standard
     deviation in [0, 1] and the kind of image (``"strokes"`` or ``"scenes"``) that the synthetic
-    stand-in imitates (:func:`synthetic_dataset`)."""
+    stand-in imitates (:func:`~training.synthetic.synthetic_dataset`)."""
 
     input_shape: tuple[int, int, int]
     num_classes: int
@@ -52,73 +53,6 @@ DATASETS: dict[str, DatasetInfo] = {
         "from http://ufldl.stanford.edu/housenumbers/",
         (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "scenes"),
 }
-
-
-def synthetic_dataset(info: DatasetInfo, size: int, seed: int, train: bool,
-                      mean: Sequence[float] | None = None,
-                      std: Sequence[float] | None = None) -> TensorDataset:
-    """A deterministic, learnable stand-in for a data set (README.md, *Run*): ``size`` images
-    ``[size, C, H, W]`` (float32) and labels ``[size]`` (int64) with the real images' density
-    and pixel statistics, so the networks see as many input spikes as on real data. Class
-    patterns come from ``seed`` (shared by train and test, which draw different variations);
-    with ``mean`` and ``std`` the images are normalised as the real set's ``Normalize``."""
-    draw = torch.Generator().manual_seed(seed + (1 if train else 2))
-    labels = torch.randperm(size, generator=draw) % info.num_classes
-    make = _strokes if info.synthetic_style == "strokes" else _scenes
-    images = make(info, labels, torch.Generator().manual_seed(seed), draw)
-    if mean is not None and std is not None:
-        images = (images - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
-    return TensorDataset(images, labels)
-
-
-def _strokes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
-             draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` white pen strokes on black in [0, 1] for ``labels`` ``[N]``, about 19 %
-    of the pixels lit as in MNIST: each class is three fixed quadratic Bezier curves; an image
-    moves their control points and the whole figure by a few pixels and varies the pen width."""
-    channels, height, width = info.input_shape
-    size, strokes, curve_points = len(labels), 3, 24
-    # control points [class, stroke, point, xy], in the central 60 % of the image as in MNIST
-    prototypes = 0.2 + 0.6 * torch.rand((info.num_classes, strokes, 3, 2), generator=classes)
-    control = (prototypes[labels] + 0.04 * torch.randn((size, strokes, 3, 2), generator=draw)
-               + 0.06 * torch.randn((size, 1, 1, 2), generator=draw))
-    t = torch.linspace(0, 1, curve_points).view(1, 1, -1, 1)
-    curve = ((1 - t) ** 2 * control[:, :, :1] + 2 * (1 - t) * t * control[:, :, 1:2]
-             + t ** 2 * control[:, :, 2:]).flatten(1, 2) * torch.tensor([width - 1, height - 1])
-    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    pixels = torch.stack([cols.flatten(), rows.flatten()], 1).float()
-    distance = torch.cdist(pixels.expand(size, -1, -1), curve).min(dim=2).values  # [N, H*W]
-    # full ink within the pen's radius, fading to 0 over one more pixel (anti-aliasing)
-    radius = 1.1 + 0.3 * torch.rand((size, 1), generator=draw)
-    ink = (radius + 1 - distance).clamp(0.0, 1.0)
-    return ink.view(size, 1, height, width).expand(size, channels, height, width).contiguous()
-
-
-def _scenes(info: DatasetInfo, labels: Tensor, classes: torch.Generator,
-            draw: torch.Generator) -> Tensor:
-    """``[N, C, H, W]`` dense colour images in [0, 1] for ``labels`` ``[N]``: a fixed smooth
-    colour field per class, plus the image's own smooth field, finer texture and pixel noise,
-    scaled to the real set's per-channel mean and standard deviation."""
-    channels, height, width = info.input_shape
-    size = len(labels)
-
-    def smooth(noise: Tensor) -> Tensor:
-        return F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
-
-    # parts of unit variance: class field, image field, texture, pixel noise
-    parts = ((1.0, smooth(torch.randn((info.num_classes, channels, 4, 4),
-                                      generator=classes))[labels]),
-             (0.6, smooth(torch.randn((size, channels, 4, 4), generator=draw))),
-             (0.4, smooth(torch.randn((size, channels, 8, 8), generator=draw))),
-             (0.2, torch.randn((size, channels, height, width), generator=draw)))
-    field = sum(weight * part for weight, part in parts)
-    # natural images' colour channels are strongly correlated (mostly brightness)
-    field = 2 * field.mean(dim=1, keepdim=True) + field
-    field = (field - field.mean(dim=(0, 2, 3), keepdim=True)) / field.std(dim=(0, 2, 3),
-                                                                      keepdim=True)
-    mean = torch.tensor(info.pixel_mean).view(-1, 1, 1)
-    std = torch.tensor(info.pixel_std).view(-1, 1, 1)
-    return (mean + std * field).clamp(0.0, 1.0)
 
 
 def _transforms(settings: Experiment, train: bool):
@@ -208,8 +142,19 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, device: torch.d
                 generator: torch.Generator, sampler: Sampler[int] | Sequence[int]) -> DataLoader:
     """A DataLoader over ``sampler``'s indices whose augmentation and worker seeds come from
     ``generator``: seeded at each epoch's start, it fixes the epoch's data independently of
-    every other draw (exact resume). In-memory data sets use no workers."""
+    every other draw (exact resume). In-memory data sets use no workers; worker processes
+    ignore SIGINT and SIGTERM (:func:`leave_signals_to_the_main_process`)."""
     if isinstance(dataset.dataset if isinstance(dataset, Subset) else dataset, TensorDataset):
         workers = 0
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, generator=generator,
-                      num_workers=workers, pin_memory=device.type == "cuda")
+                      num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=leave_signals_to_the_main_process if workers else None)
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """In a data-loading worker: ignore SIGINT and SIGTERM. Ctrl-C and SLURM signal the whole
+    process group; a worker they killed would make PyTorch raise in the main process, in the
+    middle of the step or test batch that the engine lets finish before it saves and stops. The
+    main process shuts its workers down itself (and they leave when it dies)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

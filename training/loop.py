@@ -128,11 +128,13 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
 @torch.no_grad()
 def evaluate(model: nn.Module, encoder: nn.Module, loader: DataLoader, device: torch.device,
              monitor: Any = None, progress: EpochProgress | None = None,
-             precision: Precision | None = None) -> EpochStats:
+             precision: Precision | None = None,
+             before_batch: Callable[[int], None] | None = None) -> EpochStats:
     """Test ``model`` on ``loader`` without dropout; nothing is learned. An optional ``monitor``
     (e.g. :class:`analysis.SpikeMonitor`) gets ``attach(model)`` before the first batch,
     ``observe(output, target)`` after each (``[B, K]`` output, ``[B]`` labels) and ``detach()``
-    after the pass, also when it fails. Under DDP each rank passes its share of the test set;
+    after the pass, also when it fails. ``before_batch(index)`` (0-based) runs before each batch
+    and may stop the pass by raising. Under DDP each rank passes its share of the test set;
     the averages are over all ranks' images.
     """
     precision = precision or Precision(device.type)
@@ -141,7 +143,9 @@ def evaluate(model: nn.Module, encoder: nn.Module, loader: DataLoader, device: t
     if monitor is not None:
         monitor.attach(model)
     try:
-        for batch in loader:
+        for index, batch in enumerate(loader):
+            if before_batch is not None:
+                before_batch(index)
             images, target = (t.to(device, non_blocking=True) for t in batch)
             with precision.autocast():
                 output = model(encoder(images))

@@ -4,7 +4,7 @@ metric is one field of :class:`EpochRecord` and the line in the engine that comp
 from __future__ import annotations
 
 import csv
-import os
+import io
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -17,6 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from .distributed import all_reduce, is_main_process
+from .files import atomic_save
 
 
 @torch.no_grad()
@@ -97,14 +98,20 @@ class EpochMeters:
 class EpochProgress:
     """Loss, top-1 and throughput while one pass runs, shown by rank 0 only: a tqdm bar when
     stderr is a terminal, else (a log file) a plain line on stdout every ``print_freq`` batches
-    and after the last. ``done`` batches ran before (a resumed epoch)."""
+    and after the last. A resumed epoch passes the ``done`` batches and the ``meters`` of the
+    interrupted pass, so that its averages and throughput count the whole epoch."""
 
-    def __init__(self, total: int, description: str, print_freq: int = 10,
-                 done: int = 0) -> None:
+    def __init__(self, total: int, description: str, print_freq: int = 10, done: int = 0,
+                 meters: EpochMeters | None = None) -> None:
         self.total, self.description, self.print_freq, self.batches = (total, description,
                                                                        print_freq, done)
         self.loss, self.top1 = AverageMeter("Loss", ":.4f"), AverageMeter("Prec@1", ":6.2f")
         self.start, self.shown = time.perf_counter(), is_main_process()
+        if meters is not None and meters.count:
+            for meter, total_value in ((self.loss, meters.sums[0]), (self.top1, meters.sums[2])):
+                meter.sum, meter.count = total_value, meters.count
+                meter.avg = total_value / meters.count
+            self.start = meters.start
         self.bar = (tqdm(total=total, initial=done, desc=description, unit="batch",
                          dynamic_ncols=True, leave=False)
                     if self.shown and sys.stderr.isatty() else None)
@@ -195,20 +202,12 @@ def format_epoch_table(history: Sequence[Mapping[str, Any]]) -> str:
                      for i, line in enumerate(lines))
 
 
-class MetricsLog:
-    """Per-epoch CSV rows (``CSV_FIELDS``). On resume the file is rewritten with only the rows
-    before ``first_epoch``, so epochs redone after a crash appear once."""
-
-    def __init__(self, path: str, first_epoch: int) -> None:
-        self.path, kept = path, []
-        if first_epoch > 0 and os.path.exists(path):
-            with open(path, newline="") as f:
-                kept = [row for row in csv.DictReader(f) if int(row["epoch"]) <= first_epoch]
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(kept)
-
-    def append(self, row: Mapping[str, Any]) -> None:
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, CSV_FIELDS).writerow(row)
+def write_metrics(path: str, history: Sequence[Mapping[str, Any]]) -> None:
+    """``history`` (every epoch's row, a resumed checkpoint's included) as the CSV ``path``,
+    columns ``CSV_FIELDS``, replaced whole, so that it never holds half a row and always
+    matches the checkpoint written with it."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(history)
+    atomic_save(text.getvalue().encode(), path)
