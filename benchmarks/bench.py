@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from training import cpu_threads  # first: the scripts' thread policy must precede torch
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,8 +52,7 @@ from torch import Tensor, nn
 import models
 from benchmarks import peers
 from models.authors_loop import ARCHS, oracle_forward
-from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear
-from spiking import backends
+from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backends
 from spiking.backends import cpu as cpu_backend
 from training import Experiment, UsageError
 from training.checkpoint import load_checkpoint, load_weights
@@ -647,7 +648,8 @@ def machine_info(device: torch.device) -> dict[str, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     info = {"cpu": f"{cpu} ({cores} cores available)",
             "torch": f"{torch.__version__}, {torch.get_num_threads()} intra-op threads, "
-                     f"{torch.get_num_interop_threads()} inter-op threads",
+                     f"{torch.get_num_interop_threads()} inter-op threads, "
+                     f"{cpu_threads.describe()}",
             "python": platform.python_version(),
             "git": _git_state()}
     if device.type == "cuda":
