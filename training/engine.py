@@ -33,6 +33,7 @@ from .data import DATASETS, build_datasets, make_loader
 from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
                           init_distributed, is_main_process, per_rank_batch, rank, world_size)
 from .experiment import Experiment, UsageError, parse_settings
+from .export import export_nir
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
                    schedule_state, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, MetricsLog,
@@ -191,6 +192,8 @@ def run(settings: Experiment, after_step: AfterStep | None = None,
     group). ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after every step;
     ``command`` (default ``sys.argv``) gives the resume hint printed at an interrupt. Raises
     :class:`UsageError` (anything the user can fix, in one line) or :class:`Interrupted`."""
+    if settings.export_nir:  # the network as a NIR graph: no data, nothing trained or measured
+        return RunResult(float("nan"), None, model=export_nir(settings, build_model))
     r = _Run(settings, command or sys.argv, after_step)
     if settings.resume:
         _resume(r)
