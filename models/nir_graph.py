@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.fx
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from spiking import (
     LIFNeuron,
@@ -182,7 +183,7 @@ def _traced(model: SpikingNetwork) -> torch.fx.GraphModule:
     model.eval()
     try:
         with torch.no_grad():
-            torch.fx.passes.shape_prop.ShapeProp(traced).propagate(sample)
+            ShapeProp(traced).propagate(sample)
     finally:
         reset_states(model)
         model.train(was_training)

@@ -82,6 +82,17 @@ def test_export_then_import_gives_the_same_network_bit_for_bit(arch, dtype, pool
     assert (imported.leak, imported.threshold, imported.pool_threshold) == (0.99, 1.0, 0.75)
 
 
+def test_without_leak_the_neurons_are_if_and_the_output_an_integrator(tmp_path):
+    torch.manual_seed(0)
+    model = models.get_model("lenet", width=0.25, leak=1.0, input_shape=SHAPES["lenet"]).eval()
+    graph = export_graph(model)
+    assert isinstance(graph.nodes["lif1"], nir.IF) and isinstance(graph.nodes["integrator"], nir.I)
+    imported = import_graph(written_and_read(graph, tmp_path / "g.nir"))
+    spikes = random_spikes(SHAPES["lenet"], torch.float32)
+    assert torch.equal(run_recording(imported, spikes)[0], run_recording(model, spikes)[0])
+    assert imported.leak == imported.output.leak == 1.0
+
+
 def test_the_time_constant_gives_back_the_leak_exactly():
     leaks = [0.5, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9999]
     leaks += np.random.default_rng(0).uniform(0.5, 1.0, 2000).tolist()

@@ -7,11 +7,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import nir
 import torch
 
 from models import SpikingNetwork
-from models.nir_graph import DT, export_graph
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .experiment import Experiment, UsageError
@@ -51,6 +49,9 @@ def export_nir(settings: Experiment,
     Raises:
         UsageError: unreadable or unfitting checkpoint, a path that cannot be written.
     """
+    import nir  # here, not at the top: training runs without the nir package
+    from models.nir_graph import DT, export_graph
+
     torch.manual_seed(settings.seed)  # a training run seeds, then builds: the same weights
     model = build_model(settings).cpu().eval()
     if settings.resume:
