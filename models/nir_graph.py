@@ -11,7 +11,7 @@ architectures. docs/nir.md states the mapping and why it is exact:
 | ``LIFNeuron`` (leak l < 1)      | ``LIF(tau = dt/(1-l), r = tau/dt, v_leak = 0, v_reset = 0)`` |
 | ``LIFNeuron`` (l = 1)           | ``IF(r = 1/dt, v_reset = 0)``                          |
 | ``PoolingNeuron``               | ``AvgPool2d`` (or ``SumPool2d``) then ``IF(r = 1/dt)`` |
-| ``OutputIntegrator``            | ``LI(tau = dt/(1-l), r = l*tau/dt, v_leak = 0)`` (``I`` for l = 1) |
+| ``OutputIntegrator``            | ``LI(tau = dt/(1-l), r = l*tau/dt, v_leak = 0)``; l = 1: ``I`` |
 | ``TimeFolded(AvgPool2d)``       | ``AvgPool2d`` (or ``SumPool2d``)                       |
 | ``TimeHeldDropout``, identities | nothing: an edge                                      |
 | ``a + b`` (residual current)    | two edges into one node                               |
@@ -75,9 +75,9 @@ SEMANTICS = {
 
 
 def time_constant(leak: float) -> float:
-    """tau = dt / (1 - leak), nudged by an ulp or so where needed for :func:`leak_of` to give
-    back exactly ``leak`` (it does for every leak in [0.5, 1), the range of trained leaks;
-    below 0.5 the nearest tau)."""
+    """tau = dt / (1 - leak), from which :func:`leak_of` gives back exactly ``leak`` for every
+    leak in [0.5, 1); below 0.5 that takes a nudge of a few ulps for some leaks and is impossible
+    for others (then the nearest tau)."""
     if not 0 < leak < 1:
         raise ValueError(f"a leaky neuron needs 0 < leak < 1, got {leak}")
     tau = DT / (1 - leak)
@@ -220,7 +220,8 @@ class _GraphBuilder:
             self.sources[node] = [INPUT]
         elif node.op == "call_module":
             self.visit_module(node)
-        elif (node.op, node.target) in (("call_method", "flatten"), ("call_function", torch.flatten)):
+        elif (node.op, node.target) in (("call_method", "flatten"),
+                                        ("call_function", torch.flatten)):
             self.visit_flatten(node)
         elif node.op == "call_function" and node.target in (operator.add, torch.add):
             left, right = node.args  # a residual block: the shortcut's current joins the conv's

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from spiking import LIFNeuron, OutputIntegrator, PoolingNeuron, SpikingConv2d, SpikingLinear
-from spiking import TimeFolded
+from spiking import (LIFNeuron, OutputIntegrator, PoolingNeuron, SpikingConv2d, SpikingLinear,
+                     TimeFolded)
 
 from .base import SpikingNetwork
 from .nir_graph import DT, leak_of
@@ -79,7 +79,7 @@ def _output_leak(node: nir.NIRNode, name: str) -> float:
     return leak
 
 
-def _pair(values: np.ndarray | int | Sequence[int], name: str, what: str) -> int:
+def _square(values: np.ndarray | int | Sequence[int], name: str, what: str) -> int:
     """The one int of a square kernel, stride or padding (this project's layers are square)."""
     values = np.atleast_1d(np.asarray(values))
     if values.dtype.kind not in "iu" or np.unique(values).size != 1:
@@ -93,13 +93,14 @@ def _synapse(node: nir.NIRNode, name: str) -> nn.Module:
     if np.any(np.asarray(getattr(node, "bias", 0)) != 0):
         raise ValueError(f"node {name}: a bias; this project's synapses have none")
     if isinstance(node, nir.Conv2d):
-        if node.groups != 1 or _pair(node.dilation, name, "dilation") != 1:
+        if node.groups != 1 or _square(node.dilation, name, "dilation") != 1:
             raise ValueError(f"node {name}: grouped or dilated convolutions are not supported")
         if isinstance(node.padding, str):
             raise ValueError(f"node {name}: padding {node.padding!r}: give it in pixels")
-        module = SpikingConv2d(weight.shape[1], weight.shape[0], _pair(weight.shape[2:], name,
-                               "kernel"), _pair(node.stride, name, "stride"),
-                               _pair(node.padding, name, "padding"))
+        kernel = _square(weight.shape[2:], name, "kernel")
+        module = SpikingConv2d(weight.shape[1], weight.shape[0], kernel,
+                               _square(node.stride, name, "stride"),
+                               _square(node.padding, name, "padding"))
     else:
         module = SpikingLinear(weight.shape[1], weight.shape[0])
     module.to(weight.dtype).weight.data.copy_(weight)
@@ -174,8 +175,8 @@ class _Graph:
 
 
 def _window(node: nir.NIRNode, name: str) -> tuple[int, int, int]:
-    kernel, stride = _pair(node.kernel_size, name, "kernel"), _pair(node.stride, name, "stride")
-    return kernel, stride, _pair(node.padding, name, "padding")
+    return (_square(node.kernel_size, name, "kernel"), _square(node.stride, name, "stride"),
+            _square(node.padding, name, "padding"))
 
 
 def _pooling_neuron(graph: _Graph, window: str, neuron: str) -> PoolingNeuron:

@@ -3,7 +3,6 @@ graph, without data and without training (docs/nir.md)."""
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Callable
 from typing import Any
 
