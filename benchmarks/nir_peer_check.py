@@ -147,8 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--seed", type=int, default=1, help="seed of the input spikes")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: snnTorch's per-step tensors are small, "
-                             "and on a busy machine more threads ran 30x slower here)")
+                        help="torch threads (default 1: the peers' per-step tensors are small, "
+                             "and on a shared machine further threads mostly wait)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = models.get_model("lenet")

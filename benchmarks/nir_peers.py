@@ -44,7 +44,7 @@ class MembraneReadout(nn.Module):
 def _scalar(values: np.ndarray) -> float:
     unique = np.unique(np.asarray(values, dtype=np.float64))
     if unique.size != 1:
-        raise ValueError("per-neuron parameters differ; snnTorch's snn.Leaky takes one value")
+        raise ValueError("per-neuron parameters differ; the adapters take one value per layer")
     return float(unique[0])
 
 
@@ -79,13 +79,14 @@ def _readout(node: nir.LI | nir.I) -> MembraneReadout:
     return MembraneReadout(1.0 - step, step * _scalar(node.r))
 
 
-REPAIRS: dict[type, Callable[[nir.NIRNode], nn.Module]] = {
+SNNTORCH_REPAIRS: dict[type, Callable[[nir.NIRNode], nn.Module]] = {
     nir.IF: _integrate_and_fire, nir.Flatten: _NirFlatten, nir.LI: _readout, nir.I: _readout}
 
 
 def snntorch_network(graph: nir.NIRGraph) -> torch.fx.GraphModule:
     """``graph`` as snnTorch's ``import_from_nir`` builds it (its node mapping, float32, under
-    ``nirtorch.nir_to_torch``), with :data:`REPAIRS` for ``IF``, ``Flatten``, ``LI`` and ``I``.
+    ``nirtorch.nir_to_torch``), with :data:`SNNTORCH_REPAIRS` for ``IF``, ``Flatten``, ``LI``
+    and ``I``.
     Call it once per time step on ``[B, ...]``; reset with :func:`reset_snntorch`."""
     import nirtorch
     from snntorch.import_nir import _nir_to_snntorch_module
@@ -95,7 +96,8 @@ def snntorch_network(graph: nir.NIRGraph) -> torch.fx.GraphModule:
 
     node_map = {t: snntorch_module for t in (nir.Affine, nir.Linear, nir.Conv2d, nir.AvgPool2d,
                                              nir.LIF, nir.CubaLIF)}
-    return _named_by_nodes(nirtorch.nir_to_torch(graph, {**node_map, **REPAIRS}), graph)
+    network = nirtorch.nir_to_torch(graph, {**node_map, **SNNTORCH_REPAIRS})
+    return _named_by_nodes(network, graph)
 
 
 def reset_snntorch(network: nn.Module) -> None:
@@ -108,6 +110,8 @@ def reset_snntorch(network: nn.Module) -> None:
 
 
 def count_spikes(modules: dict[str, nn.Module], counts: dict[str, int]) -> list:
+    """Forward hooks adding the nonzero outputs of each of ``modules`` to ``counts[name]``
+    (of the spikes where a module returns ``(spikes, state)``); returns their handles."""
     def hook(name: str) -> Callable:
         def count(module: nn.Module, inputs: tuple, output: Tensor | tuple) -> None:
             spikes = output[0] if isinstance(output, tuple) else output  # (spikes, state)
