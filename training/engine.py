@@ -34,6 +34,7 @@ from .data import DATASETS, build_datasets, make_loader
 from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
                           init_distributed, is_main_process, per_rank_batch, rank, world_size)
 from .experiment import Experiment, UsageError, parse_settings
+from .export import export_nir
 from .files import check_writable
 from .interrupts import Interrupted, Signals
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
@@ -168,6 +169,8 @@ def run(settings: Experiment, after_step: AfterStep | None = None) -> RunResult:
     process group). ``after_step(epoch, step)`` (0-based epoch, 1-based step) is called after
     every training step. Raises :class:`UsageError` (anything the user can fix, in one line) or
     :class:`Interrupted` (after printing where the run stopped and how to resume)."""
+    if settings.export_nir:  # the network as a NIR graph: no data, nothing trained or measured
+        return RunResult(float("nan"), None, model=export_nir(settings, build_model))
     if settings.evaluate and not settings.resume:
         raise UsageError("--evaluate needs a checkpoint: pass --resume PATH "
                          "(refusing to evaluate untrained weights)")

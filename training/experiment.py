@@ -164,6 +164,14 @@ class Experiment:
     allow_silent: bool = setting(False, "--allow-silent", action="store_true",
                                  help="only warn, instead of stopping, when a layer that fired "
                                       "before emits no spike for a whole training epoch")
+    export_nir: str = setting("", "--export-nir", metavar="PATH",
+                              help="write the network (--resume's weights, else freshly "
+                                   "initialised ones) as a NIR graph to PATH and exit: no data, "
+                                   "no training (docs/nir.md)")
+    nir_pool: str = setting("avg", "--nir-pool", choices=("avg", "sum"),
+                            help="pooling in the --export-nir graph: avg (AvgPool2d) or sum "
+                                 "(SumPool2d, the 1/4 folded into the next neuron's threshold, "
+                                 "for toolchains without average pooling)")
 
     stats: bool = setting(False, "--stats", group=STATS, action="store_true",
                           help="count spikes and synaptic operations per layer in the test pass "
