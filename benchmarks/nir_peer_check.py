@@ -19,14 +19,11 @@ import nir
 import torch
 from torch import Tensor, nn
 
-if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import models  # noqa: E402
-from benchmarks.nir_peers import PEERS, Peer, count_spikes  # noqa: E402
-from models.nir_graph import export_graph  # noqa: E402
-from spiking import LIFNeuron, PoissonEncoder, PoolingNeuron  # noqa: E402
-from training.checkpoint import load_checkpoint  # noqa: E402
+import models
+from benchmarks.nir_peers import PEERS, Peer, count_spikes
+from models.nir_graph import export_graph
+from spiking import PoissonEncoder, SpikingNeuron
+from training.checkpoint import load_checkpoint
 
 SHIPPED = Path(__file__).resolve().parents[1] / "pretrained" / "model_bestT1_mnist_lenet.pth.tar"
 
@@ -35,7 +32,7 @@ def run_project(model: models.SpikingNetwork, spikes: Tensor) -> tuple[Tensor, d
     """This project's ``model`` on ``spikes`` -> its output ``[B, K]`` and the spikes of every
     LIF and pooling layer."""
     neurons = {name: module for name, module in model.named_modules()
-               if isinstance(module, (LIFNeuron, PoolingNeuron))}
+               if isinstance(module, SpikingNeuron)}
     counts: dict[str, int] = {}
     hooks = count_spikes(neurons, counts)
     try:

@@ -41,6 +41,7 @@ from spiking import (
     PoolingNeuron,
     SpikingConv2d,
     SpikingLinear,
+    SpikingNeuron,
     TimeFolded,
     TimeHeldDropout,
     reset_states,
@@ -59,7 +60,7 @@ POOL_VARIANTS = ("avg", "sum")
 INPUT, OUTPUT, INTEGRATOR = "input", "output", "integrator"
 
 _PASS_THROUGH = (TimeHeldDropout, nn.Identity)  # identity at inference
-_LEAVES = (SpikingConv2d, SpikingLinear, LIFNeuron, PoolingNeuron, TimeFolded, TimeHeldDropout)
+_LEAVES = (SpikingConv2d, SpikingLinear, SpikingNeuron, TimeFolded, TimeHeldDropout)
 
 # The conventions a reader of the file needs to run it as trained (docs/nir.md, "The mapping").
 SEMANTICS = {
@@ -267,16 +268,18 @@ class _GraphBuilder:
                 bias=np.zeros(module.out_channels, dtype=_numpy(module.weight).dtype)))]
         if isinstance(module, SpikingLinear):
             return [(name, nir.Linear(weight=_numpy(module.weight)))]
-        if isinstance(module, LIFNeuron):
+        # exactly the paper's neurons: a subclass may change the equations NIR is given
+        if type(module) is LIFNeuron:
             return [(name, _spiking_node(module.threshold, module.leak, _step_shape(node)))]
-        if isinstance(module, PoolingNeuron):
+        if type(module) is PoolingNeuron:
             k = module.kernel_size
             threshold = module.threshold * (k * k if self.pool == "sum" else 1)
             return [(f"{name}.window", _window_node((k, k), (k, k), (0, 0), self.pool)),
                     (name, _spiking_node(threshold, 1.0, _step_shape(node)))]
         if isinstance(module, TimeFolded) and isinstance(module.module, nn.AvgPool2d):
             return [(name, _average_pool_node(module.module, self.pool))]
-        raise ValueError(f"cannot export module {name} ({type(module).__name__}) to NIR")
+        raise ValueError(f"{name} is a {type(module).__name__}, which has no NIR mapping (the "
+                         f"export maps the paper's LIFNeuron and PoolingNeuron)")
 
     def finish(self, current: torch.fx.Node) -> None:
         """The output layer's current feeds the integrator, whose membrane is the output."""

@@ -162,6 +162,17 @@ def test_a_graph_this_project_cannot_run_is_refused_by_name():
         import_graph(graph)
 
 
+class SoftResetLIF(LIFNeuron):
+    def reset(self, potential, spikes):
+        return self.leak * (potential - self.threshold * spikes.to(potential.dtype))
+
+
+def test_a_neuron_other_than_the_papers_is_not_exported_as_one():
+    # A subclass may change the equations that the NIR LIF node would state.
+    with pytest.raises(ValueError, match="lif1 is a SoftResetLIF, which has no NIR mapping"):
+        export_graph(models.get_model("lenet", width=0.1, neuron=SoftResetLIF))
+
+
 SCRIPTS = {"mnist_LeNet": "lenet", "cifar10_VGG9": "vgg9", "cifar10_ResNet11": "resnet11",
            "svhn_ResNet13": "resnet13"}
 
