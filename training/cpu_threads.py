@@ -5,11 +5,13 @@ parallel regions GNU OpenMP (libgomp, which PyTorch's Linux wheels ship) keeps i
 spinning for about 300 000 iterations, a few milliseconds, before they sleep. On idle cores that
 spinning saves a wake-up; on cores shared with another busy process it takes the time that the
 threads being waited for need, and a run slows down several times over beside one other
-PyTorch process. ``OMP_WAIT_POLICY=PASSIVE`` puts idle threads to sleep at once: each parallel
-region then pays for waking them, most on small tensors (many short regions), in exchange for
-not fighting a neighbour for its cores. ``benchmarks/shared_cpu.py`` measures a command alone
-and beside such a neighbour (docs/usage.md, *CPU threads*, has the commands that decide this
-policy).
+PyTorch process. Sleeping at once (``OMP_WAIT_POLICY=PASSIVE``) costs a wake-up per parallel
+region: on an idle machine a LeNet training step at T = 100 took a quarter longer. So the
+project sets a short spin, ``GOMP_SPINCOUNT=10000``, then sleep: on the idle machine as fast as
+OpenMP's default, and beside a busy neighbour about half its slowdown (docs/usage.md, *CPU
+threads*, has the measurements and the commands; ``benchmarks/shared_cpu.py`` measures a command
+alone and beside such a neighbour). Other OpenMP runtimes, which do not read ``GOMP_SPINCOUNT``,
+take ``OMP_WAIT_POLICY=PASSIVE``.
 
 OpenMP reads these variables once, when PyTorch loads it, so :func:`apply_thread_policy` must run
 before ``import torch``: ``import training`` calls it first, and the entry scripts import
@@ -24,7 +26,8 @@ import os
 import sys
 
 # What this project sets when the user has set none of WAIT_VARIABLES.
-POLICY = {"OMP_WAIT_POLICY": "PASSIVE"}
+# libgomp reads GOMP_SPINCOUNT before OMP_WAIT_POLICY; other runtimes only the latter.
+POLICY = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "10000"}
 # How long idle OpenMP threads spin: the standard variable, libgomp's and LLVM/Intel OpenMP's.
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
@@ -46,6 +49,6 @@ def apply_thread_policy() -> None:
 
 
 def describe() -> str:
-    """The wait policy in force, e.g. ``OMP_WAIT_POLICY=PASSIVE`` or ``GOMP_SPINCOUNT=300000
-    (yours)``."""
+    """The wait policy in force, e.g. ``OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=10000`` or
+    ``GOMP_SPINCOUNT=300000 (yours)``."""
     return _outcome
