@@ -1,5 +1,5 @@
 """Count spikes and synaptic operations of a spiking network during inference (``--stats``);
-README.md, *Spike activity and energy*, says what is counted and what is not.
+docs/analysis.md says what is counted and what is not.
 
 :class:`SpikeMonitor` is a context manager over a model: it registers forward hooks on entry and
 removes them on exit, so a model outside the ``with`` block runs exactly as without it.

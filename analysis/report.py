@@ -1,7 +1,7 @@
 """Turn :class:`~analysis.monitor.SpikeMonitor` counts into a per-image summary, table and JSON.
 
 The summary is a plain dict (the JSON written by :func:`write_json`) with the fields named
-below (``SUMMARY_FIELDS`` ...) and explained in README.md, *Spike activity and energy*; every
+below (``SUMMARY_FIELDS`` ...) and explained in docs/analysis.md; every
 operation and energy figure in it is per image, averaged over the images seen.
 """
 from __future__ import annotations

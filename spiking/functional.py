@@ -156,9 +156,9 @@ def spiking_neuron(neuron: nn.Module, current: Tensor, state: NeuronState | None
     current = _float32_under_autocast(current).contiguous()
     kernels = backends.select(current, neuron=neuron)
     state = NeuronState() if state is None else state
-    if not records_graph(current, state.membrane):
+    if not records_graph(current, state.membrane):  # the state's own membrane, updated in place
         out = current if inplace else torch.empty_like(current)
-        membrane = state.start(current.shape[1:], current).clone()
+        membrane = state.start(current.shape[1:], current)
         state.membrane = kernels.neuron_forward(neuron, current, membrane, (), out, None)
         return out
     inplace = inplace and not kernels.STEP_BY_STEP
@@ -206,8 +206,8 @@ def pooling_neuron(neuron: nn.Module, spikes: Tensor, state: NeuronState | None 
     state = NeuronState() if state is None else state
     k = neuron.kernel_size
     pooled_shape = torch.Size((*spikes.shape[1:-2], spikes.shape[-2] // k, spikes.shape[-1] // k))
-    if not records_graph(spikes, state.membrane):
-        membrane = state.start(pooled_shape, spikes).clone()
+    if not records_graph(spikes, state.membrane):  # the state's own membrane, updated in place
+        membrane = state.start(pooled_shape, spikes)
         out, state.membrane = kernels.pooling_forward(neuron, spikes, membrane, (), None)
         return out
     outputs = []
