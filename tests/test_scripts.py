@@ -18,7 +18,7 @@ import torch
 import models
 from training import main, run
 from training.checkpoint import load_checkpoint
-from training.cpu_threads import WAIT_VARIABLES
+from training.cpu_threads import POLICY, WAIT_VARIABLES
 
 try:
     from tests.legacy import authors_checkpoint, save_py2_legacy
@@ -72,7 +72,8 @@ def test_each_script_trains_one_epoch_and_writes_checkpoints_and_csv(trained, sc
     tag, arch = SCRIPTS[script]
     tag += "_synthetic"  # synthetic runs never overwrite a real run's files
     assert re.search(r"^Epoch 1/1 \| lr .* test loss .* top-1 .*%", result.stdout, re.M)
-    assert result.stdout.splitlines()[0].endswith(", 1 thread, OMP_WAIT_POLICY=PASSIVE")
+    policy = ", ".join(f"{name}={value}" for name, value in POLICY.items())
+    assert result.stdout.splitlines()[0].endswith(f", 1 thread, {policy}")
     assert "epoch |" in result.stdout and "best test top-1" in result.stdout  # end-of-run table
 
     last = load_checkpoint(str(out / f"checkpointT1_{tag}.pth.tar"))
