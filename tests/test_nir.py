@@ -241,7 +241,7 @@ def installed(*names: str) -> bool:
 
 needs_snntorch = pytest.mark.skipif(
     not installed("snntorch", "nirtorch"),
-    reason="the peer check needs snnTorch and nirtorch: pip install -r requirements-test.txt")
+    reason="the peer check needs snnTorch and nirtorch: pip install -e \".[test]\"")
 PEER_PACKAGES = {"snntorch": ("snntorch", "nirtorch"), "norse": ("norse", "nirtorch"),
                  "spikingjelly": ("spikingjelly", "nirtorch")}
 
@@ -250,8 +250,8 @@ PEER_PACKAGES = {"snntorch": ("snntorch", "nirtorch"), "norse": ("norse", "nirto
 @pytest.mark.parametrize("name", list(PEER_PACKAGES))
 def test_a_peer_runs_the_shipped_model_as_this_project_does(name, pool):
     if not installed(*PEER_PACKAGES[name]):
-        pytest.skip(f"{name} is not installed (snnTorch and Norse: pip install -r "
-                    "requirements-test.txt; SpikingJelly is optional)")
+        pytest.skip(f"{name} is not installed (snnTorch and Norse: pip install -e \".[test]\"; "
+                    "SpikingJelly: pip install -e \".[bench]\")")
     model, simulator = peer.shipped_lenet(), peer.PEERS[name]
     network = simulator.build(peer.through_a_file(export_graph(model, pool)))
     digits = torch.load(DIGITS, weights_only=True)
