@@ -90,7 +90,8 @@ class _SynapseLayer:
     def synapse_forward(self, spikes: Tensor) -> Tensor:
         spikes = spikes.contiguous()
         weight = _autocast_weight(spikes, self.weight)
-        kernels = backends.select(spikes, weight)
+        # the spikes choose: a weight cast by autocast only keeps the events off (cpu backend)
+        kernels = backends.select(spikes)
         if records_graph(spikes, weight):
             return _Synapse.apply(spikes, weight, self, kernels)
         current, _, event_driven = self.run_forward(kernels, spikes, weight, recording=False,

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from test_parity import build, fix_dropout_masks, input_spikes, mse_sum
 
 from spiking import IFNeuron, LIFNeuron, OutputIntegrator, PoolingNeuron, backends
-from spiking.backends import cpu, cpu_kernels, pytorch, triton_kernels
+from spiking.backends import cpu, cpu_kernels, pytorch, reference, triton_kernels
 
 CPU = torch.device("cpu")
 FUSED = [pytest.param(name, marks=pytest.mark.skipif(
@@ -261,9 +261,10 @@ def test_networks_train_identically_with_the_triton_kernels(arch):
 
 
 def test_the_pooling_neurons_gradient_is_the_average_pools():
-    # The torch table's own pooling backward against autograd through F.avg_pool2d.
+    # The neuron-generic pooling backward (reference and torch) against autograd through
+    # F.avg_pool2d.
     spikes = (torch.rand(2, 3, 2, 7, 6, generator=torch.Generator().manual_seed(9)) < 0.5)
     grad = torch.randn(2, 3, 2, 3, 3, dtype=torch.float64)
     image = spikes.double().requires_grad_()
     F.avg_pool2d(image.flatten(0, 1), 2).unflatten(0, (2, 3)).backward(grad)
-    assert torch.equal(pytorch.average_pool_backward(grad, 2, (7, 6)), image.grad)
+    assert torch.equal(reference.average_pool_backward(grad, 2, (7, 6)), image.grad)

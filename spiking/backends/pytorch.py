@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import (average_pool_backward, integrator_forward, neuron_backward,
-                        neuron_forward, poisson_encode)
+from .reference import (integrator_forward, neuron_backward, neuron_forward, poisson_encode,
+                        pooling_backward)
 
 __all__ = ["average_pool", "conv_backward", "conv_forward", "describe", "integrator_forward",
            "linear_backward", "linear_forward", "neuron_backward", "neuron_forward",
@@ -54,13 +54,6 @@ def pooling_forward(neuron, spikes: Tensor, membrane: Tensor, stats: tuple[Tenso
     """As :func:`.reference.pooling_forward`, with one pool over all steps."""
     current = average_pool(spikes, neuron.kernel_size)
     return current, neuron_forward(neuron, current, membrane, stats, current, kept)
-
-
-def pooling_backward(neuron, grad_pooled: Tensor, kept: Tensor, scale: Tensor | float,
-                     carry: Tensor, input_hw: tuple[int, int]) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_backward`."""
-    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
-    return average_pool_backward(delta, neuron.kernel_size, input_hw), delta[0]
 
 
 def pack_spikes(x: Tensor) -> Packed:
