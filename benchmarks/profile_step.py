@@ -22,10 +22,11 @@ import torch
 
 import models
 from benchmarks.bench import BenchSettings, build_variants
-from spiking.backends import cpu_kernels, event_kernels
+from spiking.backends import cpu, cpu_kernels, event_kernels
 
-KERNELS = {cpu_kernels: ("lif_scan", "gradient_scan", "avg_pool", "avg_pool_backward",
-                        "pack_spikes", "poisson_spikes"),
+# cpu._launch runs every scan generated from a neuron's methods
+KERNELS = {cpu: ("_launch",),
+           cpu_kernels: ("avg_pool", "avg_pool_backward", "pack_spikes", "poisson_spikes"),
            event_kernels: ("find_events", "conv_forward", "conv_backward")}
 
 

@@ -91,42 +91,34 @@ def _float32_under_autocast(x: Tensor) -> Tensor:
     return x
 
 
-def _kept_buffer(neuron: nn.Module, shape: tuple[int, ...], like: Tensor) -> Tensor:
-    """Where the forward writes what the backward keeps of every step: the spikes, one byte per
-    neuron and step, or the potential for a neuron whose derivative needs it."""
-    dtype = like.dtype if neuron.keeps_potential else torch.bool
-    return torch.empty(shape, dtype=dtype, device=like.device)
-
-
 class _NeuronScan(torch.autograd.Function):
     """Spiking neurons over a chunk of steps: exact forward, the neuron's approximate backward.
 
-    Inputs ``(current [T', B, ...], membrane [B, ...])``, outputs ``(spikes, membrane)``. The
-    membrane's gradient slot carries ``dLoss/du`` across chunk boundaries: the backward of a
-    chunk receives the next chunk's there and returns its own first step's.
+    Inputs ``(current [T', B, ...], membrane [B, ...], ..., *parameters)``, outputs ``(spikes,
+    membrane)``. The membrane's gradient slot carries ``dLoss/du`` across chunk boundaries: the
+    backward of a chunk receives the next chunk's there and returns its own first step's. The
+    neuron's parameters get the gradients the table's backward gives them.
     """
 
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, neuron: nn.Module, stats: SpikeStats,
-                kernels: ModuleType, inplace: bool) -> tuple[Tensor, Tensor]:
+                kernels: ModuleType, inplace: bool, *parameters: Tensor
+                ) -> tuple[Tensor, Tensor]:
         out = current if inplace else torch.empty_like(current)
-        kept = _kept_buffer(neuron, current.shape, current)
-        membrane = kernels.neuron_forward(neuron, current, membrane.clone(), stats.tensors, out,
-                                          kept)
+        membrane, ctx.saved = kernels.neuron_forward(neuron, current, membrane.clone(),
+                                                     stats.tensors, out, True)
         if inplace:
             ctx.mark_dirty(current)
-        ctx.save_for_backward(kept)
         ctx.neuron, ctx.stats, ctx.kernels = neuron, stats, kernels
         return out, membrane
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor) -> tuple[Any, ...]:
-        (kept,) = ctx.saved_tensors
         neuron = ctx.neuron
-        grad = ctx.kernels.neuron_backward(neuron, grad_spikes.contiguous(), kept,
-                                           ctx.stats.spike_scale(neuron),
-                                           grad_membrane.contiguous())
-        return grad, grad[0], None, None, None, None
+        grad, parameter_grads = ctx.kernels.neuron_backward(
+            neuron, ctx.saved, grad_spikes.contiguous(), ctx.stats.spike_scale(neuron),
+            grad_membrane.contiguous())
+        return grad, grad[0], None, None, None, None, *parameter_grads
 
 
 def _steps(kernels: ModuleType, sequence: Tensor) -> list[Tensor]:
@@ -135,14 +127,36 @@ def _steps(kernels: ModuleType, sequence: Tensor) -> list[Tensor]:
     return list(sequence.split(1)) if kernels.STEP_BY_STEP else [sequence]
 
 
+def _scan(neuron: nn.Module, current: Tensor, state: NeuronState, kernels: ModuleType,
+          inplace: bool) -> Tensor:
+    """``neuron`` over ``current`` ``[T, B, ...]`` from ``state``, which it updates: under
+    autograd one :class:`_NeuronScan` node per chunk of :func:`_steps`, else one pass on the
+    state's own membrane, in place."""
+    parameters = tuple(neuron.parameters())
+    if not records_graph(current, state.membrane, *parameters):
+        out = current if inplace else torch.empty_like(current)
+        membrane = state.start(current.shape[1:], current)
+        state.membrane, _ = kernels.neuron_forward(neuron, current, membrane, (), out, False)
+        return out
+    inplace = inplace and not kernels.STEP_BY_STEP
+    outputs = []
+    for chunk in _steps(kernels, current):
+        membrane = state.start(current.shape[1:], current)
+        stats = state.stats_for(neuron, membrane)
+        out, state.membrane = _NeuronScan.apply(chunk, membrane, neuron, stats, kernels, inplace,
+                                                *parameters)
+        outputs.append(out)
+    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
 def spiking_neuron(neuron: nn.Module, current: Tensor, state: NeuronState | None = None,
                    inplace: bool = False) -> Tensor:
     """Run the spiking neuron layer ``neuron`` (a :class:`~spiking.neurons.SpikingNeuron`)
     over ``current`` ``[T, B, ...]``.
 
     Args:
-        neuron: defines the step and its backward; a backend runs its fused kernel where it has
-            one for the neuron's class, else the neuron's own methods step by step.
+        neuron: defines the step and its backward; a fused backend runs the kernels generated
+            from the neuron's methods, the others the methods step by step.
         current: input currents ``[T, B, ...]``.
         state: continue from this state (``current`` being the steps after the ones it has
             seen) and update it; default: one whole sequence from rest.
@@ -155,68 +169,40 @@ def spiking_neuron(neuron: nn.Module, current: Tensor, state: NeuronState | None
     """
     current = _float32_under_autocast(current).contiguous()
     kernels = backends.select(current, neuron=neuron)
-    state = NeuronState() if state is None else state
-    if not records_graph(current, state.membrane):  # the state's own membrane, updated in place
-        out = current if inplace else torch.empty_like(current)
-        membrane = state.start(current.shape[1:], current)
-        state.membrane = kernels.neuron_forward(neuron, current, membrane, (), out, None)
-        return out
-    inplace = inplace and not kernels.STEP_BY_STEP
-    outputs = []
-    for chunk in _steps(kernels, current):
-        membrane = state.start(current.shape[1:], current)
-        stats = state.stats_for(neuron, membrane)
-        out, state.membrane = _NeuronScan.apply(chunk, membrane, neuron, stats, kernels, inplace)
-        outputs.append(out)
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    return _scan(neuron, current, NeuronState() if state is None else state, kernels, inplace)
 
 
-class _PoolingScan(torch.autograd.Function):
-    """Average pooling of spikes into the neurons of a :class:`~spiking.neurons.PoolingNeuron`
-    over a chunk of steps. Inputs and outputs as :class:`_NeuronScan`, the membrane at the
-    pooled resolution."""
+class _AveragePool(torch.autograd.Function):
+    """The k x k average pool of spikes ``[T', B, C, H, W]`` feeding a pooling neuron."""
 
     @staticmethod
-    def forward(ctx, spikes: Tensor, membrane: Tensor, neuron: nn.Module, stats: SpikeStats,
-                kernels: ModuleType) -> tuple[Tensor, Tensor]:
-        kept = _kept_buffer(neuron, (spikes.shape[0], *membrane.shape), spikes)
-        out, membrane = kernels.pooling_forward(neuron, spikes, membrane.clone(), stats.tensors,
-                                                kept)
-        ctx.save_for_backward(kept)
-        ctx.neuron, ctx.stats, ctx.kernels = neuron, stats, kernels
+    def forward(ctx, spikes: Tensor, kernel_size: int, kernels: ModuleType) -> Tensor:
+        ctx.kernel_size, ctx.kernels = kernel_size, kernels
         ctx.input_hw = tuple(spikes.shape[-2:])
-        return out, membrane
+        # detach() drops a view relation to the kernel's folded result: the pooling neuron
+        # writes its spikes over this current, in place
+        return kernels.average_pool(spikes, kernel_size).detach()
 
     @staticmethod
-    def backward(ctx, grad_pooled: Tensor, grad_membrane: Tensor) -> tuple[Any, ...]:
-        (kept,) = ctx.saved_tensors
-        neuron = ctx.neuron
-        grad, grad_first = ctx.kernels.pooling_backward(
-            neuron, grad_pooled.contiguous(), kept, ctx.stats.spike_scale(neuron),
-            grad_membrane.contiguous(), ctx.input_hw)
-        return grad, grad_first, None, None, None
+    def backward(ctx, grad_pooled: Tensor) -> tuple[Any, ...]:
+        grad = ctx.kernels.average_pool_backward(grad_pooled.contiguous(), ctx.kernel_size,
+                                                 ctx.input_hw)
+        return grad, None, None
 
 
 def pooling_neuron(neuron: nn.Module, spikes: Tensor, state: NeuronState | None = None) -> Tensor:
     """Run a :class:`~spiking.neurons.PoolingNeuron` over ``spikes`` ``[T, B, C, H, W]``:
-    ``[T, B, C, H // k, W // k]`` spikes (0 or 1), with the neurons' gradient carried back
-    through the average pool. ``state`` as for :func:`spiking_neuron`."""
+    ``[T, B, C, H // k, W // k]`` spikes (0 or 1), the neurons fed by the k x k average pool
+    of the spikes and their gradient carried back through it. ``state`` as for
+    :func:`spiking_neuron`."""
     spikes = _float32_under_autocast(spikes).contiguous()
     kernels = backends.select(spikes, neuron=neuron)
     state = NeuronState() if state is None else state
-    k = neuron.kernel_size
-    pooled_shape = torch.Size((*spikes.shape[1:-2], spikes.shape[-2] // k, spikes.shape[-1] // k))
-    if not records_graph(spikes, state.membrane):  # the state's own membrane, updated in place
-        membrane = state.start(pooled_shape, spikes)
-        out, state.membrane = kernels.pooling_forward(neuron, spikes, membrane, (), None)
-        return out
-    outputs = []
-    for chunk in _steps(kernels, spikes):
-        membrane = state.start(pooled_shape, spikes)
-        stats = state.stats_for(neuron, membrane)
-        out, state.membrane = _PoolingScan.apply(chunk, membrane, neuron, stats, kernels)
-        outputs.append(out)
-    return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+    if records_graph(spikes, state.membrane):
+        current = _AveragePool.apply(spikes, neuron.kernel_size, kernels)
+    else:
+        current = kernels.average_pool(spikes, neuron.kernel_size)
+    return _scan(neuron, current, state, kernels, inplace=True)
 
 
 class _Integration(torch.autograd.Function):

@@ -12,12 +12,14 @@ one time step on ``[B, ...]`` tensors, in the words of docs/algorithm.md:
   :meth:`SpikingNeuron.spike_scale`, computed after the forward pass from statistics of the
   whole spike train (:meth:`SpikingNeuron.spike_stats`, :meth:`SpikingNeuron.update_stats`).
 
-These methods are the definition. :mod:`spiking.functional` runs a layer over a sequence through
-the kernel table of the chosen backend (:mod:`spiking.backends`): the ``reference`` and
-``torch`` backends run these methods step by step, so any subclass works on any device; the
-``cpu`` and ``triton`` backends hold fused kernels for the classes that name one in their own
-body (``kernel = "lif"``). A subclass inherits the equations but not the kernel, since it may
-change them: it runs on the ``torch`` backend, which the run reports in one line.
+These methods are the definition, and the only one. :mod:`spiking.functional` runs a layer
+over a sequence through the kernel table of the chosen backend (:mod:`spiking.backends`): the
+``reference`` and ``torch`` backends call these methods step by step, on any device; the
+``cpu`` and ``triton`` backends run fused scans generated from them
+(:mod:`spiking.backends.codegen`), for every neuron whose methods are elementwise tensor
+expressions, so a new neuron runs as fast as the paper's. A neuron may hold parameters
+(``nn.Parameter``, a learnable leak or threshold): they receive the gradient through ``charge``
+and ``reset`` of the neuron's own equations, with its own derivative for the spikes.
 docs/extending.md shows how to write a new neuron.
 """
 from __future__ import annotations
@@ -42,14 +44,16 @@ def reset_states(model: nn.Module) -> None:
             reset()
 
 
-def leak_correction(trace: Tensor, count: Tensor, leak: float) -> Tensor:
+def leak_correction(trace: Tensor, count: Tensor, leak: float | Tensor) -> Tensor:
     """The authors' leak correction NG per neuron (docs/algorithm.md, *Approximate backward*),
     from the sums over its whole spike train: ``trace = LF = sum_t l^(T-1-t) s_t`` and
     ``count = N = sum_t s_t``: ``NG = [LF > 1e-3] + ln(l) * LF / (N + [N < 1e-3])``, about
-    0.99 for a neuron that fired (l = 0.99, T = 100), 0 for a silent one."""
+    0.99 for a neuron that fired (l = 0.99, T = 100), 0 for a silent one. ``leak``: one number,
+    or a tensor that broadcasts to the neurons (a learned leak)."""
     fired = (trace > 1e-3).to(trace.dtype)
     silent = (count < 1e-3).to(trace.dtype)
-    return fired + math.log(leak) * trace / (count + silent)
+    log_leak = torch.log(leak) if isinstance(leak, Tensor) else math.log(leak)
+    return fired + log_leak * trace / (count + silent)
 
 
 class SpikingNeuron(nn.Module):
@@ -69,8 +73,6 @@ class SpikingNeuron(nn.Module):
             networks use it, since nothing else reads a layer's current afterwards.
     """
 
-    # The fused kernel that implements exactly this class, read from the class's own body only.
-    kernel: ClassVar[str | None] = None
     # What the backward keeps of each step for backward_step: the spikes (False: one byte per
     # neuron and step) or the potential u_t (True: a float), for a derivative that needs it.
     keeps_potential: ClassVar[bool] = False
@@ -143,8 +145,6 @@ class IFNeuron(SpikingNeuron):
     """Integrate-and-fire neurons without leak: ``u_t = m_{t-1} + I_t``, the default fire,
     reset and backward with factor 1 (docs/algorithm.md, *Pooling neuron*)."""
 
-    kernel = "if"
-
     def __init__(self, threshold: float = 0.75, inplace: bool = False) -> None:
         super().__init__(threshold, inplace)
 
@@ -165,8 +165,6 @@ class LIFNeuron(IFNeuron):
         leak: leak l per step.
         inplace: as :class:`SpikingNeuron`.
     """
-
-    kernel = "lif"
 
     def __init__(self, threshold: float = 1.0, leak: float = 0.99, inplace: bool = False) -> None:
         super().__init__(threshold, inplace)
@@ -202,8 +200,6 @@ class PoolingNeuron(IFNeuron):
     as :class:`SpikingNeuron`.
     """
 
-    kernel = "pooling"
-
     def __init__(self, threshold: float = 0.75, kernel_size: int = 2) -> None:
         super().__init__(threshold)
         if kernel_size < 1:
@@ -225,8 +221,6 @@ class OutputIntegrator(nn.Module):
     ``M_{T-1} / (theta T)`` (:meth:`readout`). For the gradient the leak is straight-through:
     every step's current receives ``dLoss/dM_{T-1}``.
     """
-
-    kernel: ClassVar[str | None] = "integrator"
 
     def __init__(self, leak: float = 0.99, threshold: float = 1.0) -> None:
         super().__init__()

@@ -108,27 +108,47 @@ def test_a_dtype_the_kernels_do_not_take_runs_on_torch_with_one_line(log):
         "it runs on torch.float32 or torch.float64, not ['torch.float32', 'torch.float64']"]
 
 
+def _spikes_and_gradient(neuron, backend):
+    torch.manual_seed(0)
+    current = (torch.rand(6, 2, 5, dtype=torch.float64) * 1.2).requires_grad_()
+    grad = torch.randn(6, 2, 5, dtype=torch.float64)
+    with backends.use_backend(backend):
+        spikes = neuron(current)
+        spikes.backward(grad)
+    return spikes.detach(), current.grad
+
+
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
 @pytest.mark.parametrize("neuron", [SoftResetLIF, SurrogateLIF])
-def test_a_neuron_without_a_fused_kernel_runs_its_own_methods_on_torch(neuron, log):
-    # Its spikes and gradients are those of the same equations one autograd node per step.
-    torch.manual_seed(0)
-    current = torch.rand(6, 2, 5, dtype=torch.float64) * 1.2
-    grad = torch.randn(6, 2, 5, dtype=torch.float64)
-    results = {}
-    for name in ("cpu", "reference"):
-        leaf = current.clone().requires_grad_()
-        with backends.use_backend(name):
-            spikes = neuron(1.0, 0.9)(leaf)
-            spikes.backward(grad)
-        results[name] = spikes.detach(), leaf.grad
-    assert torch.equal(results["cpu"][0], results["reference"][0])
-    assert results["cpu"][0].any() and results["cpu"][1].abs().sum() > 0
-    torch.testing.assert_close(results["cpu"][1], results["reference"][1], rtol=1e-12, atol=0)
-    assert [r.getMessage() for r in log.records] == [
-        f"spiking: backend 'cpu' cannot run this (it has no kernel for {neuron.__name__}); "
-        "backend 'torch' runs it, with the same results, more slowly"]
-    assert backends.select(current, neuron=LIFNeuron()) is cpu
+def test_a_researchers_neuron_runs_fused_scans_generated_from_its_methods(neuron, log):
+    # Its spikes and gradients are those of the same methods run one autograd node per step.
+    fused = _spikes_and_gradient(neuron(1.0, 0.9), "cpu")
+    stepped = _spikes_and_gradient(neuron(1.0, 0.9), "reference")
+    assert torch.equal(fused[0], stepped[0])
+    assert fused[0].any() and fused[1].abs().sum() > 0
+    torch.testing.assert_close(fused[1], stepped[1], rtol=1e-12, atol=0)
+    assert not [r for r in log.records if "cannot run" in r.getMessage()]
+    assert backends.select(torch.zeros(2, 5), neuron=neuron(1.0, 0.9)) is cpu
+
+
+class DataDependentLIF(LIFNeuron):
+    """A reset that branches on the values: the tracer cannot follow it."""
+
+    def reset(self, potential, spikes):
+        if bool((potential > 5.0).any()):
+            return torch.zeros_like(potential)
+        return super().reset(potential, spikes)
+
+
+@pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
+def test_a_method_that_cannot_be_fused_runs_on_torch_with_one_line_naming_it(log):
+    fallback = _spikes_and_gradient(DataDependentLIF(1.0, 0.9), "cpu")
+    stepped = _spikes_and_gradient(DataDependentLIF(1.0, 0.9), "reference")
+    assert torch.equal(fallback[0], stepped[0]) and torch.equal(fallback[1], stepped[1])
+    (line,) = [r.getMessage() for r in log.records]
+    assert line.startswith("spiking: backend 'cpu' cannot run this (it cannot generate this "
+                           "neuron's scans: DataDependentLIF.reset cannot be traced: ")
+    assert line.endswith("backend 'torch' runs it, with the same results, more slowly")
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
@@ -157,29 +177,31 @@ def test_a_derivative_that_reads_every_steps_gradient_gets_dense_input_gradients
         torch.testing.assert_close(fast, stepped, rtol=1e-9, atol=0)
 
 
-def test_a_neuron_that_keeps_its_potential_gets_it_in_the_backward():
+@pytest.mark.parametrize("name", ["torch", "cpu"])
+def test_a_neuron_that_keeps_its_potential_gets_it_in_the_backward(name):
+    if name == "cpu" and not cpu_kernels.available():
+        pytest.skip("no C compiler")
     current = torch.tensor([[0.5], [0.75], [0.5]], dtype=torch.float64, requires_grad=True)
-    with backends.use_backend("torch"):
+    with backends.use_backend(name):
         spikes = SurrogateLIF(1.0, 0.5)(current)  # u = 0.5, 1.0, 1.0
-    kept = spikes.grad_fn.saved_tensors[0]
-    assert kept.dtype == torch.float64 and kept.flatten().tolist() == [0.5, 1.0, 1.0]
-    spikes.backward(torch.tensor([[0.0], [0.0], [1.0]], dtype=torch.float64))
+        kept = spikes.grad_fn.saved.kept
+        assert kept.dtype == torch.float64 and kept.flatten().tolist() == [0.5, 1.0, 1.0]
+        spikes.backward(torch.tensor([[0.0], [0.0], [1.0]], dtype=torch.float64))
     assert current.grad.flatten().tolist() == [1.0, 1.0, 1.0]  # surrogate 1 at u = theta
 
 
 @pytest.mark.skipif(not cpu_kernels.available(), reason="no C compiler")
 def test_the_choice_decides_which_code_runs(monkeypatch):
     calls = []
-    original = cpu_kernels.lif_scan
-    monkeypatch.setattr(cpu_kernels, "lif_scan",
-                        lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs))
+    original = cpu._launch
+    monkeypatch.setattr(cpu, "_launch", lambda *args: calls.append(args[1].name) or original(*args))
     current = torch.rand(3, 4)
     with backends.use_backend("torch"):
         loops = LIFNeuron(0.5, 0.9)(current)
     assert not calls
     with backends.use_backend("cpu"):
         fused = LIFNeuron(0.5, 0.9)(current)
-    assert calls and torch.equal(loops, fused)
+    assert calls == ["evaluation"] and torch.equal(loops, fused)
 
 
 def test_the_reference_records_one_autograd_node_per_step():

@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from test_parity import build, fix_dropout_masks, input_spikes, mse_sum
 
-from spiking import IFNeuron, LIFNeuron, OutputIntegrator, PoolingNeuron, backends
+from custom_neuron import SoftResetLIF
+from plif_neuron import PLIFNeuron
+from test_backends import SurrogateLIF
+
+from spiking import IFNeuron, LIFNeuron, OutputIntegrator, backends
 from spiking.backends import cpu, cpu_kernels, pytorch, reference, triton_kernels
 
 CPU = torch.device("cpu")
@@ -20,7 +24,7 @@ FUSED = [pytest.param(name, marks=pytest.mark.skipif(
     for name in ("cpu", "triton")]
 DTYPES = [torch.float32, torch.float64]
 # [T, B, ...] of the scans: blocks of 1024 with a ragged end, and work for two threads
-SCAN_SHAPES = {"cpu": [(3, 5, 7001), (4, 40000)], "triton": [(4, 2, 3, 5)]}
+SCAN_SHAPES = {"cpu": [(3, 5, 3, 20, 70), (4, 1, 3, 97, 101)], "triton": [(4, 2, 3, 2, 3)]}
 # (T, B, C, H, W) and k of the pooling neuron: some rows and columns dropped
 POOL_SHAPES = {"cpu": [((3, 4, 20, 24, 24), 2), ((2, 3, 5, 13, 11), 2), ((2, 1, 4, 9, 10), 3)],
                "triton": [((3, 2, 2, 6, 4), 2), ((3, 2, 2, 7, 5), 2), ((2, 2, 2, 8, 7), 3)]}
@@ -53,29 +57,60 @@ def currents(shape, dtype, threshold, generator):
     return values
 
 
+def neuron_of(kind):
+    """The paper's neurons, and researchers' neurons whose scans are generated the same way:
+    another reset, a derivative that reads the potential, a learnable per-channel leak."""
+    neurons = {"lif": lambda: LIFNeuron(1.0, 0.97), "if": lambda: IFNeuron(0.75),
+               "soft-reset": lambda: SoftResetLIF(1.0, 0.97),
+               "surrogate": lambda: SurrogateLIF(1.0, 0.97),
+               "plif": lambda: PLIFNeuron(1.0, 0.97, channels=3)}
+    neuron = neurons[kind]()
+    if kind == "plif":
+        with torch.no_grad():
+            neuron.leak_logit.add_(torch.tensor([0.0, -1.0, 0.5])[:, None, None])
+    return neuron
+
+
+def forward_and_backward(table, neuron, current, start, grad, carry):
+    """Spikes, final membrane, statistics, what was kept, the currents' gradient and the
+    neuron's parameters' gradients of one chunk run by ``table``."""
+    out, membrane = current.clone(), start.clone()
+    stats = neuron.spike_stats(membrane)
+    membrane, saved = table.neuron_forward(neuron, out, membrane, stats, out, True)
+    scale = neuron.spike_scale(stats)
+    grad_current, parameter_grads = table.neuron_backward(neuron, saved, grad, scale, carry)
+    return (out, membrane, saved.kept, *stats, grad_current), parameter_grads
+
+
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kind", ["lif", "if"])
+@pytest.mark.parametrize("kind", ["lif", "if", "soft-reset", "surrogate", "plif"])
 @pytest.mark.usefixtures("two_threads")
-def test_neuron_scan_with_membrane_stats_and_spikes(name, dtype, kind):
+def test_generated_scans_give_the_bits_of_the_neurons_methods(name, dtype, kind):
+    # Forward (spikes, membrane, statistics, what is kept) and the currents' gradient bit for
+    # bit; a learnable leak's gradient, summed over the neurons in another order, to rounding
+    # (float32 sums of 10^5 terms that cancel: 1e-3).
     gen = torch.Generator().manual_seed(0)
-    neuron = LIFNeuron(1.0, 0.97) if kind == "lif" else IFNeuron(0.75)
+    neuron = neuron_of(kind).to(dtype)
     for shape in SCAN_SHAPES[name]:
         current = currents(shape, dtype, neuron.threshold, gen)
         start = torch.rand(shape[1:], generator=gen, dtype=dtype) * 0.5
         start.view(-1)[::7] = 0.0
-
-        def run(table):
-            out, membrane = current.clone(), start.clone()
-            stats = neuron.spike_stats(membrane)
-            spikes = torch.empty(shape, dtype=torch.bool)
-            membrane = table.neuron_forward(neuron, out, membrane, stats, out, spikes)
-            return out, membrane, spikes, *stats
-
-        fused, loops = both(name, run)
-        assert_identical(fused, loops)
-        assert 0 < fused[2].sum() < fused[2].numel() and torch.equal(fused[2], fused[0].bool())
-        assert not fused[2][0].view(-1)[::7].any()
+        grad = torch.randn(shape, generator=gen, dtype=dtype)
+        carry = torch.randn(shape[1:], generator=gen, dtype=dtype)
+        fused, loops = both(name, lambda table: forward_and_backward(
+            table, neuron, current, start, grad, carry))
+        assert_identical(fused[0], loops[0])
+        spikes = fused[0][0]
+        assert 0 < spikes.sum() < spikes.numel()
+        assert not spikes[0].view(-1)[::7].any()
+        if kind == "plif":
+            (fast,), (stepped,) = fused[1], loops[1]
+            assert fast.shape == (3, 1, 1) and stepped.abs().min() > 0
+            torch.testing.assert_close(fast, stepped, rtol=1e-9 if dtype == torch.float64
+                                       else 1e-3, atol=0)
+        else:
+            assert fused[1] == loops[1] == ()
 
 
 @pytest.mark.parametrize("name", FUSED)
@@ -86,9 +121,9 @@ def test_neuron_scan_writes_where_asked(name, inplace):
     def run(table):
         x = current.clone()
         out = x if inplace else torch.empty_like(x)
-        membrane = table.neuron_forward(IFNeuron(0.6), x, torch.zeros(3, 50, dtype=x.dtype), (),
-                                        out, None)
-        assert inplace or torch.equal(x, current)
+        membrane, saved = table.neuron_forward(IFNeuron(0.6), x, torch.zeros(3, 50, dtype=x.dtype),
+                                               (), out, False)
+        assert saved is None and (inplace or torch.equal(x, current))
         return out, membrane
 
     assert_identical(*both(name, run))
@@ -96,68 +131,20 @@ def test_neuron_scan_writes_where_asked(name, inplace):
 
 @pytest.mark.parametrize("name", FUSED)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("scale", ["neurons", "number"])
 @pytest.mark.usefixtures("two_threads")
-def test_neuron_backward(name, dtype, scale):
-    gen = torch.Generator().manual_seed(1)
-    for shape in SCAN_SHAPES[name]:
-        grad = torch.randn(shape, generator=gen, dtype=dtype)
-        spikes = torch.rand(shape, generator=gen) < 0.3
-        carry = torch.randn(shape[1:], generator=gen, dtype=dtype)
-        factor = (torch.rand(shape[1:], generator=gen, dtype=dtype) + 0.5 if scale == "neurons"
-                  else 0.25)
-
-        def run(table):
-            return (table.neuron_backward(LIFNeuron(), grad, spikes, factor, carry),)
-
-        fused, loops = both(name, run)
-        assert_identical(fused, loops)
-        silent = ~spikes.any(0)
-        assert torch.equal(fused[0][:, silent], carry[silent].expand(shape[0], -1))
-
-
-@pytest.mark.parametrize("name", FUSED)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.usefixtures("two_threads")
-def test_pooling_neuron_forward_and_backward(name, dtype):
-    # Pool and scan, then the scan's gradient spread over the windows, odd sizes zero-padded.
-    gen = torch.Generator().manual_seed(6)
-    for shape, k in POOL_SHAPES[name]:
-        neuron = PoolingNeuron(0.6, k)
-        spikes = (torch.rand(shape, generator=gen) < 0.4).to(dtype)
-        pooled_shape = (*shape[:-2], shape[-2] // k, shape[-1] // k)
-        grad = torch.randn(pooled_shape, generator=gen, dtype=dtype)
-        carry = torch.randn(pooled_shape[1:], generator=gen, dtype=dtype)
-
-        def run(table):
-            fired = torch.empty(pooled_shape, dtype=torch.bool)
-            membrane = torch.zeros(pooled_shape[1:], dtype=dtype)
-            out, membrane = table.pooling_forward(neuron, spikes, membrane, (), fired)
-            grad_image, first = table.pooling_backward(neuron, grad, fired, 1.0, carry,
-                                                       shape[-2:])
-            return out, membrane, fired, grad_image, first
-
-        fused, loops = both(name, run)
-        assert_identical(fused, loops)
-        assert fused[0].any() and fused[3].abs().sum() > 0
-        assert (fused[3][..., shape[-2] // k * k:, :] == 0).all()
-
-
-@pytest.mark.parametrize("name", FUSED)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.usefixtures("two_threads")
-def test_the_average_pool_sums_as_pytorch(name, dtype):
-    # Any values, not only spikes: the same sums in the same order as F.avg_pool2d, seen in
-    # the membranes they leave.
+def test_the_average_pool_and_its_gradient_as_pytorch(name, dtype):
+    # Any values, not only spikes: the same sums in the same order as F.avg_pool2d; the
+    # gradient spread over the windows, the rows and columns the pool dropped zero.
     gen = torch.Generator().manual_seed(5)
     for shape, k in POOL_SHAPES[name]:
         x = torch.randn(shape, generator=gen, dtype=dtype)
-        start = torch.zeros(*shape[1:-2], shape[-2] // k, shape[-1] // k, dtype=dtype)
-        fused, loops = both(name, lambda table: table.pooling_forward(
-            PoolingNeuron(0.3, k), x, start.clone(), (), None))
+        pooled_shape = (*shape[:-2], shape[-2] // k, shape[-1] // k)
+        grad = torch.randn(pooled_shape, generator=gen, dtype=dtype)
+        fused, loops = both(name, lambda table: (
+            table.average_pool(x, k), table.average_pool_backward(grad, k, shape[-2:])))
         assert_identical(fused, loops)
-    if name == "cpu":
-        assert torch.equal(cpu_kernels.avg_pool(x, k), pytorch.average_pool(x, k))
+        assert fused[0].shape == pooled_shape
+        assert (fused[1][..., shape[-2] // k * k:, :] == 0).all()
 
 
 @pytest.mark.parametrize("name", FUSED)

@@ -228,7 +228,10 @@ def test_the_backward_keeps_only_the_boolean_spikes(backend):
     if backend == "reference":  # one node per step, each keeping its step's spikes
         assert spikes.grad_fn.name() == "CatBackward0"
         return
-    assert [t.dtype for t in spikes.grad_fn.saved_tensors] == [torch.bool]
+    saved = spikes.grad_fn.saved  # the kernels' record of the chunk, kept by the node
+    assert saved.kept.dtype == torch.bool and saved.kept.shape == current.shape
+    assert saved.start is None and saved.currents is None
+    assert not spikes.grad_fn.saved_tensors
 
 
 def test_a_state_of_another_shape_is_an_error(backend):

@@ -48,8 +48,8 @@ NAMES = tuple(TABLES)
 
 # What every backend module offers, besides NAME, DESCRIPTION, NEURONS (kernel names, or None
 # for every neuron), DTYPES (None for any), STEP_BY_STEP and unavailable(device).
-KERNELS = ("neuron_forward", "neuron_backward", "pooling_forward", "pooling_backward",
-           "integrator_forward", "conv_forward", "conv_backward", "linear_forward",
+KERNELS = ("neuron_forward", "neuron_backward", "neuron_refusal", "average_pool",
+           "average_pool_backward", "integrator_forward", "conv_forward", "conv_backward", "linear_forward",
            "linear_backward", "poisson_encode", "describe")
 
 _log = logging.getLogger("spiking")
@@ -117,11 +117,8 @@ def _refusal(name: str, tensors: list[Tensor], neuron: nn.Module | None) -> str 
         found = {t.dtype for t in tensors if t.dtype != torch.bool}
         if len(found) != 1 or not found <= dtypes:
             return f"it runs on {' or '.join(sorted(map(str, dtypes)))}, not {sorted(map(str, found))}"
-    implemented = TABLES[name].NEURONS
-    if neuron is not None and implemented is not None:
-        kernel = type(neuron).__dict__.get("kernel")
-        if kernel not in implemented:
-            return f"it has no kernel for {type(neuron).__name__}"
+    if neuron is not None:
+        return TABLES[name].neuron_refusal(neuron, tensors[0])
     return None
 
 

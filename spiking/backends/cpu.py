@@ -18,24 +18,24 @@ with the same results, after one line in the log.
 """
 from __future__ import annotations
 
+import ctypes
 import weakref
 
 import torch
 from torch import Tensor, nn
 
-from . import cpu_kernels, event_kernels, pytorch
-from .arguments import scan_arguments
+from . import codegen, cpu_kernels, event_kernels, pytorch
+from .cpu_kernels import threads_for
 from .event_kernels import Events
-from .reference import integrator_forward, poisson_draws
+from .reference import poisson_draws
 
-__all__ = ["EVENT_DENSITY_MAX", "conv_backward", "conv_forward", "describe", "event_density_max",
-           "integrator_forward", "linear_backward", "linear_forward", "neuron_backward",
-           "neuron_forward", "poisson_encode", "pooling_backward", "pooling_forward",
-           "unavailable"]
+__all__ = ["EVENT_DENSITY_MAX", "average_pool", "average_pool_backward", "conv_backward",
+           "conv_forward", "describe", "event_density_max", "integrator_forward",
+           "linear_backward", "linear_forward", "neuron_backward", "neuron_forward",
+           "neuron_refusal", "poisson_encode", "unavailable"]
 
 NAME = "cpu"
 DESCRIPTION = "fused C kernels, event-driven synapses"
-NEURONS = frozenset({"lif", "if", "pooling", "integrator"})
 DTYPES = frozenset({torch.float32, torch.float64})
 STEP_BY_STEP = False
 
@@ -70,41 +70,70 @@ def describe() -> str:
             f"{event_density_max('linear')}")
 
 
+def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
+    """Why the generated C scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
+    (a method that cannot be traced, :mod:`.codegen`), or None."""
+    try:
+        codegen.neuron_scan(neuron, like[0])
+    except codegen.NotFusable as reason:
+        return f"it cannot generate this neuron's scans: {reason}"
+    return None
+
+
+def _functions(scan: codegen.NeuronScan) -> dict[str, tuple[ctypes._CFuncPtr, Tensor]]:
+    """``scan``'s kernels compiled (once, cached on disk): per kernel the C function and its
+    constants."""
+    functions = scan.compiled.get(NAME)
+    if functions is None:
+        kernels = list(scan.kernels.values())
+        what = f"the fused scans of {scan.name} ({str(scan.dtype).removeprefix('torch.')})"
+        library = cpu_kernels.load_generated(codegen.c_source(kernels, scan.dtype, "scan"),
+                                             f"scan-{scan.name}", what)
+        functions = {k.name: (getattr(library, f"scan_{k.name}"),
+                              torch.tensor([*k.program.constants.values(), 0.0],
+                                           dtype=scan.dtype))
+                     for k in kernels}
+        scan.compiled[NAME] = functions
+    return functions
+
+
+def _launch(scan: codegen.NeuronScan, kernel: codegen.Kernel, arrays: dict[str, Tensor],
+            steps: int, neurons: int) -> None:
+    function, constants = _functions(scan)[kernel.name]
+    slots = kernel.arrays()
+    pointers = (ctypes.c_void_p * len(slots))(*(arrays[s.array].data_ptr() for s in slots))
+    function(steps, neurons, pointers, constants.data_ptr(), threads_for(steps * neurons, neurons))
+
+
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
-    """As :func:`.reference.neuron_forward`, in C; ``membrane`` is updated in place."""
-    if out is not current:
-        out.copy_(current)
-    threshold, leak, trace, count = scan_arguments(neuron, stats)
-    cpu_kernels.lif_scan(out, threshold, leak, membrane, kept, trace, count)
-    return membrane
+                   stats: tuple[Tensor, ...], out: Tensor, record: bool
+                   ) -> tuple[Tensor, codegen.FusedRecord | None]:
+    """As :func:`.reference.neuron_forward`, in the C scan generated from the neuron's methods;
+    ``membrane`` is updated in place."""
+    return codegen.scan_forward(_launch, neuron, current, membrane, stats, out, record)
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
-                    scale: Tensor | float, carry: Tensor) -> Tensor:
-    """As :func:`.reference.neuron_backward`, in C; ``kept`` holds the bool spikes."""
-    step = grad_spikes[0]
-    if isinstance(scale, Tensor):
-        scale = scale.expand_as(step).contiguous()
-    else:
-        scale = torch.full_like(step, scale)
-    return cpu_kernels.gradient_scan(grad_spikes, kept, scale, carry)
+def neuron_backward(neuron: nn.Module, saved: codegen.FusedRecord, grad_spikes: Tensor,
+                    scale: Tensor | float, carry: Tensor
+                    ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """As :func:`.reference.neuron_backward`, in the generated C gradient scan."""
+    return codegen.scan_backward(_launch, neuron, saved, grad_spikes, scale, carry)
 
 
-def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], kept: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_forward`: the average pool in C, the spikes written over it."""
-    current = cpu_kernels.avg_pool(spikes, neuron.kernel_size)
-    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
+def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> Tensor:
+    """As :func:`.reference.integrator_forward`, in the generated C scan."""
+    return codegen.integrate(_launch, neuron, current, membrane)
 
 
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
-                     scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
-                     ) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_backward`, in C."""
-    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
-    return cpu_kernels.avg_pool_backward(delta, neuron.kernel_size, *input_hw), delta[0]
+def average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
+    """As :func:`.reference.average_pool`, in C."""
+    return cpu_kernels.avg_pool(spikes, kernel_size)
+
+
+def average_pool_backward(grad_pooled: Tensor, kernel_size: int,
+                          input_hw: tuple[int, int]) -> Tensor:
+    """As :func:`.reference.average_pool_backward`, in C."""
+    return cpu_kernels.avg_pool_backward(grad_pooled, kernel_size, *input_hw)
 
 
 def poisson_encode(images: Tensor, time_steps: int, scale: float,

@@ -15,11 +15,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import logging
 import math
 import os
 import platform
+import re
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -28,7 +31,7 @@ from torch import Tensor
 from .arguments import check_tensor, check_window
 
 __all__ = ["available", "avg_pool", "avg_pool_backward", "build", "build_error", "gradient_scan",
-           "lif_scan", "pack_spikes", "poisson_spikes", "threads_for"]
+           "cache_dir", "lif_scan", "load_generated", "pack_spikes", "poisson_spikes", "threads_for", "write_atomically"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
@@ -38,6 +41,7 @@ _FLAG_SETS = ([*_FLAGS, "-fopenmp"], _FLAGS)
 # A thread gets at least this much work (multiply-adds or neuron-steps: starting one costs
 # about as much as 10^4 of them) and this many neurons (a block of the scans).
 _WORK_PER_THREAD = 65536
+_log = logging.getLogger("spiking")
 _NEURONS_PER_THREAD = 1024
 
 
@@ -50,7 +54,18 @@ def threads_for(work: int, neurons: int | None = None) -> int:
     return max(1, min(limit, work // _WORK_PER_THREAD))
 
 
-def _cache_dir() -> Path:
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader (another DDP rank) never sees part of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=path.suffix,
+                                     delete=False) as file:
+        file.write(text)
+    os.replace(file.name, path)
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$SPIKING_KERNEL_CACHE``, default
+    ``~/.cache/spiking-kernels``."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "spiking-kernels"
     return Path(os.environ.get("SPIKING_KERNEL_CACHE", default))
 
@@ -67,20 +82,39 @@ def _compile(flags: list[str], target: Path, source: Path) -> None:
         os.replace(partial, target)
 
 
-def build(source: Path = _SOURCE) -> Path:
+def build(source: Path = _SOURCE, what: str = "") -> Path:
     """The cached library of the C file ``source``, built first if needed, with the first flag
-    set that compiles (also used by :mod:`.event_kernels`)."""
+    set that compiles (also used by :mod:`.event_kernels` and the generated scans); a build
+    says in the log what it compiled (``what``, else the file) and how long it took."""
     failures: list[Exception] = []
     for flags in _FLAG_SETS:
         key = f"{source.read_text()}{flags}{platform.machine()}".encode()
-        target = _cache_dir() / f"{source.stem}-{hashlib.sha256(key).hexdigest()[:16]}.so"
+        target = cache_dir() / f"{source.stem}-{hashlib.sha256(key).hexdigest()[:16]}.so"
         try:
             if not target.exists():
+                started = time.perf_counter()
                 _compile(flags, target, source)
+                _log.warning("spiking: compiled %s in %.1f s, cached in %s", what or source.name,
+                             time.perf_counter() - started, target.parent)
             return target
         except (OSError, subprocess.SubprocessError) as error:
             failures.append(error)
     raise failures[0]
+
+
+def load_generated(source: str, stem: str, what: str) -> ctypes.CDLL:
+    """The library of generated C ``source``, from the cache or compiled now; each exported
+    kernel takes ``(steps, neurons, arrays, constants, threads)``."""
+    path = cache_dir() / f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:16]}.c"
+    if not path.exists():
+        write_atomically(path, source)
+    library = ctypes.CDLL(str(build(path, what)))
+    for name in re.findall(r"^void (\w+)\(int64_t steps", source, flags=re.MULTILINE):
+        function = getattr(library, name)
+        function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
+                             ctypes.c_int]
+        function.restype = None
+    return library
 
 
 _build_error: list[str] = []

@@ -17,17 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .reference import (integrator_forward, neuron_backward, neuron_forward, poisson_encode,
-                        pooling_backward)
+from .reference import (average_pool_backward, integrator_forward, neuron_backward,
+                        neuron_forward, neuron_refusal, poisson_encode)
 
-__all__ = ["average_pool", "conv_backward", "conv_forward", "describe", "integrator_forward",
-           "linear_backward", "linear_forward", "neuron_backward", "neuron_forward",
-           "pack_spikes", "poisson_encode", "pooling_backward", "pooling_forward", "unavailable",
+__all__ = ["average_pool", "average_pool_backward", "conv_backward", "conv_forward", "describe",
+           "integrator_forward", "linear_backward", "linear_forward", "neuron_backward",
+           "neuron_forward", "neuron_refusal", "pack_spikes", "poisson_encode", "unavailable",
            "unpack_spikes"]
 
 NAME = "torch"
 DESCRIPTION = "PyTorch loops over the steps of every neuron, time-folded synapses"
-NEURONS = None  # every neuron: its own methods
 DTYPES = None
 STEP_BY_STEP = False
 
@@ -47,13 +46,6 @@ def describe() -> str:
 def average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
     """``[T, B, C, H, W]`` -> ``[T, B, C, H // k, W // k]``: the window means of each image."""
     return F.avg_pool2d(spikes.flatten(0, 1), kernel_size).unflatten(0, spikes.shape[:2])
-
-
-def pooling_forward(neuron, spikes: Tensor, membrane: Tensor, stats: tuple[Tensor, ...],
-                    kept: Tensor | None) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_forward`, with one pool over all steps."""
-    current = average_pool(spikes, neuron.kernel_size)
-    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
 
 
 def pack_spikes(x: Tensor) -> Packed:

@@ -9,18 +9,19 @@ also holds it to a literal port of the authors' loop). The neuron loops here are
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["average_pool_backward", "conv_backward", "conv_forward", "describe",
-           "integrator_forward", "linear_backward", "linear_forward", "neuron_backward",
-           "neuron_forward", "poisson_draws", "poisson_encode", "pooling_backward",
-           "pooling_forward", "unavailable"]
+__all__ = ["StepRecord", "average_pool", "average_pool_backward", "conv_backward",
+           "conv_forward", "describe", "integrator_forward", "linear_backward", "linear_forward",
+           "neuron_backward", "neuron_forward", "neuron_refusal", "poisson_draws",
+           "poisson_encode", "trains", "unavailable"]
 
 NAME = "reference"
 DESCRIPTION = "every neuron's own methods and every synapse, one time step at a time"
-NEURONS = None  # every neuron: its own methods
 DTYPES = None
 STEP_BY_STEP = True
 
@@ -30,49 +31,113 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
+def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
+    """Runs every neuron: its own methods."""
+    return None
+
+
 def describe() -> str:
     return DESCRIPTION
 
 
+@dataclass
+class StepRecord:
+    """What the neuron loops keep of a chunk for the backward: per step the bool spikes, or the
+    potential ``u_t`` (a derivative that reads it, or a neuron whose parameters train); for
+    the parameters' gradient through ``charge`` the chunk's first membrane and its currents."""
+
+    kept: Tensor
+    start: Tensor | None = None
+    currents: Tensor | None = None
+
+
+def trains(neuron: nn.Module) -> bool:
+    """Whether any of ``neuron``'s parameters requires a gradient."""
+    return any(p.requires_grad for p in neuron.parameters())
+
+
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
+                   stats: tuple[Tensor, ...], out: Tensor, record: bool
+                   ) -> tuple[Tensor, StepRecord | None]:
     """Run ``neuron`` over ``current`` ``[T, B, ...]`` from ``membrane`` ``[B, ...]``: the spikes
     into ``out`` (0 or 1; may be ``current`` itself: each step's current is read before its
-    spikes are written), each step added to ``stats``, and into ``kept``, if given, what the
-    backward keeps of each step: the spikes (bool), or the potential ``u_t`` for a neuron that
-    keeps it. Returns the final membrane (``membrane`` may be updated in place)."""
+    spikes are written); with ``record``, each step added to ``stats`` and what the backward
+    needs kept. Returns the final membrane (``membrane`` may be updated in place) and that
+    record (None without ``record``)."""
+    learning = record and trains(neuron)
+    saved = None
+    if record:
+        potentials = neuron.keeps_potential or learning
+        kept = torch.empty(current.shape, device=current.device,
+                           dtype=current.dtype if potentials else torch.bool)
+        saved = StepRecord(kept, membrane.clone() if learning else None,
+                           current.clone() if learning else None)
     for t in range(current.shape[0]):
         potential = neuron.charge(membrane, current[t])
         spikes = neuron.fire(potential)
         membrane = neuron.reset(potential, spikes)
-        if stats:
+        if record:
             neuron.update_stats(stats, spikes)
+            saved.kept[t] = potential if saved.kept.dtype != torch.bool else spikes
         out[t] = spikes
-        if kept is not None:
-            kept[t] = potential if neuron.keeps_potential else spikes
-    return membrane
+    return membrane, saved
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
-                    scale: Tensor | float, carry: Tensor) -> Tensor:
-    """``dLoss/dI`` ``[T, B, ...]`` from ``g = dLoss/ds`` and what the forward ``kept``
-    ``[T, B, ...]`` (the bool spikes, or the potentials), going back in time from ``carry``
-    (``dLoss/du`` of the step after the last, ``[B, ...]``) through ``neuron.backward_step``."""
+def _step_parameter_gradients(neuron: nn.Module, saved: StepRecord, t: int, delta: Tensor,
+                              later: Tensor) -> tuple[Tensor | None, ...]:
+    """Step t's share of the parameters' gradients, by autograd through ``charge`` (cotangent
+    ``delta = dLoss/du_t``) and ``reset`` (cotangent ``later = dLoss/dm_t``), from the step's
+    inputs: the fire returns booleans and passes no gradient."""
+    parameters = [p for p in neuron.parameters() if p.requires_grad]
+    with torch.no_grad():
+        before = saved.kept[t - 1] if t > 0 else None
+        previous = saved.start if before is None else neuron.reset(before, neuron.fire(before))
+        potential = saved.kept[t]
+        spikes = neuron.fire(potential)
+    with torch.enable_grad():
+        outputs = [(neuron.charge(previous, saved.currents[t]), delta),
+                   (neuron.reset(potential, spikes), later)]
+        outputs = [(value, cotangent) for value, cotangent in outputs if value.requires_grad]
+        if not outputs:
+            return (None,) * len(parameters)
+        return torch.autograd.grad([v for v, _ in outputs], parameters,
+                                   [c for _, c in outputs], allow_unused=True)
+
+
+def _add(total: list[Tensor | None], grads: tuple[Tensor | None, ...]) -> None:
+    for k, grad in enumerate(grads):
+        if grad is not None:
+            total[k] = grad if total[k] is None else total[k] + grad
+
+
+def neuron_backward(neuron: nn.Module, saved: StepRecord, grad_spikes: Tensor,
+                    scale: Tensor | float, carry: Tensor
+                    ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """``dLoss/dI`` ``[T, B, ...]`` from ``g = dLoss/ds`` and what the forward kept, going back
+    in time from ``carry`` (``dLoss/du`` of the step after the last, ``[B, ...]``) through
+    ``neuron.backward_step``; and the gradients of ``neuron.parameters()`` (None for those
+    that do not train)."""
     grad_current = torch.empty_like(grad_spikes)
+    learning = saved.currents is not None
+    parameter_grads: list[Tensor | None] = [None] * sum(p.requires_grad
+                                                        for p in neuron.parameters())
     delta = carry
     for t in range(grad_spikes.shape[0] - 1, -1, -1):
-        delta = neuron.backward_step(grad_spikes[t], delta, kept[t], scale)
+        kept = saved.kept[t]
+        if learning and not neuron.keeps_potential:  # kept u for the parameters; the step reads s
+            kept = neuron.fire(kept)
+        later, delta = delta, neuron.backward_step(grad_spikes[t], delta, kept, scale)
+        if learning:
+            _add(parameter_grads, _step_parameter_gradients(neuron, saved, t, delta, later))
         grad_current[t] = delta
-    return grad_current
+    grads = iter(parameter_grads)
+    return grad_current, tuple(next(grads) if p.requires_grad else None
+                               for p in neuron.parameters())
 
 
-def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], kept: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
-    """A pooling neuron over ``spikes`` ``[T, B, C, H, W]``: each step's k x k average pool,
-    then :func:`neuron_forward`. Returns ``(spikes [T, B, C, H // k, W // k], membrane)``."""
-    current = torch.stack([F.avg_pool2d(step, neuron.kernel_size) for step in spikes])
-    return current, neuron_forward(neuron, current, membrane, stats, current, kept)
+def average_pool(spikes: Tensor, kernel_size: int) -> Tensor:
+    """``[T, B, C, H, W]`` -> ``[T, B, C, H // k, W // k]``: each step's k x k average pool."""
+    return torch.stack([F.avg_pool2d(step, kernel_size) for step in spikes])
 
 
 def average_pool_backward(grad_pooled: Tensor, kernel_size: int,
@@ -86,16 +151,6 @@ def average_pool_backward(grad_pooled: Tensor, kernel_size: int,
     grad = grad.reshape(*batch, rows * k, cols * k)
     pad_h, pad_w = input_hw[0] - rows * k, input_hw[1] - cols * k
     return F.pad(grad, (0, pad_w, 0, pad_h)) if pad_h or pad_w else grad
-
-
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
-                     scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
-                     ) -> tuple[Tensor, Tensor]:
-    """The pooling neuron's backward: :func:`neuron_backward`, then the average pool's.
-    Returns the input's gradient ``[T, B, C, H, W]`` and ``dLoss/du`` of step 0 (the carry of
-    the chunk before)."""
-    delta = neuron_backward(neuron, grad_pooled, kept, scale, carry)
-    return average_pool_backward(delta, neuron.kernel_size, input_hw), delta[0]
 
 
 def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> Tensor:

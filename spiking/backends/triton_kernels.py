@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
+import importlib.util
 import math
 import struct
 from collections.abc import Callable
@@ -25,18 +27,16 @@ from types import ModuleType
 import torch
 from torch import Tensor, nn
 
-from . import pytorch
-from .arguments import check_tensor, check_window, scan_arguments
-from .pytorch import conv_backward, linear_backward
-from .reference import poisson_encode
+from . import codegen, cpu_kernels, pytorch
+from .pytorch import average_pool, conv_backward, linear_backward
+from .reference import average_pool_backward, poisson_encode
 
-__all__ = ["conv_backward", "conv_forward", "describe", "integrator_forward", "linear_backward",
-           "linear_forward", "neuron_backward", "neuron_forward", "pack_spikes", "poisson_encode",
-           "pooling_backward", "pooling_forward", "unavailable"]
+__all__ = ["average_pool", "average_pool_backward", "conv_backward", "conv_forward", "describe",
+           "integrator_forward", "launch", "linear_backward", "linear_forward", "neuron_backward",
+           "neuron_forward", "neuron_refusal", "pack_spikes", "poisson_encode", "unavailable"]
 
 NAME = "triton"
 DESCRIPTION = "fused Triton kernels, time-folded synapses"
-NEURONS = frozenset({"lif", "if", "pooling", "integrator"})
 DTYPES = frozenset({torch.float32, torch.float64})
 STEP_BY_STEP = False
 
@@ -93,91 +93,60 @@ def launch(kernel: Callable, size: int, device: torch.device, *args, block: int 
         kernel[grid](*args, BLOCK=block, enable_fp_fusion=False, **constexprs)
 
 
+def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
+    """Why the generated Triton scans cannot run ``neuron`` on currents like ``like``
+    ``[T, B, ...]`` (a method that cannot be traced, :mod:`.codegen`), or None."""
+    try:
+        codegen.neuron_scan(neuron, like[0])
+    except codegen.NotFusable as reason:
+        return f"it cannot generate this neuron's scans: {reason}"
+    return None
+
+
+def _module(scan: codegen.NeuronScan) -> ModuleType:
+    """``scan``'s kernels as a Triton module: its source written once to the kernel cache (a
+    ``triton.jit`` function needs a file), imported once per process."""
+    module = scan.compiled.get(NAME)
+    if module is None:
+        source = codegen.triton_source(list(scan.kernels.values()), scan.dtype, "scan")
+        digest = hashlib.sha256(source.encode()).hexdigest()[:16]
+        path = cpu_kernels.cache_dir() / f"triton-{scan.name}-{digest}.py"
+        if not path.exists():
+            cpu_kernels.write_atomically(path, source)
+        spec = importlib.util.spec_from_file_location(f"spiking_scan_{digest}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        scan.compiled[NAME] = module
+    return module
+
+
+def _launch(scan: codegen.NeuronScan, kernel: codegen.Kernel, arrays: dict[str, Tensor],
+            steps: int, neurons: int) -> None:
+    device = arrays[kernel.arrays()[0].array].device
+    constants = _constants(scan.dtype, device, *kernel.program.constants.values(), 0.0)
+    launch(getattr(_module(scan), f"scan_{kernel.name}"), neurons, device, constants,
+           *(arrays[slot.array] for slot in kernel.arrays()), steps, neurons)
+
+
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,
-                   stats: tuple[Tensor, ...], out: Tensor, kept: Tensor | None) -> Tensor:
-    """As :func:`.reference.neuron_forward`, in one launch; ``membrane`` is updated in place."""
-    if out is not current:
-        out.copy_(current)
-    threshold, leak, trace, count = scan_arguments(neuron, stats)
-    for tensor, name in ((membrane, "membrane"), (trace, "trace"), (count, "count")):
-        check_tensor(tensor, out.shape[1:], name, out.dtype)
-    check_tensor(kept, out.shape, "spikes", torch.bool)
-    constants = _constants(out.dtype, out.device, threshold, leak)
-    neurons = membrane.numel()
-    launch(_jit().lif_scan, neurons, out.device, out, out if kept is None else kept,
-           membrane, membrane if trace is None else trace, membrane if count is None else count,
-           constants, out.shape[0], neurons, HAS_SPIKES=kept is not None,
-           HAS_SUMS=trace is not None)
-    return membrane
+                   stats: tuple[Tensor, ...], out: Tensor, record: bool
+                   ) -> tuple[Tensor, codegen.FusedRecord | None]:
+    """As :func:`.reference.neuron_forward`, in one launch of the Triton scan generated from
+    the neuron's methods; ``membrane`` is updated in place."""
+    return codegen.scan_forward(_launch, neuron, current, membrane, stats, out, record)
 
 
-def neuron_backward(neuron: nn.Module, grad_spikes: Tensor, kept: Tensor,
-                    scale: Tensor | float, carry: Tensor) -> Tensor:
-    """As :func:`.reference.neuron_backward`, in one launch; ``kept`` holds the bool spikes,
-    ``scale`` is per neuron or one number."""
-    step_shape = grad_spikes.shape[1:]
-    check_tensor(kept, grad_spikes.shape, "spikes", torch.bool)
-    check_tensor(carry, step_shape, "carry", grad_spikes.dtype)
-    per_neuron = isinstance(scale, Tensor)
-    if per_neuron:
-        scale = scale.expand(step_shape).contiguous()
-    else:
-        scale = _constants(grad_spikes.dtype, grad_spikes.device, scale)
-    out = torch.empty_like(grad_spikes)
-    neurons = step_shape.numel()
-    launch(_jit().gradient_scan, neurons, grad_spikes.device, grad_spikes, kept, scale, carry,
-           out, grad_spikes.shape[0], neurons, SCALE_PER_NEURON=per_neuron)
-    return out
-
-
-def pooling_forward(neuron: nn.Module, spikes: Tensor, membrane: Tensor,
-                    stats: tuple[Tensor, ...], kept: Tensor | None
-                    ) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_forward`: pool and scan in one launch."""
-    k = neuron.kernel_size
-    steps, *planes, height, width = spikes.shape
-    rows, cols = height // k, width // k
-    out = spikes.new_empty((steps, *planes, rows, cols))
-    check_tensor(membrane, out.shape[1:], "membrane", spikes.dtype)
-    check_tensor(kept, out.shape, "spikes", torch.bool)
-    neurons = membrane.numel()
-    launch(_jit().pooling_scan, neurons, spikes.device, spikes, out,
-           out if kept is None else kept, membrane,
-           _constants(spikes.dtype, spikes.device, neuron.threshold), steps, neurons,
-           spikes[0].numel(), height, width, rows, cols, K=k, HAS_SPIKES=kept is not None)
-    return out, membrane
-
-
-def pooling_backward(neuron: nn.Module, grad_pooled: Tensor, kept: Tensor,
-                     scale: Tensor | float, carry: Tensor, input_hw: tuple[int, int]
-                     ) -> tuple[Tensor, Tensor]:
-    """As :func:`.reference.pooling_backward`: the gradient scan and the average pool's
-    gradient in one launch (the IF neuron's factor at a spike is 1)."""
-    k = neuron.kernel_size
-    steps, *planes, rows, cols = grad_pooled.shape
-    height, width = input_hw
-    check_window(k, (rows, cols), input_hw)
-    check_tensor(kept, grad_pooled.shape, "spikes", torch.bool)
-    check_tensor(carry, grad_pooled.shape[1:], "carry", grad_pooled.dtype)
-    covered = height == rows * k and width == cols * k
-    shape = (steps, *planes, height, width)
-    image_grad = grad_pooled.new_empty(shape) if covered else grad_pooled.new_zeros(shape)
-    first = torch.empty_like(carry)
-    neurons = carry.numel()
-    launch(_jit().pooling_gradient_scan, neurons, grad_pooled.device, grad_pooled, kept, carry,
-           image_grad, first, steps, neurons, image_grad[0].numel(), height, width, rows, cols,
-           K=k)
-    return image_grad, first
+def neuron_backward(neuron: nn.Module, saved: codegen.FusedRecord, grad_spikes: Tensor,
+                    scale: Tensor | float, carry: Tensor
+                    ) -> tuple[Tensor, tuple[Tensor | None, ...]]:
+    """As :func:`.reference.neuron_backward`, in one launch of the generated gradient scan."""
+    return codegen.scan_backward(_launch, neuron, saved, grad_spikes, scale, carry)
 
 
 def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> Tensor:
     """As :func:`.reference.integrator_forward`, in one launch; ``membrane`` is updated in
     place."""
-    check_tensor(membrane, current.shape[1:], "membrane", current.dtype)
-    neurons = membrane.numel()
-    launch(_jit().output_integrator, neurons, current.device, current, membrane,
-           _constants(current.dtype, current.device, neuron.leak), current.shape[0], neurons)
-    return membrane
+    return codegen.integrate(_launch, neuron, current, membrane)
 
 
 def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
