@@ -46,11 +46,11 @@ TABLES: dict[str, ModuleType] = {module.NAME: module
                                  for module in (reference, pytorch, cpu, triton_kernels)}
 NAMES = tuple(TABLES)
 
-# What every backend module offers, besides NAME, DESCRIPTION, NEURONS (kernel names, or None
-# for every neuron), DTYPES (None for any), STEP_BY_STEP and unavailable(device).
+# What every backend module offers, besides NAME, DESCRIPTION, DTYPES (None for any),
+# STEP_BY_STEP and unavailable(device).
 KERNELS = ("neuron_forward", "neuron_backward", "neuron_refusal", "average_pool",
-           "average_pool_backward", "integrator_forward", "conv_forward", "conv_backward", "linear_forward",
-           "linear_backward", "poisson_encode", "describe")
+           "average_pool_backward", "integrator_forward", "conv_forward", "conv_backward",
+           "linear_forward", "linear_backward", "poisson_encode", "describe")
 
 _log = logging.getLogger("spiking")
 _told: set[tuple[str, str]] = set()  # (backend, reason) pairs already reported

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from . import codegen, cpu_kernels, event_kernels, pytorch
+from .codegen import neuron_refusal
 from .cpu_kernels import threads_for
 from .event_kernels import Events
 from .reference import poisson_draws
@@ -68,16 +69,6 @@ def unavailable(device: torch.device) -> str | None:
 def describe() -> str:
     return (f"{DESCRIPTION} up to input density conv {event_density_max('conv')}, linear "
             f"{event_density_max('linear')}")
-
-
-def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
-    """Why the generated C scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
-    (a method that cannot be traced, :mod:`.codegen`), or None."""
-    try:
-        codegen.neuron_scan(neuron, like[0])
-    except codegen.NotFusable as reason:
-        return f"it cannot generate this neuron's scans: {reason}"
-    return None
 
 
 def _functions(scan: codegen.NeuronScan) -> dict[str, tuple[ctypes._CFuncPtr, Tensor]]:

@@ -30,8 +30,9 @@ from torch import Tensor
 
 from .arguments import check_tensor, check_window
 
-__all__ = ["available", "avg_pool", "avg_pool_backward", "build", "build_error", "gradient_scan",
-           "cache_dir", "lif_scan", "load_generated", "pack_spikes", "poisson_spikes", "threads_for", "write_atomically"]
+__all__ = ["available", "avg_pool", "avg_pool_backward", "build", "build_error", "cache_dir",
+           "gradient_scan", "lif_scan", "load_generated", "pack_spikes", "poisson_spikes",
+           "threads_for", "write_atomically"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
@@ -41,8 +42,8 @@ _FLAG_SETS = ([*_FLAGS, "-fopenmp"], _FLAGS)
 # A thread gets at least this much work (multiply-adds or neuron-steps: starting one costs
 # about as much as 10^4 of them) and this many neurons (a block of the scans).
 _WORK_PER_THREAD = 65536
-_log = logging.getLogger("spiking")
 _NEURONS_PER_THREAD = 1024
+_log = logging.getLogger("spiking")
 
 
 def threads_for(work: int, neurons: int | None = None) -> int:

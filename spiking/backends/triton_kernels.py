@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from . import codegen, cpu_kernels, pytorch
+from .codegen import neuron_refusal
 from .pytorch import average_pool, conv_backward, linear_backward
 from .reference import average_pool_backward, poisson_encode
 
@@ -91,16 +92,6 @@ def launch(kernel: Callable, size: int, device: torch.device, *args, block: int 
     grid = (-(-size // block),)
     with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
         kernel[grid](*args, BLOCK=block, enable_fp_fusion=False, **constexprs)
-
-
-def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
-    """Why the generated Triton scans cannot run ``neuron`` on currents like ``like``
-    ``[T, B, ...]`` (a method that cannot be traced, :mod:`.codegen`), or None."""
-    try:
-        codegen.neuron_scan(neuron, like[0])
-    except codegen.NotFusable as reason:
-        return f"it cannot generate this neuron's scans: {reason}"
-    return None
 
 
 def _module(scan: codegen.NeuronScan) -> ModuleType:

@@ -30,7 +30,8 @@ from .kernel import FIRST, NEURONS, NUMBER, ROWS, ROWS_BEFORE, STATE, SUM, Kerne
 from .program import Program, Value
 from .trace import MethodTrace, emit_graph, held_tensors, meta_like, trace_gradient, trace_method
 
-__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_scan", "scan_key"]
+__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_refusal", "neuron_scan",
+           "scan_key"]
 
 METHODS = ("charge", "fire", "reset", "update_stats", "backward_step", "spike_stats",
            "keeps_potential")
@@ -292,3 +293,13 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
     if isinstance(scan, NotFusable):
         raise scan
     return scan
+
+
+def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
+    """Why the generated scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
+    (a method that cannot be traced), or None: the fused tables' ``neuron_refusal``."""
+    try:
+        neuron_scan(neuron, like[0])
+    except NotFusable as reason:
+        return f"it cannot generate this neuron's scans: {reason}"
+    return None

@@ -101,7 +101,9 @@ def scan_backward(launch: Launch, neuron: nn.Module, saved: FusedRecord, grad_sp
     scan, kernel = saved.scan, saved.scan.kernels["backward"]
     step_shape = carry.shape
     check_tensor(grad_spikes, saved.kept.shape, "grad_spikes", carry.dtype)
-    if isinstance(scale, Tensor):
+    if not any(slot.array == "scale" for slot in kernel.slots):
+        scale = None  # a derivative that does not read the factor
+    elif isinstance(scale, Tensor):
         scale = scale.detach().to(carry.dtype).expand(step_shape).contiguous()
     else:
         scale = torch.full_like(carry, scale)
