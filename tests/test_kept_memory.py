@@ -43,3 +43,11 @@ def test_a_packing_kept_on_ctx_counts(monkeypatch):
     input instead of int8 codes breaks the budget."""
     monkeypatch.setattr("models.base.SpikingNetwork.inputs_are_spikes", lambda self: None)
     assert per_image_step_at_100() > budget()
+
+
+def test_the_batch_that_fits_is_printed_for_the_device_check(capsys):
+    """cuda_check.sh starts its batch search from this line."""
+    assert kept_memory.main(["--arch", "lenet", "-T", "4", "--width", "0.125", "--batch-only",
+                             "--device-bytes", "1e6"]) == 0
+    per_step = kept_memory.kept_per_image_step("lenet", 4, 0.125)
+    assert int(capsys.readouterr().out) == kept_memory.batch_that_fits(per_step, 4, 10**6) > 0

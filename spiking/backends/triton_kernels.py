@@ -75,8 +75,8 @@ def describe() -> str:
 def _constants(dtype: torch.dtype, device: torch.device, *values: float) -> Tensor:
     """``values`` in ``dtype`` on ``device``, made once: a Python float reaches a kernel as a
     float32 argument, and a float64 scan needs its threshold and leak in float64, exactly as
-    PyTorch converts them."""
-    return torch.tensor(values, dtype=dtype, device=device)
+    PyTorch converts them. Each is filled in on the device: a copy from the host would wait."""
+    return torch.cat([torch.full((1,), value, dtype=dtype, device=device) for value in values])
 
 
 def launch(kernel: Callable, size: int, device: torch.device, *args, block: int = _BLOCK,
