@@ -41,6 +41,7 @@ from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimiz
                    set_tf32, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, format_epoch_table,
                       write_metrics)
+from .versions import check_torch
 
 AfterStep = Callable[[int, int], None]
 _SAVE_NOW = 1  # the --save-every timer's request, below every signal number
@@ -615,9 +616,9 @@ def main(defaults: Experiment, argv: Sequence[str] | None = None,
     ``error: <message>`` on stderr, 130 (SIGINT) or 143 (SIGTERM) after an interrupt's line.
     The DDP process group, if any, is left in every case."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    settings = parse_settings(defaults, argv, description)
     try:
-        run(settings)
+        check_torch()
+        run(parse_settings(defaults, argv, description))
     except UsageError as error:
         if is_main_process():
             print(f"error: {error}", file=sys.stderr, flush=True)
