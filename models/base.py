@@ -152,6 +152,13 @@ class SpikingNetwork(nn.Module):
         for synapse in synapses:
             synapse.input_from_neurons = True
 
+    def inputs_are_spikes(self) -> None:
+        """Declare every synapse's input a spike train (``input_spikes``): in the four networks
+        each reads the signed Poisson code, a layer's spikes, or dropout's scaled spikes."""
+        for module in self.modules():
+            if isinstance(module, (SpikingConv2d, SpikingLinear)):
+                module.input_spikes = True
+
     def pooling_neuron(self) -> PoolingNeuron:
         return PoolingNeuron(self.pool_threshold)
 

@@ -74,6 +74,7 @@ class ResNet11(SpikingNetwork):
         self.inputs_from_neurons(self.cnn21, self.cnn22, self.shortcut1[0], self.cnn31,
                                  self.cnn32, self.shortcut2[0], self.cnn41, self.cnn42,
                                  self.shortcut3[0], self.cnn51, self.cnn52, self.fc0, self.fc1)
+        self.inputs_are_spikes()
         self.reset_parameters()
 
     def build_more_blocks(self, channels: int) -> None:

@@ -56,6 +56,7 @@ class VGG9(SpikingNetwork):
         self.output = OutputIntegrator(leak, threshold)
         self.inputs_from_neurons(self.cnn12, self.cnn21, self.cnn22, self.cnn31, self.cnn32,
                                  self.cnn33, self.fc0, self.fc1)
+        self.inputs_are_spikes()
         self.reset_parameters()
 
     def forward_chunk(self, spikes: Tensor) -> Tensor:

@@ -62,11 +62,13 @@ class _SynapseLayer:
 
     weight: nn.Parameter
     input_from_neurons: bool
+    input_spikes: bool
     event_chunks: int
     dense_chunks: int
 
-    def _init_synapse(self, input_from_neurons: bool) -> None:
+    def _init_synapse(self, input_from_neurons: bool, input_spikes: bool) -> None:
         self.input_from_neurons = input_from_neurons
+        self.input_spikes = input_spikes
         self.event_chunks = self.dense_chunks = 0
         self.kernel_cache: dict = {}  # the backend's per-layer data, e.g. a re-laid weight
 
@@ -115,18 +117,24 @@ class SpikingConv2d(_SynapseLayer, nn.Conv2d):
             *Hidden LIF neuron*): an event-driven backward may then leave the input gradient 0
             where the input did not spike. The network builder declares it; False (the default)
             always gives the full input gradient.
+        input_spikes: the input holds only ``-c, 0, c`` for one c (spikes, dropout's scaled
+            spikes, the signed Poisson code): the backward keeps it as int8 codes, decided
+            without reading the data back from the device (a false declaration gives NaN weight
+            gradients). False (the default) keeps the float input, except where the ``cpu``
+            backend finds it packable.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int,
-                 stride: int = 1, padding: int = 0, input_from_neurons: bool = False) -> None:
+                 stride: int = 1, padding: int = 0, input_from_neurons: bool = False,
+                 input_spikes: bool = False) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-        self._init_synapse(input_from_neurons)
+        self._init_synapse(input_from_neurons, input_spikes)
 
     def run_forward(self, kernels: ModuleType, spikes: Tensor, weight: Tensor, recording: bool,
                     weight_grad: bool) -> tuple[Tensor, object, bool]:
         return kernels.conv_forward(spikes, weight, self.stride, self.padding,
                                     cache=self.kernel_cache, recording=recording,
-                                    weight_grad=weight_grad)
+                                    weight_grad=weight_grad, spike_train=self.input_spikes)
 
     def run_backward(self, kernels: ModuleType, saved: object, weight: Tensor, grad: Tensor,
                      input_shape: torch.Size, needs_input: bool, needs_weight: bool
@@ -142,18 +150,19 @@ class SpikingLinear(_SynapseLayer, nn.Linear):
     """``nn.Linear`` without bias over a spike train: ``[T, B, F] -> [T, B, F']``.
 
     Args:
-        input_from_neurons: as for :class:`SpikingConv2d`.
+        input_from_neurons, input_spikes: as for :class:`SpikingConv2d`.
     """
 
-    def __init__(self, in_features: int, out_features: int,
-                 input_from_neurons: bool = False) -> None:
+    def __init__(self, in_features: int, out_features: int, input_from_neurons: bool = False,
+                 input_spikes: bool = False) -> None:
         super().__init__(in_features, out_features, bias=False)
-        self._init_synapse(input_from_neurons)
+        self._init_synapse(input_from_neurons, input_spikes)
 
     def run_forward(self, kernels: ModuleType, spikes: Tensor, weight: Tensor, recording: bool,
                     weight_grad: bool) -> tuple[Tensor, object, bool]:
         return kernels.linear_forward(spikes, weight, cache=self.kernel_cache,
-                                      recording=recording, weight_grad=weight_grad)
+                                      recording=recording, weight_grad=weight_grad,
+                                      spike_train=self.input_spikes)
 
     def run_backward(self, kernels: ModuleType, saved: object, weight: Tensor, grad: Tensor,
                      input_shape: torch.Size, needs_input: bool, needs_weight: bool
@@ -165,12 +174,33 @@ class SpikingLinear(_SynapseLayer, nn.Linear):
         return self.synapse_forward(spikes)
 
 
+def _single_pixel_stride(module: nn.Module) -> int | None:
+    """The stride of an ``nn.AvgPool2d`` whose windows are single pixels (ResNet's 1x1 stride-2
+    shortcut), or None for any other module."""
+    if not isinstance(module, nn.AvgPool2d) or module.divisor_override not in (None, 1):
+        return None
+    square = {_pair(module.kernel_size), _pair(module.padding)} == {(1, 1), (0, 0)}
+    stride = _pair(module.stride)
+    return stride[0] if square and stride[0] == stride[1] and not module.ceil_mode else None
+
+
+def _pair(value: int | tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
 class TimeFolded(nn.Module):
-    """Apply a stateless per-image module (an ``nn.AvgPool2d``) to each step of ``[T, B, ...]``."""
+    """Apply a stateless per-image module (an ``nn.AvgPool2d``) to each step of ``[T, B, ...]``.
+
+    The mean of a one-pixel window is that pixel: such a pool runs as a strided slice, the same
+    numbers, which keeps nothing for the backward (``avg_pool2d`` keeps its whole input).
+    """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
         self.module = module
 
     def forward(self, x: Tensor) -> Tensor:
+        stride = _single_pixel_stride(self.module)
+        if stride is not None:
+            return x[..., ::stride, ::stride]
         return self.module(x.flatten(0, 1)).unflatten(0, x.shape[:2])

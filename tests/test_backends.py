@@ -88,12 +88,15 @@ def test_the_environment_variable_chooses_at_import(monkeypatch):
 
 @pytest.mark.parametrize("name", ["cpu", "triton"])
 def test_a_backend_that_cannot_run_falls_back_to_torch_with_one_line(name, log):
+    # the reason: the device, or (a CPU-only install of PyTorch) that triton is not installed
+    reason = backends.table(name).unavailable(torch.device("meta"))
+    assert reason.startswith(("it runs on ", "triton cannot be imported"))
     with backends.use_backend(name):
         assert backends.select(torch.zeros(3, device="meta")) is pytorch
         assert backends.select(torch.zeros(3, device="meta")) is pytorch
     assert len(log.records) == 1
     assert log.records[0].getMessage().startswith(
-        f"spiking: backend '{name}' cannot run this (it runs on ")
+        f"spiking: backend '{name}' cannot run this ({reason})")
     assert "backend 'torch' runs it" in log.records[0].getMessage()
 
 

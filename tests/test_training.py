@@ -292,7 +292,7 @@ def test_what_a_run_prints_and_writes(tmp_path, capsys):
     run(replace(TINY, out_dir=str(tmp_path), epochs=2))
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("tiny_synthetic: lenet on synthetic mnist (32 train / 10 test)")
-    assert "seed 5, device cpu, float32, spiking backend " in lines[0]
+    assert "seed 5, device cpu, float32, TF32 off, spiking backend " in lines[0]
     assert "float32" not in lines[1:]  # the precision is part of the header, not a line of its own
     assert not [line for line in lines if "Prec@5" in line]  # the summary line says it once
     summaries = [line for line in lines if line.startswith("Epoch 2/2 | lr")]

@@ -16,6 +16,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from .experiment import Experiment, UsageError
 from .synthetic import synthetic_dataset
+from .versions import import_torchvision
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 
 def _transforms(settings: Experiment, train: bool):
-    from torchvision import transforms as T
+    T = import_torchvision().transforms
 
     steps = []
     if train and settings.crop_padding > 0:
@@ -71,7 +72,7 @@ def _transforms(settings: Experiment, train: bool):
 
 
 def _torchvision_split(settings: Experiment, split: str, download: bool) -> Dataset:
-    from torchvision import datasets
+    datasets = import_torchvision().datasets
 
     root, train = settings.data_dir, split != "test"
     transform = _transforms(settings, train)

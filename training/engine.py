@@ -38,9 +38,10 @@ from .export import export_nir
 from .files import check_writable
 from .interrupts import Interrupted, Signals
 from .loop import (NonFiniteLoss, Precision, adjust_learning_rate, build_optimizer, evaluate,
-                   train_one_epoch)
+                   set_tf32, train_one_epoch)
 from .metrics import (EpochMeters, EpochProgress, EpochRecord, EpochStats, format_epoch_table,
                       write_metrics)
+from .versions import check_torch
 
 AfterStep = Callable[[int, int], None]
 _SAVE_NOW = 1  # the --save-every timer's request, below every signal number
@@ -197,6 +198,9 @@ def _set_up(settings: Experiment, signals: Signals, after_step: AfterStep | None
         torch.use_deterministic_algorithms(True, warn_only=True)
     auto = "cuda" if torch.cuda.is_available() else "cpu"
     device = init_distributed(torch.device(auto if settings.device == "auto" else settings.device))
+    if settings.sync_debug and device.type != "cuda":
+        raise UsageError(f"--sync-debug checks CUDA's waits; this run is on {device}")
+    set_tf32(settings.tf32)
     outputs = _Outputs.of(settings)
     problem = _output_problem(settings, outputs) if is_main_process() else ""
     if all_reduce([float(bool(problem))], device, "max")[0]:  # all stop, rank 0 says why
@@ -206,7 +210,7 @@ def _set_up(settings: Experiment, signals: Signals, after_step: AfterStep | None
     # --stats counts one test pass: --evaluate's, or the last epoch's
     monitor = _spike_monitor(model, settings) if settings.stats else None
     r = _Run(settings, device, model, build_optimizer(model, settings),
-             Precision(device.type, settings.amp), outputs, signals, after_step, monitor,
+             Precision(device.type, settings.amp, settings.tf32), outputs, signals, after_step, monitor,
              TrainingState(epoch=settings.start_epoch or 0))
     if settings.resume:
         _resume(r)
@@ -443,7 +447,8 @@ def _train_epoch(r: _Run, model: nn.Module, loader: DataLoader, epoch: int) -> _
               as bar):
             ep.stats = train_one_epoch(model, encoder, loader, r.optimizer, r.device, bar,
                                        world_size(), r.precision, ep.meters,
-                                       partial(_step_done, r, ep), done + 1)
+                                       partial(_step_done, r, ep), done + 1,
+                                       settings.sync_debug)
     except NonFiniteLoss as error:
         raise UsageError(f"loss became {error.value} at epoch {epoch + 1}, step {error.step}; "
                          f"{_kept(r)} (lower --lr?)") from None
@@ -611,9 +616,9 @@ def main(defaults: Experiment, argv: Sequence[str] | None = None,
     ``error: <message>`` on stderr, 130 (SIGINT) or 143 (SIGTERM) after an interrupt's line.
     The DDP process group, if any, is left in every case."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    settings = parse_settings(defaults, argv, description)
     try:
-        run(settings)
+        check_torch()
+        run(parse_settings(defaults, argv, description))
     except UsageError as error:
         if is_main_process():
             print(f"error: {error}", file=sys.stderr, flush=True)

@@ -157,6 +157,13 @@ class Experiment:
                                    "memory only: the results are the same)")
     deterministic: bool = setting(False, "--deterministic", action="store_true",
                                   help="deterministic CUDA kernels (cuDNN, cuBLAS); slower")
+    tf32: bool = setting(False, "--tf32", action="store_true",
+                         help="TensorFloat-32 in CUDA matrix products and convolutions (faster, "
+                              "10-bit mantissas); off by default: the paper's float32")
+    sync_debug: bool = setting(False, "--sync-debug", action="store_true",
+                               help="CUDA only, a check: stop at the first operation of a "
+                                    "training step's forward, backward or update that makes "
+                                    "the host wait for the GPU")
     save_every: float = setting(0.0, "--save-every", metavar="MINUTES", rule=_AT_LEAST_0,
                                 what="--save-every",
                                 help="also write a mid-epoch checkpoint every MINUTES of "

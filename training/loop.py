@@ -5,7 +5,8 @@ output ``[B, K]`` -> summed-MSE loss -> one backward through all T steps (BPTT) 
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -57,26 +58,51 @@ def schedule_state(settings: Experiment, next_epoch: int) -> dict[str, Any]:
                                      settings.lr_gamma)}
 
 
+def set_tf32(enabled: bool) -> None:
+    """TensorFloat-32 in CUDA matrix products and cuDNN convolutions, set rather than inherited
+    from PyTorch's defaults (which differ: matmul off, cuDNN on)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+@contextlib.contextmanager
+def host_waits_refused(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, CUDA raises at any operation that makes the host wait for the GPU
+    (``torch.cuda.set_sync_debug_mode("error")``), until the block ends."""
+    if not enabled:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 class Precision:
     """How the forward pass runs: float32 unless ``amp``. With ``amp`` the synapses run in
     bfloat16 (CPU, recent GPUs; no loss scaling needed), or float16 with a gradient scaler on
     GPUs without bfloat16; the spiking scans stay float32 (the core keeps them so). ``scaler``
-    is disabled, passing everything through, unless float16."""
+    is disabled, passing everything through, unless float16. ``tf32``: whether CUDA's float32
+    products may round their inputs to TensorFloat-32 (:func:`set_tf32`, by the run's set-up)."""
 
-    def __init__(self, device_type: str, amp: bool = False) -> None:
+    def __init__(self, device_type: str, amp: bool = False, tf32: bool = False) -> None:
         float16 = amp and device_type == "cuda" and not torch.cuda.is_bf16_supported()
         self.device_type = device_type
         self.dtype = None if not amp else torch.float16 if float16 else torch.bfloat16
         self.scaler = torch.amp.GradScaler(device_type, enabled=float16)
+        self.tf32 = tf32
 
     def autocast(self) -> AbstractContextManager:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def describe(self) -> str:
+        tf32 = f", TF32 {'on' if self.tf32 else 'off'}"
         if self.dtype is None:
-            return "float32"
+            return "float32" + tf32
         scaled = " with grad scaler" if self.scaler.is_enabled() else ""
-        return f"amp {str(self.dtype).removeprefix('torch.')}{scaled}"
+        return f"amp {str(self.dtype).removeprefix('torch.')}{scaled}{tf32}"
 
 
 class NonFiniteLoss(ArithmeticError):
@@ -92,31 +118,34 @@ def train_one_epoch(model: nn.Module, encoder: nn.Module, loader: DataLoader,
                     progress: EpochProgress | None = None, world_size: int = 1,
                     precision: Precision | None = None, meters: EpochMeters | None = None,
                     after_step: Callable[[int, EpochMeters], None] | None = None,
-                    first_step: int = 1) -> EpochStats:
+                    first_step: int = 1, sync_debug: bool = False) -> EpochStats:
     """One pass of spike-based BPTT over ``loader`` (images ``[B, C, H, W]``, labels ``[B]``).
 
     ``encoder`` draws fresh spikes ``[T, B, C, H, W]`` every step and ``model`` its dropout
     masks, both from torch's global generator. A resumed epoch passes the interrupted pass's
     ``meters``, a ``loader`` over the remaining batches and their 1-based ``first_step``.
     ``after_step(step, meters)`` runs after each update (it may save or stop the run). A NaN or
-    infinite loss on any rank raises :class:`NonFiniteLoss` before the update.
+    infinite loss on any rank raises :class:`NonFiniteLoss` before the update. ``sync_debug``:
+    the forward, backward and update refuse to make the host wait (:func:`host_waits_refused`;
+    the loss check and the meters read values on purpose).
     """
     precision = precision or Precision(device.type)
     meters = meters or EpochMeters()
     model.train()
     for step, batch in enumerate(loader, first_step):
         images, target = (t.to(device, non_blocking=True) for t in batch)
-        with precision.autocast():
+        with host_waits_refused(sync_debug), precision.autocast():
             output = model(encoder(images))
             loss = spike_loss(output, target)
         if all_reduce([float(not torch.isfinite(loss).item())], device, "max")[0]:  # any rank's
             raise NonFiniteLoss(step, loss.item())
         optimizer.zero_grad(set_to_none=True)
-        # DDP averages the ranks' gradients: the average of world_size * (this rank's sum) is
-        # the gradient of the authors' sum over the whole global batch
-        precision.scaler.scale(loss * world_size).backward()
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
+        with host_waits_refused(sync_debug):
+            # DDP averages the ranks' gradients: the average of world_size * (this rank's sum)
+            # is the gradient of the authors' sum over the whole global batch
+            precision.scaler.scale(loss * world_size).backward()
+            precision.scaler.step(optimizer)
+            precision.scaler.update()
         batch_loss, batch_top1 = meters.update(output, target, loss)
         if progress is not None:
             progress.update(target.shape[0], batch_loss, batch_top1)

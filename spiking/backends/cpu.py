@@ -176,15 +176,21 @@ def _event_geometry(weight: Tensor, stride: tuple[int, int], padding: tuple[int,
             and padding[0] == padding[1])
 
 
+def _pack(x: Tensor, spike_train: bool) -> tuple[Tensor, Tensor | None]:
+    """The C packing of any input, declared a spike train or not: on the CPU, reading the
+    data back waits for nothing."""
+    return cpu_kernels.pack_spikes(x)
+
+
 def conv_forward(spikes: Tensor, weight: Tensor, stride: tuple[int, int],
-                 padding: tuple[int, int], *, cache: dict, recording: bool, weight_grad: bool
-                 ) -> tuple[Tensor, object, bool]:
+                 padding: tuple[int, int], *, cache: dict, recording: bool, weight_grad: bool,
+                 spike_train: bool) -> tuple[Tensor, object, bool]:
     """As :func:`.pytorch.conv_forward`; event-driven when the input is sparse enough."""
     events = _events(spikes, weight, "conv") if _event_geometry(weight, stride, padding) else None
     if events is None:
         return pytorch.conv_forward(spikes, weight, stride, padding, cache=cache,
                                     recording=recording, weight_grad=weight_grad,
-                                    pack=cpu_kernels.pack_spikes)
+                                    spike_train=spike_train, pack=_pack)
     weight_cl = _channels_last(weight, cache)
     current = event_kernels.conv_forward(events, weight_cl, stride[0], padding[0])
     return (current.unflatten(0, spikes.shape[:2]),
@@ -226,13 +232,14 @@ def conv_backward(saved: object, weight: Tensor, grad_current: Tensor, stride: t
 
 
 def linear_forward(spikes: Tensor, weight: Tensor, *, cache: dict, recording: bool,
-                   weight_grad: bool) -> tuple[Tensor, object, bool]:
+                   weight_grad: bool, spike_train: bool) -> tuple[Tensor, object, bool]:
     """As :func:`.pytorch.linear_forward`; event-driven when the input is sparse enough (a
     linear layer is the 1x1 convolution of ``[F, 1, 1]`` images)."""
     events = _events(spikes, weight, "linear")
     if events is None:
         return pytorch.linear_forward(spikes, weight, cache=cache, recording=recording,
-                                      weight_grad=weight_grad, pack=cpu_kernels.pack_spikes)
+                                      weight_grad=weight_grad, spike_train=spike_train,
+                                      pack=_pack)
     weight_cl = _channels_last(weight, cache)
     current = event_kernels.conv_forward(events, weight_cl)
     return (current.unflatten(0, spikes.shape[:2]),

@@ -162,9 +162,10 @@ def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> 
 
 def conv_forward(spikes: Tensor, weight: Tensor, stride: tuple[int, int],
                  padding: tuple[int, int], *, cache: dict, recording: bool,
-                 weight_grad: bool) -> tuple[Tensor, Tensor | None, bool]:
+                 weight_grad: bool, spike_train: bool) -> tuple[Tensor, Tensor | None, bool]:
     """A bias-free convolution of each step of ``spikes`` ``[T, B, C, H, W]``:
-    ``(current [T, B, C', H', W'], what the backward needs, False: not event-driven)``."""
+    ``(current [T, B, C', H', W'], what the backward needs, False: not event-driven)``; the
+    input is kept as it is, a declared spike train (``spike_train``) too."""
     current = torch.stack([F.conv2d(step.to(weight.dtype), weight, None, stride, padding)
                            for step in spikes])
     return current, (spikes if weight_grad else None), False
@@ -191,7 +192,7 @@ def conv_backward(saved: Tensor | None, weight: Tensor, grad_current: Tensor,
 
 
 def linear_forward(spikes: Tensor, weight: Tensor, *, cache: dict, recording: bool,
-                   weight_grad: bool) -> tuple[Tensor, Tensor | None, bool]:
+                   weight_grad: bool, spike_train: bool) -> tuple[Tensor, Tensor | None, bool]:
     """A bias-free linear layer on each step of ``spikes`` ``[T, B, F]``: as
     :func:`conv_forward`, ``[T, B, F']``."""
     current = torch.stack([F.linear(step.to(weight.dtype), weight) for step in spikes])

@@ -19,8 +19,6 @@ import functools
 import hashlib
 import importlib
 import importlib.util
-import math
-import struct
 from collections.abc import Callable
 from types import ModuleType
 
@@ -78,8 +76,8 @@ def describe() -> str:
 def _constants(dtype: torch.dtype, device: torch.device, *values: float) -> Tensor:
     """``values`` in ``dtype`` on ``device``, made once: a Python float reaches a kernel as a
     float32 argument, and a float64 scan needs its threshold and leak in float64, exactly as
-    PyTorch converts them."""
-    return torch.tensor(values, dtype=dtype, device=device)
+    PyTorch converts them. Each is filled in on the device: a copy from the host would wait."""
+    return torch.cat([torch.full((1,), value, dtype=dtype, device=device) for value in values])
 
 
 def launch(kernel: Callable, size: int, device: torch.device, *args, block: int = _BLOCK,
@@ -140,35 +138,38 @@ def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> 
     return codegen.integrate(_launch, neuron, current, membrane)
 
 
-def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:
+def pack_spikes(x: Tensor, spike_train: bool = True) -> tuple[Tensor, Tensor | None]:
     """As :func:`.pytorch.pack_spikes`: ``(int8 codes, scale)`` with ``x == codes * scale`` if
     ``x`` holds only ``-c, 0, c`` for one finite c (``scale`` a 0-dim tensor of ``x.dtype`` on
-    ``x.device``), else ``(x, None)``. One launch and one read of two numbers."""
+    ``x.device``, NaN where it does not), for a declared spike train; else ``(x, None)``. One
+    launch, and nothing read back to the host."""
+    if not spike_train:
+        return x, None
     codes = torch.empty(x.shape, dtype=torch.int8, device=x.device)
-    magnitudes = torch.tensor([0, _INT64_MAX], dtype=torch.int64, device=x.device)
+    magnitudes = torch.full((2,), _INT64_MAX, dtype=torch.int64, device=x.device)
+    magnitudes[0] = 0
     launch(_jit().pack_spikes, x.numel(), x.device, x, codes, magnitudes, x.numel(),
            block=_PACK_BLOCK)
-    largest, smallest = magnitudes.tolist()
-    if largest and largest != smallest:
-        return x, None
-    # the bits of |x| back to the float, as a Python number (exact for both dtypes)
-    wide = x.dtype == torch.float64
-    scale = struct.unpack("<d" if wide else "<f", struct.pack("<q" if wide else "<i", largest))[0]
-    if not math.isfinite(scale):
-        return x, None
-    return codes, torch.tensor(scale, dtype=x.dtype, device=x.device)
+    largest, smallest = magnitudes
+    # the bits of |x| back to the float (exact for both dtypes)
+    bits = magnitudes[:1] if x.dtype == torch.float64 else magnitudes[:1].to(torch.int32)
+    scale = bits.view(x.dtype)[0]
+    lossless = ((largest == 0) | (largest == smallest)) & scale.isfinite()
+    return codes, torch.where(lossless, scale, torch.nan)
 
 
 def conv_forward(spikes: Tensor, weight: Tensor, stride: tuple[int, int],
-                 padding: tuple[int, int], *, cache: dict, recording: bool, weight_grad: bool
-                 ) -> tuple[Tensor, object, bool]:
+                 padding: tuple[int, int], *, cache: dict, recording: bool, weight_grad: bool,
+                 spike_train: bool) -> tuple[Tensor, object, bool]:
     """:func:`.pytorch.conv_forward`, the spikes packed by :func:`pack_spikes`."""
     return pytorch.conv_forward(spikes, weight, stride, padding, cache=cache, recording=recording,
-                                weight_grad=weight_grad, pack=pack_spikes)
+                                weight_grad=weight_grad, spike_train=spike_train,
+                                pack=pack_spikes)
 
 
 def linear_forward(spikes: Tensor, weight: Tensor, *, cache: dict, recording: bool,
-                   weight_grad: bool) -> tuple[Tensor, object, bool]:
+                   weight_grad: bool, spike_train: bool) -> tuple[Tensor, object, bool]:
     """:func:`.pytorch.linear_forward`, the spikes packed by :func:`pack_spikes`."""
     return pytorch.linear_forward(spikes, weight, cache=cache, recording=recording,
-                                  weight_grad=weight_grad, pack=pack_spikes)
+                                  weight_grad=weight_grad, spike_train=spike_train,
+                                  pack=pack_spikes)
