@@ -15,6 +15,10 @@ images:
   what any implementation has to compute at least.
 * ``snntorch``, ``spikingjelly`` (LeNet only, where the library is installed): the same LeNet
   written with that library's layers and neurons (:mod:`benchmarks.peers`).
+* ``project:NAME`` (``--neuron NAME``): the project's network with another neuron class in
+  every hidden layer (:data:`NEURONS`: the worked examples' soft reset, fast-sigmoid surrogate
+  and learnable leak, or any ``module:Class``), the same weights; its ratio is to ``project``,
+  the paper's LIF neuron.
 
 It reports medians, the ratios project / each other variant, and the input density of every
 synapse layer of the project; it judges nothing (the project's own targets are in
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib
 import inspect
 import json
 import os
@@ -52,7 +57,7 @@ from torch import Tensor, nn
 import models
 from benchmarks import peers
 from models.authors_loop import ARCHS, oracle_forward
-from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, backends
+from spiking import PoissonEncoder, SpikingConv2d, SpikingLinear, SpikingNeuron, backends
 from spiking.backends import cpu as cpu_backend
 from training import Experiment, UsageError
 from training.checkpoint import load_checkpoint, load_weights
@@ -60,6 +65,7 @@ from training.loop import Precision, build_optimizer, evaluate, train_one_epoch
 from training.metrics import EpochStats
 
 __all__ = [
+    "NEURONS",
     "PHASES",
     "VARIANTS",
     "BenchSettings",
@@ -69,6 +75,7 @@ __all__ = [
     "available_variants",
     "build_variants",
     "input_densities",
+    "neuron_class",
     "machine_load",
     "measure_memory",
     "step_memory",
@@ -80,6 +87,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BASELINES: tuple[str, ...] = ("authors", "ann")
 VARIANTS: tuple[str, ...] = ("project", *BASELINES, *peers.PEERS)
 PHASES: tuple[str, ...] = ("train", "eval")
+# The neurons --neuron names: the worked examples' variations of the paper's LIF neuron.
+NEURONS: dict[str, str] = {"soft_reset": "examples.custom_neuron:SoftResetLIF",
+                           "fast_sigmoid": "examples.surrogate_neuron:FastSigmoidLIF",
+                           "plif": "examples.plif_neuron:PLIFNeuron"}
+NEURON_VARIANT = "project:"  # the prefix of a variant that runs the project with another neuron
 # Small, so that repeated steps leave the weights (and with them the spike rates) where they began.
 LEARNING_RATE = 1e-4
 # The data set of each network's published run, and its rate code's scale a (docs/algorithm.md,
@@ -99,7 +111,8 @@ class BenchSettings:
     ``data`` takes real MNIST digits (LeNet) instead of synthetic images, ``resume`` a
     checkpoint's weights instead of the model's initialisation. ``threshold_scale`` multiplies
     every neuron threshold (below 1: denser spikes); ``event_density_max`` overrides the spiking
-    core's event-driven crossover for every kind of layer.
+    core's event-driven crossover for every kind of layer. Each of ``neurons`` (a name of
+    :data:`NEURONS` or ``module:Class``) adds the variant ``project:NAME``.
     """
 
     arch: str = "lenet"
@@ -108,6 +121,7 @@ class BenchSettings:
     device: str = "cpu"
     width: float = 1.0
     variants: tuple[str, ...] = ()
+    neurons: tuple[str, ...] = ()
     repeats: int = 3
     warmup: int = 1
     memory: bool = True
@@ -128,6 +142,7 @@ class BenchSettings:
                 str(self.repeats), "--warmup", str(self.warmup), "--seed", str(self.seed),
                 "--threshold-scale", repr(self.threshold_scale)]
         optional = {"--variants": ",".join(self.variants) or None,
+                    "--neuron": ",".join(self.neurons) or None,
                     "--time-chunk": self.time_chunk, "--threads": self.threads,
                     "--data": self.data and Path(self.data).resolve(),
                     "--resume": self.resume and Path(self.resume).resolve(),
@@ -311,12 +326,38 @@ def available_variants(arch: str) -> tuple[str, ...]:
     return ("project", *BASELINES, *here)
 
 
+def neuron_class(name: str) -> type[SpikingNeuron]:
+    """The neuron class ``--neuron name`` names: one of :data:`NEURONS`, or ``module:Class``.
+
+    Raises:
+        UsageError: an unknown name, a module or class that does not import, not a neuron.
+    """
+    module_name, colon, class_name = NEURONS.get(name, name).partition(":")
+    if not colon:
+        raise UsageError(f"unknown neuron {name!r}; choose from {', '.join(NEURONS)}, or name "
+                         "a class as module:Class")
+    try:
+        neuron = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as error:
+        raise UsageError(f"--neuron {name}: {error}") from None
+    if not (isinstance(neuron, type) and issubclass(neuron, SpikingNeuron)):
+        raise UsageError(f"--neuron {name}: {module_name}.{class_name} is not a SpikingNeuron")
+    return neuron
+
+
 def _chosen_variants(settings: BenchSettings) -> tuple[str, ...]:
     """``settings.variants`` checked (a :class:`UsageError` names what cannot run), or the
-    default ones."""
+    default ones; then ``project:NAME`` for each of ``settings.neurons``, with ``project``,
+    their baseline."""
+    neurons = tuple(NEURON_VARIANT + name for name in settings.neurons)
+    if neurons and settings.variants and "project" not in settings.variants:
+        raise UsageError("--neuron compares with the paper's neuron: --variants needs project")
     if not settings.variants:
-        return available_variants(settings.arch)
+        return (*available_variants(settings.arch), *neurons)
     for name in settings.variants:
+        if name.startswith(NEURON_VARIANT):
+            neuron_class(name[len(NEURON_VARIANT):])
+            continue
         if name not in VARIANTS:
             raise UsageError(f"unknown variant {name!r}; choose from {', '.join(VARIANTS)}")
         if name in peers.PEERS and settings.arch != "lenet":
@@ -324,7 +365,7 @@ def _chosen_variants(settings: BenchSettings) -> tuple[str, ...]:
         if name in peers.PEERS and not peers.installed(name):
             raise UsageError(f"the {name} variant needs the {peers.PEERS[name]} package: "
                              'pip install -e ".[bench]"')
-    return tuple(dict.fromkeys(settings.variants))
+    return tuple(dict.fromkeys((*settings.variants, *neurons)))
 
 
 def _synthetic_batch(arch: str, input_shape: tuple[int, ...], batch: int, classes: int,
@@ -353,14 +394,15 @@ def _mnist_batch(data_dir: Path, batch: int, device: torch.device,
     return images.to(device), labels.to(device)
 
 
-def _project_model(settings: BenchSettings, device: torch.device) -> models.SpikingNetwork:
+def _project_model(settings: BenchSettings, device: torch.device,
+                   neuron: type[SpikingNeuron] | None = None) -> models.SpikingNetwork:
     """The project's network: its initialisation or ``settings.resume``'s weights, thresholds
-    times ``settings.threshold_scale``."""
-    neuron_kwargs = {}
+    times ``settings.threshold_scale``; ``neuron`` in every hidden layer, if given."""
+    neuron_kwargs = {} if neuron is None else {"neuron": neuron}
     if settings.threshold_scale != 1.0:
         defaults = inspect.signature(models.MODELS[settings.arch]).parameters
-        neuron_kwargs = {key: settings.threshold_scale * defaults[key].default
-                         for key in ("threshold", "pool_threshold")}
+        neuron_kwargs |= {key: settings.threshold_scale * defaults[key].default
+                          for key in ("threshold", "pool_threshold")}
     model = models.get_model(settings.arch, width=settings.width, **neuron_kwargs)
     if settings.resume:
         load_weights(model, load_checkpoint(settings.resume), settings.arch, settings.resume)
@@ -374,6 +416,14 @@ def _network_and_encoder(name: str, settings: BenchSettings, model: models.Spiki
     steps = settings.time_steps
     if name == "project":
         return model, PoissonEncoder(steps, scale)
+    if name.startswith(NEURON_VARIANT):
+        neuron = neuron_class(name[len(NEURON_VARIANT):])
+        other = _project_model(dataclasses.replace(settings, resume=None), images.device, neuron)
+        # the project's weights; a neuron's own parameters (a learned leak) keep their start
+        unexpected = other.load_state_dict(model.state_dict(), strict=False).unexpected_keys
+        if unexpected:
+            raise UsageError(f"--neuron {neuron.__name__} drops the paper's {unexpected[0]}")
+        return other, PoissonEncoder(steps, scale)
     if name == "authors":
         network = AuthorsLoop(settings.arch, model, images[:1])
         return network, lambda batch: PerStepPoissonSpikes(batch, steps, scale)
@@ -547,7 +597,8 @@ def _memory_child(settings: BenchSettings, name: str) -> dict[str, int | bool]:
     """:func:`step_memory` of variant ``name`` in a fresh process: this module run from the
     repository root (the same code as this process), same settings and thread count."""
     threads = settings.threads or torch.get_num_threads()
-    child_settings = dataclasses.replace(settings, variants=(name,), threads=threads, json=None)
+    child_settings = dataclasses.replace(settings, variants=(name,), neurons=(), threads=threads,
+                                         json=None)
     command = [sys.executable, "-m", "benchmarks.bench", "--memory-child", name,
                *child_settings.argv()]
     child = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
@@ -584,7 +635,8 @@ def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
 
     Returns:
         ``{"time": {variant: {phase: {"median", "min", "max"}}}, "memory": ...,
-        "ratios": {"project/<variant>": {metric: ratio}}}``. Ratio metrics: ``train``, ``eval``
+        "ratios": {"project/<variant>": {metric: ratio}}}``; a ``project:NAME`` variant's
+        ratio is the other way round, ``"project:NAME/project"``: the cost of that neuron. Ratio metrics: ``train``, ``eval``
         (of medians), ``train_min``, ``eval_min`` (of the fastest samples: on a machine shared
         with other jobs the least disturbed run is the better estimate of the cost), ``memory``
         (of peak increments) and ``memory_absolute`` (of absolute peaks). A ratio is ``None``
@@ -605,11 +657,12 @@ def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
 
     ratios = {}
     for other in (name for name in samples if name != "project"):
-        ratios[f"project/{other}"] = {}
+        numerator, denominator = ((other, "project") if other.startswith(NEURON_VARIANT)
+                                  else ("project", other))
+        row = ratios[f"{numerator}/{denominator}"] = {}
         for metric in (*PHASES, "train_min", "eval_min", "memory", "memory_absolute"):
-            mine, theirs = value("project", metric), value(other, metric)
-            ratios[f"project/{other}"][metric] = (
-                None if mine is None or theirs is None or theirs <= 0 else mine / theirs)
+            mine, theirs = value(numerator, metric), value(denominator, metric)
+            row[metric] = None if mine is None or theirs is None or theirs <= 0 else mine / theirs
     return {"time": time_stats, "memory": memory, "ratios": ratios}
 
 
@@ -711,31 +764,34 @@ def _tables(summary: Mapping, densities: Mapping | None, unreliable: bool) -> li
                       "that are spikes, chunks event-driven / dense"]
         lines += [f"  {name:14s} {row['density']:8.4f}   {row['event_chunks']:4d} / "
                   f"{row['dense_chunks']}" for name, row in densities.items()]
-    lines += ["", "step   variant        median ms     min ms     max ms"]
+    wide = max(13, *map(len, summary["time"]))  # a column as wide as the longest name
+    lines += ["", f"step   {'variant':{wide}s}  median ms     min ms     max ms"]
     for phase in PHASES:
         for name, phases in summary["time"].items():
             stats = phases[phase]
-            lines.append(f"{phase:6s} {name:13s} {stats['median'] * 1e3:10.1f} "
+            lines.append(f"{phase:6s} {name:{wide}s} {stats['median'] * 1e3:10.1f} "
                          f"{stats['min'] * 1e3:10.1f} {stats['max'] * 1e3:10.1f}{mark}")
     if summary["memory"]:
         lines += ["", "training-step memory, MiB: peak above the pre-step baseline (increment), "
                       "baseline, absolute peak",
-                  "variant        increment  baseline      peak"]
+                  f"{'variant':{wide}s}  increment  baseline      peak"]
         for name, mem in summary["memory"].items():
             note = "" if mem["warm_up"] else "  (first step, no warm-up)"
-            lines.append(f"{name:13s} {_mib(mem['increment'])} {_mib(mem['baseline'])} "
+            lines.append(f"{name:{wide}s} {_mib(mem['increment'])} {_mib(mem['baseline'])} "
                          f"{_mib(mem['peak'])}{note}")
     columns = {"train": "train", "eval": "eval", "train_min": "train min", "eval_min": "eval min",
                "memory": "mem incr", "memory_absolute": "mem abs"}
     lines += ["", "ratios: the project's figure over the other variant's (below 1: the project "
-                  "is cheaper, 1/ratio times);",
+                  "is cheaper, 1/ratio times),",
+              "a project:NAME variant's over the project's (its neuron's cost against the "
+              "paper's LIF);",
               "train, eval: of medians; min: of the fastest samples; mem: of the training "
               "step's peak increment, absolute peak",
-              f"{'':22s}" + "".join(f"{title:>11s}" for title in columns.values())]
+              f"{'':{wide + 9}s}" + "".join(f"{title:>11s}" for title in columns.values())]
     for key, row in summary["ratios"].items():
         cells = [_ratio(row[metric]) + ("" if metric.startswith("memory") else mark)
                  for metric in columns]
-        lines.append(f"{key:22s}" + "".join(f"{cell:>11s}" for cell in cells))
+        lines.append(f"{key:{wide + 9}s}" + "".join(f"{cell:>11s}" for cell in cells))
     return lines
 
 
@@ -776,6 +832,9 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[BenchSettings, str | 
     add("--variants", type=lambda s: tuple(s.split(",")), default=(),
         help=f"comma-separated subset of {','.join(VARIANTS)} (default: project,authors,ann and, "
              "for lenet, each peer whose library is installed)")
+    add("--neuron", dest="neurons", type=lambda s: tuple(s.split(",")), default=(),
+        help=f"comma-separated neuron classes, each timed as variant project:NAME against the "
+             f"paper's LIF: {', '.join(NEURONS)}, or module:Class")
     add("--repeats", type=int, default=3, help="timed rounds (default 3)")
     add("--warmup", type=int, default=1, help="discarded rounds (default 1)")
     add("--no-memory", dest="memory", action="store_false",

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 import models
-from benchmarks.bench import BenchSettings, build_variants
+from benchmarks.bench import NEURON_VARIANT, BenchSettings, build_variants
 from spiking.backends import cpu, cpu_kernels, event_kernels
 
 # cpu._launch runs every scan generated from a neuron's methods
@@ -66,14 +66,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=None,
                         help="real MNIST digits from this folder (lenet only)")
     parser.add_argument("--resume", default=None, help="weights of this checkpoint")
+    parser.add_argument("--neuron", default=None,
+                        help="another neuron class, as bench.py's --neuron (default: the paper's)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     seconds: dict[str, float] = collections.defaultdict(float)
     calls: collections.Counter = collections.Counter()
+    name = "project" if args.neuron is None else NEURON_VARIANT + args.neuron
     settings = BenchSettings(arch=args.arch, time_steps=args.time_steps, batch=args.batch,
-                             width=args.width, variants=("project",), data=args.data,
+                             width=args.width, variants=("project", name), data=args.data,
                              resume=args.resume)
-    project = build_variants(settings)["project"]
+    project = build_variants(settings)[name]
     with timed_kernels(seconds, calls):
         for step_name, step in (("train", project.train_step), ("eval", project.eval_step)):
             step(), step()

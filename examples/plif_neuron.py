@@ -19,7 +19,7 @@ import sys
 import torch
 from torch import nn
 
-from custom_neuron import check, train
+from examples.custom_neuron import check, train
 from spiking import LIFNeuron, leak_correction
 
 

@@ -137,6 +137,8 @@ def test_threshold_scale_makes_spikes_denser():
 def test_bad_input_is_one_error_line_and_exit_status_2(tmp_path, capsys):
     for argv in (["--data", str(tmp_path)], ["--resume", str(tmp_path / "missing.pth")],
                  ["--variants", "project,nest"], ["--arch", "vgg9", "--variants", "snntorch"],
+                 ["--neuron", "adaptive"], ["--neuron", "spiking.neurons:NoSuchNeuron"],
+                 ["--neuron", "torch.nn:ReLU"], ["--variants", "ann", "--neuron", "plif"],
                  ["--json", str(tmp_path / "no-such-folder" / "out.json")]):
         with pytest.raises(SystemExit) as exit_info:
             bench.main(["-T", "2", "-b", "2", "--width", "0.25", "--variants", "project",
@@ -187,10 +189,35 @@ def test_another_checkouts_code_is_not_measured_in_silence(monkeypatch, tmp_path
     assert capsys.readouterr().err.startswith(f"error: this script is in {tmp_path} but imports")
 
 
+def test_another_neuron_runs_on_the_projects_weights_and_is_compared_with_the_papers(tmp_path):
+    settings = bench.BenchSettings(time_steps=3, batch=2, width=0.25, variants=("project",),
+                                   neurons=("soft_reset", "fast_sigmoid", "plif"), memory=True)
+    variants = bench.build_variants(settings)
+    names = ["project", "project:soft_reset", "project:fast_sigmoid", "project:plif"]
+    assert list(variants) == names
+    weights = variants["project"].model.state_dict()
+    for name in names[1:]:
+        model = variants[name].model
+        assert type(model.lif1).__name__ == {"project:soft_reset": "SoftResetLIF",
+                                             "project:fast_sigmoid": "FastSigmoidLIF",
+                                             "project:plif": "PLIFNeuron"}[name]
+        theirs = model.state_dict()
+        assert all(torch.equal(theirs[key], value) for key, value in weights.items())
+    summary = bench.summarise(bench.time_variants(variants, repeats=1, warmup=0),
+                              bench.measure_memory(settings))
+    assert list(summary["ratios"]) == [f"{name}/project" for name in names[1:]]
+    samples = summary["time"]
+    row = summary["ratios"]["project:plif/project"]
+    assert row["train"] == samples["project:plif"]["train"]["median"] / samples["project"][
+        "train"]["median"]
+    assert all(math.isfinite(value) and value > 0 for value in row.values())
+
+
 def test_settings_survive_the_command_line(tmp_path):
     settings = bench.BenchSettings(
         arch="vgg9", time_steps=5, batch=3, device="cpu", width=0.5, variants=("project", "ann"),
-        repeats=2, warmup=0, memory=False, seed=4, amp=True, time_chunk=2, threads=1,
+        neurons=("plif", "examples.custom_neuron:SoftResetLIF"), repeats=2, warmup=0,
+        memory=False, seed=4, amp=True, time_chunk=2, threads=1,
         data=tmp_path, resume=str(tmp_path / "run.pth.tar"), threshold_scale=0.5,
         event_density_max=0.1, json=tmp_path / "out.json")
     assert bench.parse_args(settings.argv()) == (settings, None)

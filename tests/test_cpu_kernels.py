@@ -14,17 +14,12 @@ pytestmark = pytest.mark.skipif(not cpu_kernels.available(),
 
 def test_arguments_that_would_overrun_a_buffer_are_refused():
     current = torch.rand(3, 4, 5)
-    with pytest.raises(ValueError, match="membrane has shape"):
-        cpu_kernels.lif_scan(current, 0.5, 0.9, torch.zeros(4, 6))
-    with pytest.raises(ValueError, match="trace and count go together"):
-        cpu_kernels.lif_scan(current, 0.5, 0.9, torch.zeros(4, 5), trace=torch.zeros(4, 5))
-    with pytest.raises(ValueError, match="spikes has dtype"):
-        cpu_kernels.gradient_scan(current, (current > 0.5).float(), torch.ones(4, 5),
-                                  torch.zeros(4, 5))
-    with pytest.raises(ValueError, match="carry has shape"):
-        cpu_kernels.gradient_scan(current, current > 0.5, torch.ones(4, 5), torch.zeros(5))
-    with pytest.raises(ValueError, match="scale is not contiguous"):
-        cpu_kernels.gradient_scan(current, current > 0.5, torch.ones(5, 4).t(), torch.zeros(4, 5))
+    with pytest.raises(ValueError, match="magnitude has shape"):
+        cpu_kernels.poisson_spikes(current.clone(), torch.rand(4, 6), torch.ones(4, 5))
+    with pytest.raises(ValueError, match="sign has dtype"):
+        cpu_kernels.poisson_spikes(current.clone(), torch.rand(4, 5), torch.ones(4, 5).double())
+    with pytest.raises(ValueError, match="x is not contiguous"):
+        cpu_kernels.pack_spikes(current.transpose(1, 2))
     with pytest.raises(ValueError, match="float32 or float64 CPU tensors, not torch.float16"):
         cpu_kernels.avg_pool(current.half(), 2)
     with pytest.raises(ValueError, match="a 2x2 pool of 4x5 does not give 3x2"):

@@ -53,3 +53,12 @@ def test_the_plif_example_learns_its_leaks_and_checks_their_gradients(kernel_cac
     parameters = ["cnn1.weight", "lif1.leak_logit", "cnn2.weight", "lif2.leak_logit",
                   "fc0.weight", "lif_fc0.leak_logit", "fc1.weight"]
     assert checked_line(lines, "PLIFNeuron", parameters) <= 1e-9
+
+
+def test_the_surrogate_example_checks_its_gradients_and_is_the_class_the_docs_show(kernel_cache):
+    lines = run_example("surrogate_neuron.py", kernel_cache).stdout.splitlines()
+    weights = ["cnn1.weight", "cnn2.weight", "fc0.weight", "fc1.weight"]
+    assert checked_line(lines, "FastSigmoidLIF", weights) <= 1e-9
+    docs = (REPO / "docs" / "extending.md").read_text()
+    shown = docs.split("```python\nclass FastSigmoidLIF")[1].split("```")[0]
+    assert "class FastSigmoidLIF" + shown in (REPO / "examples" / "surrogate_neuron.py").read_text()

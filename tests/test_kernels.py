@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from test_parity import build, fix_dropout_masks, input_spikes, mse_sum
 
-from custom_neuron import SoftResetLIF
-from plif_neuron import PLIFNeuron
+from examples.custom_neuron import SoftResetLIF
+from examples.plif_neuron import PLIFNeuron
 from test_backends import SurrogateLIF
 
 from spiking import IFNeuron, LIFNeuron, OutputIntegrator, backends

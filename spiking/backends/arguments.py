@@ -1,21 +1,11 @@
-"""The arguments the fused kernels get: what they take from a neuron, and checks, since C and
-Triton code trusts its arguments and a wrong shape would read or write past a buffer."""
+"""Checks of the arguments the C kernels get: C code trusts its arguments, and a wrong shape
+would read or write past a buffer."""
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-__all__ = ["check_tensor", "check_window", "scan_arguments"]
-
-
-def scan_arguments(neuron: nn.Module, stats: tuple[Tensor, ...]
-                   ) -> tuple[float, float, Tensor | None, Tensor | None]:
-    """``(threshold, leak, trace, count)`` of the fused LIF scan for a neuron the kernels
-    implement: the LIF neuron's leak and spike sums LF and N (None when no backward follows), or
-    leak 1 and no sums for the IF and pooling neurons."""
-    leaky = type(neuron).kernel == "lif"
-    trace, count = stats if leaky and stats else (None, None)
-    return neuron.threshold, (neuron.leak if leaky else 1.0), trace, count
+__all__ = ["check_tensor", "check_window"]
 
 
 def check_tensor(tensor: Tensor | None, shape: torch.Size | tuple[int, ...], name: str,

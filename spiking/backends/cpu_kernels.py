@@ -1,11 +1,9 @@
-"""The fused C kernels of the ``cpu`` backend for the paper's neurons: the LIF / IF scan and its
-gradient, the pooling neuron's average pool and its gradient, the packing of spikes and the
-Poisson input, compiled from ``csrc/cpu_kernels.c`` at first use.
+"""The C kernels of the ``cpu`` backend: the pooling neuron's average pool and its gradient, the
+packing of spikes and the Poisson input, compiled from ``csrc/cpu_kernels.c`` at first use; and
+the build and cache of the neuron scans that :mod:`.codegen` generates (:func:`load_generated`).
 
-A PyTorch scan costs a few elementwise ops per time step, each a pass over the layer's neurons;
-the C kernels walk each block of neurons through all steps of a chunk in one pass. They compute
-every value with the float operations of the neurons' definitions, in the same order, so both
-give identical bits (tests/test_cpu_kernels.py). They need a C compiler (``$CC``, default
+They compute every value with the float operations of the PyTorch code they replace, in the
+same order, so both give identical bits (tests/test_cpu_kernels.py). They need a C compiler (``$CC``, default
 ``cc``) the first time; the library is cached under ``$SPIKING_KERNEL_CACHE`` (default
 ``~/.cache/spiking-kernels``). Each function checks its arguments (:mod:`.arguments`): the C
 code trusts them.
@@ -31,8 +29,7 @@ from torch import Tensor
 from .arguments import check_tensor, check_window
 
 __all__ = ["available", "avg_pool", "avg_pool_backward", "build", "build_error", "cache_dir",
-           "gradient_scan", "lif_scan", "load_generated", "pack_spikes", "poisson_spikes",
-           "threads_for", "write_atomically"]
+           "load_generated", "pack_spikes", "poisson_spikes", "threads_for", "write_atomically"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "cpu_kernels.c"
 _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trapping-math"]
@@ -123,18 +120,13 @@ _build_error: list[str] = []
 
 def _declare(library: ctypes.CDLL) -> ctypes.CDLL:
     pointer, int64, double, c_int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double, ctypes.c_int
-    library.lif_scan.argtypes = [c_int, pointer, pointer, pointer, pointer, pointer, int64, int64,
-                                 double, double, c_int]
-    library.gradient_scan.argtypes = [c_int, pointer, pointer, pointer, pointer, pointer, int64,
-                                      int64, c_int]
     library.pack_spikes.argtypes = [c_int, pointer, pointer, int64, c_int, ctypes.POINTER(double)]
     library.pack_spikes.restype = c_int
     library.avg_pool.argtypes = [c_int, pointer, pointer, int64, int64, int64, int64, c_int]
     library.avg_pool_backward.argtypes = [c_int, pointer, pointer, int64, int64, int64, int64,
                                           c_int]
     library.poisson_spikes.argtypes = [c_int, pointer, pointer, pointer, int64, int64, c_int]
-    for name in ("lif_scan", "gradient_scan", "avg_pool", "avg_pool_backward",
-                 "poisson_spikes"):
+    for name in ("avg_pool", "avg_pool_backward", "poisson_spikes"):
         getattr(library, name).restype = None
     return library
 
@@ -167,49 +159,6 @@ def _is_double(tensor: Tensor) -> bool:
         raise ValueError(f"the C kernels take float32 or float64 CPU tensors, not {tensor.dtype} "
                          f"on {tensor.device}")
     return tensor.dtype == torch.float64
-
-
-def lif_scan(values: Tensor, threshold: float, leak: float, membrane: Tensor,
-             spikes_out: Tensor | None = None, trace: Tensor | None = None,
-             count: Tensor | None = None) -> Tensor:
-    """Leaky integrate-and-fire neurons over ``values`` ``[T, B, ...]``, in place: the currents
-    in, the spikes (0 or 1) out, per step ``u = m + I``, spike where ``u > threshold``, ``m = 0``
-    there, else ``leak * u``. ``membrane`` (and ``trace <- leak * trace + s``,
-    ``count <- count + s``: both or neither) ``[B, ...]`` are updated; ``spikes_out`` (bool
-    ``[T, B, ...]``) receives the spikes too. Returns ``values``."""
-    steps, neurons = values.shape[0], membrane.numel()
-    is_double = _is_double(values)
-    check_tensor(values, values.shape, "values")
-    for tensor, name in ((membrane, "membrane"), (trace, "trace"), (count, "count")):
-        check_tensor(tensor, values.shape[1:], name, values.dtype)
-    check_tensor(spikes_out, values.shape, "spikes_out", torch.bool)
-    if (trace is None) != (count is None):
-        raise ValueError("trace and count go together")
-    _library().lif_scan(is_double, values.data_ptr(), _pointer(spikes_out), membrane.data_ptr(),
-                        _pointer(trace), _pointer(count), steps, neurons, threshold, leak,
-                        threads_for(steps * neurons, neurons))
-    return values
-
-
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
-
-
-def gradient_scan(grad: Tensor, spikes: Tensor, scale: Tensor, carry: Tensor) -> Tensor:
-    """Backwards in time over ``grad`` ``[T, B, ...]`` from ``delta = carry`` ``[B, ...]``:
-    ``delta_t = scale * g_t`` where the neuron spiked (bool ``spikes``), else ``delta_{t+1}``;
-    ``scale`` per neuron ``[B, ...]``. Returns the new ``[T, B, ...]`` deltas."""
-    is_double = _is_double(grad)
-    check_tensor(grad, grad.shape, "grad")
-    check_tensor(spikes, grad.shape, "spikes", torch.bool)
-    check_tensor(scale, grad.shape[1:], "scale", grad.dtype)
-    check_tensor(carry, grad.shape[1:], "carry", grad.dtype)
-    out = torch.empty_like(grad)
-    steps, neurons = grad.shape[0], carry.numel()
-    _library().gradient_scan(is_double, grad.data_ptr(), spikes.data_ptr(), scale.data_ptr(),
-                             carry.data_ptr(), out.data_ptr(), steps, neurons,
-                             threads_for(steps * neurons, neurons))
-    return out
 
 
 def pack_spikes(x: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -1,12 +1,10 @@
-/* Fused CPU kernels of the cpu backend (spiking/backends/cpu.py): the LIF and IF neuron scans
- * and their gradient, the pooling neuron's average pool and its gradient, the packing of a
- * synapse's input spikes, the Poisson input's spikes; loaded by spiking/backends/cpu_kernels.py.
+/* Fused CPU kernels of the cpu backend (spiking/backends/cpu.py) besides the neuron scans: the
+ * pooling neuron's average pool and its gradient, the packing of a synapse's input spikes, the
+ * Poisson input's spikes; loaded by spiking/backends/cpu_kernels.py. The neurons' scans are
+ * generated from their own methods (spiking/backends/codegen) and compiled apart.
  *
- * The PyTorch version of a scan (the neurons' own methods, spiking/neurons.py, run step by step)
- * runs a few elementwise ops per time step, each one a pass over memory. These kernels walk each block of neurons through all steps of a chunk while its
- * membrane (or delta) stays in the L1 cache: one read and one write of the [steps, neurons]
- * data. The packing checks and converts in one pass instead of five; the average pool is
- * PyTorch's loop (same summation order), vectorised. Every value is computed with the same float
+ * The packing checks and converts in one pass instead of five; the average pool is PyTorch's
+ * loop (same summation order), vectorised. Every value is computed with the same float
  * operations in the same order as the PyTorch code, so both give identical bits
  * (tests/test_cpu_kernels.py). Build flags: -ffp-contract=off keeps a*b+c from becoming a fused
  * multiply-add (different rounding); -fno-trapping-math lets the compiler turn the selects into
@@ -24,18 +22,6 @@ enum { BLOCK = 1024 };
  * neurons (the last dimension of the [steps, neurons] arrays). */
 typedef struct {
     int64_t steps, neurons, begin, end;
-    /* lif_scan */
-    void *values;          /* [steps, neurons] currents in, spikes (0 or 1) out */
-    uint8_t *spikes;       /* [steps, neurons] bool copy of the spikes, or NULL */
-    void *membrane;        /* [neurons], updated to the last step's membrane */
-    void *trace, *count;   /* [neurons] sums for the leak correction NG, or NULL */
-    double threshold, leak;
-    /* gradient_scan */
-    const void *grad;      /* [steps, neurons] dLoss/dspikes */
-    const uint8_t *fired;  /* [steps, neurons] bool spikes */
-    const void *scale;     /* [neurons] factor at a spike */
-    const void *carry;     /* [neurons] delta of the step after the chunk */
-    void *grad_current;    /* [steps, neurons] dLoss/dcurrent */
     /* pack_spikes (steps = 1) */
     const void *x;         /* [neurons] values, -c, 0 or c if spikes */
     double c;
@@ -47,63 +33,9 @@ typedef struct {
     void *to;
     int64_t height, width, k;
     /* poisson_spikes: values holds the uniform draws in, the spikes out */
+    void *values;          /* [steps, neurons] */
     const void *magnitude, *sign;  /* [neurons] |a * x| and sign(x) */
 } Args;
-
-/* u = m + I; spike where u > threshold; m = 0 where it spiked, else leak * u. */
-#define DEFINE_LIF_SCAN(NAME, T)                                                           \
-    static void NAME(Args *a) {                                                            \
-        const T threshold = (T)a->threshold, leak = (T)a->leak;                           \
-        const int64_t steps = a->steps, neurons = a->neurons, end = a->end;                \
-        for (int64_t b0 = a->begin; b0 < end; b0 += BLOCK) {                                \
-            const int64_t len = MIN(BLOCK, end - b0);                                      \
-            T *restrict m = (T *)a->membrane + b0;                                          \
-            for (int64_t t = 0; t < steps; ++t) {                                           \
-                T *restrict x = (T *)a->values + t * neurons + b0;                          \
-                for (int64_t i = 0; i < len; ++i) {                                         \
-                    const T u = m[i] + x[i];                                                \
-                    x[i] = u > threshold ? (T)1 : (T)0;                                     \
-                    m[i] = u > threshold ? (T)0 : u * leak;                                 \
-                }                                                                           \
-                if (a->spikes) {                                                            \
-                    uint8_t *restrict s = a->spikes + t * neurons + b0;                     \
-                    for (int64_t i = 0; i < len; ++i) s[i] = x[i] != (T)0;                  \
-                }                                                                           \
-                if (a->trace) {                                                             \
-                    T *restrict trace = (T *)a->trace + b0;                                 \
-                    T *restrict count = (T *)a->count + b0;                                 \
-                    for (int64_t i = 0; i < len; ++i) {                                     \
-                        trace[i] = trace[i] * leak + x[i];                                  \
-                        count[i] = count[i] + x[i];                                         \
-                    }                                                                       \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-    }
-
-/* Backwards in time: delta_t = scale * g_t where the neuron spiked, else delta_{t+1}. */
-#define DEFINE_GRADIENT_SCAN(NAME, T)                                                      \
-    static void NAME(Args *a) {                                                            \
-        int32_t spiked[BLOCK];                                                              \
-        const int64_t steps = a->steps, neurons = a->neurons, end = a->end;                \
-        for (int64_t b0 = a->begin; b0 < end; b0 += BLOCK) {                                \
-            const int64_t len = MIN(BLOCK, end - b0);                                      \
-            const T *restrict scale = (const T *)a->scale + b0;                             \
-            for (int64_t t = steps - 1; t >= 0; --t) {                                      \
-                const int64_t at = t * neurons + b0;                                        \
-                const T *restrict g = (const T *)a->grad + at;                              \
-                const uint8_t *restrict s = a->fired + at;                                  \
-                T *restrict out = (T *)a->grad_current + at;                                \
-                const T *restrict next = t == steps - 1 ? (const T *)a->carry + b0          \
-                                                        : out + neurons;                    \
-                for (int64_t i = 0; i < len; ++i) spiked[i] = s[i];                         \
-                for (int64_t i = 0; i < len; ++i) {                                         \
-                    const T scaled = g[i] * scale[i], waiting = next[i];                    \
-                    out[i] = spiked[i] ? scaled : waiting;                                  \
-                }                                                                           \
-            }                                                                               \
-        }                                                                                   \
-    }
 
 /* codes = x / c for x in {-c, 0, c}, c > 0; flags any other value. */
 #define DEFINE_PACK_SPIKES(NAME, T)                                                        \
@@ -197,10 +129,6 @@ typedef struct {
         }                                                                                   \
     }
 
-DEFINE_LIF_SCAN(lif_scan_f32, float)
-DEFINE_LIF_SCAN(lif_scan_f64, double)
-DEFINE_GRADIENT_SCAN(gradient_scan_f32, float)
-DEFINE_GRADIENT_SCAN(gradient_scan_f64, double)
 DEFINE_PACK_SPIKES(pack_spikes_f32, float)
 DEFINE_PACK_SPIKES(pack_spikes_f64, double)
 DEFINE_AVG_POOL(avg_pool_f32, float)
@@ -225,23 +153,6 @@ static int run_parallel(void (*kernel)(Args *), Args args, int threads) {
         other_values |= range.other_values;
     }
     return other_values;
-}
-
-void lif_scan(int is_double, void *values, uint8_t *spikes, void *membrane, void *trace,
-              void *count, int64_t steps, int64_t neurons, double threshold, double leak,
-              int threads) {
-    Args a = {.steps = steps, .neurons = neurons, .values = values, .spikes = spikes,
-              .membrane = membrane, .trace = trace, .count = count, .threshold = threshold,
-              .leak = leak};
-    run_parallel(is_double ? lif_scan_f64 : lif_scan_f32, a, threads);
-}
-
-void gradient_scan(int is_double, const void *grad, const uint8_t *fired, const void *scale,
-                   const void *carry, void *grad_current, int64_t steps, int64_t neurons,
-                   int threads) {
-    Args a = {.steps = steps, .neurons = neurons, .grad = grad, .fired = fired, .scale = scale,
-              .carry = carry, .grad_current = grad_current};
-    run_parallel(is_double ? gradient_scan_f64 : gradient_scan_f32, a, threads);
 }
 
 /* 1 if x holds only -c, 0 and c for one finite c >= 0 (the magnitude of its first nonzero),

@@ -1,0 +1,1 @@
+"""Worked examples: a researcher's own neurons, each trained in LeNet and checked in float64."""
