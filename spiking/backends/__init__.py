@@ -13,16 +13,16 @@ backward, the Poisson encoding. :mod:`spiking.functional` and :mod:`spiking.syna
 | ``triton``  | :mod:`.triton_kernels`  | fused Triton kernels for the paper's neurons, the time loop inside | CUDA (CPU under ``TRITON_INTERPRET=1``), float32/64 |
 
 Every backend computes the same numbers (tests/test_parity.py holds each to the reference, and
-the reference to the authors' loop); they differ in speed, memory and where they run. A fast
-backend implements the neuron classes whose kernel name (the ``kernel`` attribute in the class's
-own body) is in its ``NEURONS``; any other neuron runs on ``torch``.
+the reference to the authors' loop); they differ in speed, memory and where they run. The fast
+backends run scans generated from each neuron's own methods (:mod:`.codegen`); a neuron whose
+methods cannot be fused runs on ``torch``.
 
 ``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere: the Triton kernels
 are tested in Triton's interpreter but have not yet run on a GPU, so ``triton`` runs only when
 asked for by name (``benchmarks/cuda_check.sh`` is the check that decides whether ``auto`` may
 take it on CUDA). Choose with the environment variable ``SPIKING_BACKEND=<name>``,
 :func:`set_backend` or :func:`use_backend`. Where the chosen backend cannot run an operation (no
-C compiler, a CUDA tensor for ``cpu``, a dtype or a neuron it has no kernel for), ``torch`` runs
+C compiler, a CUDA tensor for ``cpu``, a dtype, a neuron method that cannot be fused), ``torch`` runs
 it, and the log says so in one line, once: never silently.
 """
 from __future__ import annotations

@@ -1,12 +1,11 @@
-"""The ``triton`` backend: fused Triton kernels for the paper's neurons (:mod:`.triton_jit`).
+"""The ``triton`` backend: Triton scans generated from each neuron's methods (:mod:`.codegen`).
 
 A PyTorch scan launches a few elementwise kernels per time step; here one launch takes every
-neuron of a layer through all steps of a chunk (the pooling neuron's average pool fused in, and
-its gradient's spreading over the windows), so a training step launches the same number of
-kernels whatever T is. The kernels compute every value with the float operations of the neurons'
+neuron of a layer through all steps of a chunk, so a training step launches the same number of
+kernels whatever T is. The scans compute every value with the float operations of the neurons'
 own methods, in the same order (without fused multiply-adds), so both give identical bits.
-Synapses are :mod:`.pytorch`'s, with the spikes packed in one launch; the Poisson input is
-:mod:`.reference`'s.
+Synapses are :mod:`.pytorch`'s, with the spikes packed in one launch (:mod:`.triton_jit`); the
+Poisson input is :mod:`.reference`'s.
 
 The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` before triton is first used; slow, for the tests). ``auto`` does not
