@@ -30,7 +30,8 @@ def setting(default: Any, *flags: str, help: str, group: str = OURS,
     ...)`` unless the flag is a switch or the default empty. Values failing ``rule``'s
     ``(phrase, predicate)`` are rejected with ``<what> must be <phrase>`` (``what``: the field
     name, spaced). ``only_for``: the flag exists only in that data set's script. The rest goes
-    to ``add_argument`` (``action``, ``choices``, ``type``, ``metavar``).
+    to ``add_argument`` (``action``, ``choices``, ``type``, ``metavar``); ``choices`` may be a
+    function, called when the command line is built.
     """
     metadata = dict(flags=flags, help=help, group=group, rule=rule, what=what, only_for=only_for,
                     options=argparse_options)
@@ -76,7 +77,7 @@ class Experiment:
     tag: str
     dataset: str
     arch: str = setting(MISSING, "-a", "--arch", group=AUTHORS, type=str.lower,
-                        choices=sorted(MODELS), help="network architecture")
+                        choices=lambda: sorted(MODELS), help="network architecture")
     workers: int = setting(2, "-j", "--workers", group=AUTHORS, rule=_AT_LEAST_0,
                            help="data loading worker processes")
     epochs: int = setting(1, "--epochs", group=AUTHORS, rule=_AT_LEAST_1,
@@ -223,6 +224,9 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
         if not meta or meta["only_for"] not in ("", defaults.dataset):
             continue
         options = dict(meta["options"])
+        if callable(options.get("choices")):
+            # a registry read now, not at import: a script may have registered more entries
+            options["choices"] = options["choices"]()
         if meta["rule"] is not None:
             kind = options.pop("type", type(f.default))
             what = meta["what"] or f.name.replace("_", " ")
