@@ -29,7 +29,7 @@ EXPERIMENT = Experiment(
     horizontal_flip=False,
     mean=(0.4377, 0.4438, 0.4728),  # SVHN train split statistics
     std=(0.1980, 0.2010, 0.1970),
-    svhn_extra=False,
+    extra_images=False,
     seed=3,
 )
 

@@ -111,7 +111,7 @@ def test_synthetic_data_is_deterministic_and_shaped_like_the_real_sets():
         assert torch.allclose(mean, torch.tensor(info.pixel_mean), atol=0.03), (name, mean)
         assert torch.allclose(std, torch.tensor(info.pixel_std), atol=0.04), (name, std)
         lit = (images > 0).float().mean()
-        assert (0.15 < lit < 0.25) if name == "mnist" else lit > 0.9  # MNIST: 19 % lit
+        assert abs(lit - info.density) < 0.05, (name, lit)  # MNIST: 19 % lit
         test = synthetic_dataset(info, 100, seed=3, train=False).tensors[0]
         assert not torch.equal(test[:10], images[:10])
     seed_3, seed_4 = (synthetic_dataset(DATASETS["mnist"], 40, seed=seed, train=True).tensors[0]

@@ -138,7 +138,8 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"
 
 # the script whose data set and network a checkpoint was trained for
 SCRIPTS = {("mnist", "lenet"): "mnist_LeNet.py", ("cifar10", "vgg9"): "cifar10_VGG9.py",
-           ("cifar10", "resnet11"): "cifar10_ResNet11.py", ("svhn", "resnet13"): "svhn_ResNet13.py"}
+           ("cifar10", "resnet11"): "cifar10_ResNet11.py", ("svhn", "resnet13"): "svhn_ResNet13.py",
+           ("fashion_mnist", "lenet"): "fashion_mnist_LeNet.py"}
 
 
 def _unreadable(path: str, error: BaseException) -> str:
@@ -235,7 +236,9 @@ def _suggestion(saved_arch: str, saved_dataset: str | None, dataset: str | None)
         return f"use -a {saved_arch}"
     if (saved_dataset, saved_arch) in SCRIPTS:
         return f"it fits {SCRIPTS[saved_dataset, saved_arch]}"
-    script = next(s for (d, _), s in SCRIPTS.items() if d == saved_dataset)
+    script = next((s for (d, _), s in SCRIPTS.items() if d == saved_dataset), None)
+    if script is None:  # a data set a script registered
+        return f"it was trained on {saved_dataset} with -a {saved_arch}"
     return f"it fits {script} -a {saved_arch}"
 
 

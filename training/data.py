@@ -1,59 +1,44 @@
-"""Data sets and loaders: torchvision MNIST, CIFAR-10 and SVHN with the authors' transforms, or
-the synthetic stand-in (:mod:`training.synthetic`) for runs without files.
+"""Data sets and loaders: the registered data sets (:mod:`training.datasets`) with the authors'
+transforms, or the synthetic stand-in (:mod:`training.synthetic`) for runs without files.
 
 Images come out as ``[B, C, H, W]``; the engine's Poisson encoder turns them into ``[T, B, ...]``.
-torchvision is imported only when real data is used, which keeps ``--synthetic`` runs quick.
 """
 from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset, TensorDataset
 
+from .datasets import DATASETS, DatasetInfo
 from .experiment import Experiment, UsageError
 from .synthetic import synthetic_dataset
 from .versions import import_torchvision
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the engine needs to know about a data set before loading it: the ``(C, H, W)`` of an
-    image, the classes, the files torchvision needs under ``--data`` and where to get them (for
-    the missing-data message), the real training images' per-channel mean and standard
-    deviation in [0, 1] and the kind of image (``"strokes"`` or ``"scenes"``) that the synthetic
-    stand-in imitates (:func:`~training.synthetic.synthetic_dataset`)."""
-
-    input_shape: tuple[int, int, int]
-    num_classes: int
-    files: tuple[str, ...]
-    source: str
-    pixel_mean: tuple[float, ...]
-    pixel_std: tuple[float, ...]
-    synthetic_style: str
+def dataset_info(name: str) -> DatasetInfo:
+    """The registered data set ``name``; a :class:`UsageError` naming the known ones if none."""
+    if name not in DATASETS:
+        raise UsageError(f"unknown data set {name!r}; known: {', '.join(sorted(DATASETS))} "
+                         f"(a script registers more in training.datasets.DATASETS)")
+    return DATASETS[name]
 
 
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(
-        (1, 28, 28), 10,
-        tuple(f"MNIST/raw/{name}-idx{dims}-ubyte"
-              for name, dims in (("train-images", 3), ("train-labels", 1), ("t10k-images", 3),
-                                 ("t10k-labels", 1))),
-        "from https://ossci-datasets.s3.amazonaws.com/mnist/, gunzipped",
-        (0.1307,), (0.3081,), "strokes"),
-    "cifar10": DatasetInfo(
-        (3, 32, 32), 10, ("cifar-10-python.tar.gz",),
-        "from https://www.cs.toronto.edu/~kriz/cifar.html; or its extracted cifar-10-batches-py/",
-        (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "scenes"),
-    "svhn": DatasetInfo(
-        (3, 32, 32), 10,
-        ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat (with --svhn-extra)"),
-        "from http://ufldl.stanford.edu/housenumbers/",
-        (0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970), "scenes"),
-}
+class _Transformed(Dataset):
+    """``dataset``'s images through ``transform``, labels as they are."""
+
+    def __init__(self, dataset: Dataset, transform: Callable) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        image, label = self.dataset[index]
+        return self.transform(image), label
 
 
 def _transforms(settings: Experiment, train: bool):
@@ -72,15 +57,15 @@ def _transforms(settings: Experiment, train: bool):
 
 
 def _torchvision_split(settings: Experiment, split: str, download: bool) -> Dataset:
-    datasets = import_torchvision().datasets
-
-    root, train = settings.data_dir, split != "test"
-    transform = _transforms(settings, train)
-    if settings.dataset == "mnist":
-        return datasets.MNIST(root, train=train, transform=transform, download=download)
-    if settings.dataset == "cifar10":
-        return datasets.CIFAR10(root, train=train, transform=transform, download=download)
-    return datasets.SVHN(root, split=split, transform=transform, download=download)
+    # a torchvision built for another torch ends in one error line, before a loader imports it
+    import_torchvision()
+    info, root = DATASETS[settings.dataset], settings.data_dir
+    if split == "extra":
+        if info.extra is None:
+            raise UsageError(f"{settings.dataset} has no extra training images")
+        return _Transformed(info.extra(root, download), _transforms(settings, train=True))
+    train = split == "train"
+    return _Transformed(info.load(root, train, download), _transforms(settings, train))
 
 
 def _load_split(settings: Experiment, split: str) -> Dataset:
@@ -105,9 +90,10 @@ def _load_split(settings: Experiment, split: str) -> Dataset:
 
 def build_datasets(settings: Experiment, train: bool = True) -> tuple[Dataset | None, Dataset]:
     """The training set (``None`` unless ``train``) and the test set of ``settings.dataset``:
-    SVHN's ``train`` split plus ``extra`` with ``settings.svhn_extra``, cut to
+    the ``train`` split plus the data set's ``extra`` images with ``settings.extra_images``, cut to
     ``settings.train_subset`` images drawn from the seed. A failure leaves no empty ``--data``
     directory behind."""
+    dataset_info(settings.dataset)
     existed = os.path.exists(settings.data_dir)
     try:
         train_set, test = _datasets(settings, train)
@@ -134,7 +120,7 @@ def _datasets(settings: Experiment, train: bool) -> tuple[Dataset | None, Datase
                                   settings.mean, settings.std) if train else None), test
     test = _load_split(settings, "test")
     train_set = _load_split(settings, "train") if train else None
-    if train_set is not None and settings.dataset == "svhn" and settings.svhn_extra:
+    if train_set is not None and settings.extra_images:
         train_set = ConcatDataset([train_set, _load_split(settings, "extra")])
     return train_set, test
 

@@ -30,7 +30,7 @@ from . import cpu_threads
 from .checkpoint import (TrainingState, checkpoint_contents, checkpoint_paths, describe_checkpoint,
                          load_checkpoint, load_weights, rank_state, read_training_state,
                          restore_optimizer, restore_rank, resume_notes, run_tag, save_checkpoint)
-from .data import DATASETS, build_datasets, make_loader
+from .data import build_datasets, dataset_info, make_loader
 from .distributed import (ResumableSampler, all_gather, all_reduce, barrier, cleanup,
                           init_distributed, is_main_process, per_rank_batch, rank, world_size)
 from .experiment import Experiment, UsageError, parse_settings
@@ -75,7 +75,7 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 
 def build_model(settings: Experiment) -> models.SpikingNetwork:
     """``settings.arch`` for ``settings.dataset``'s image shape and classes."""
-    info = DATASETS[settings.dataset]
+    info = dataset_info(settings.dataset)
     model = models.get_model(settings.arch, num_classes=info.num_classes, leak=settings.leak,
                              threshold=settings.threshold, pool_threshold=settings.pool_threshold,
                              dropout=settings.dropout, width=settings.width,
@@ -587,7 +587,7 @@ def _finish(r: _Run, test: EpochStats | None) -> None:
         width = "" if settings.width == 1 else f", width {settings.width:g}"
         title = f"{outputs.tag}: {settings.arch} on {data}, T = {settings.time_steps}{width}"
         drawn = plots.plot_training_curves(outputs.csv, outputs.curves, title=title,
-                                           classes=DATASETS[settings.dataset].num_classes)
+                                           classes=dataset_info(settings.dataset).num_classes)
         print(f"training curves: {drawn}" if drawn else plots.MATPLOTLIB_HINT, flush=True)
     _report_spikes(r, r.latest, test)
 

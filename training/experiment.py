@@ -13,6 +13,8 @@ import torch
 
 from models import MODELS
 
+from .datasets import DATASETS, DatasetInfo
+
 AUTHORS, OURS, STATS = "the authors' flags", "this project's flags", "spike statistics"
 
 
@@ -23,15 +25,17 @@ class UsageError(Exception):
 
 def setting(default: Any, *flags: str, help: str, group: str = OURS,
             rule: tuple[str, Callable[[Any], bool]] | None = None, what: str = "",
-            only_for: str = "", **argparse_options: Any) -> Any:
+            only_for: Callable[[DatasetInfo], bool] | None = None,
+            **argparse_options: Any) -> Any:
     """A field of :class:`Experiment` with the command-line ``flags``.
 
     ``default`` is neutral (``MISSING``: every script sets it); ``help`` gets `` (default:
     ...)`` unless the flag is a switch or the default empty. Values failing ``rule``'s
     ``(phrase, predicate)`` are rejected with ``<what> must be <phrase>`` (``what``: the field
-    name, spaced). ``only_for``: the flag exists only in that data set's script. The rest goes
-    to ``add_argument`` (``action``, ``choices``, ``type``, ``metavar``); ``choices`` may be a
-    function, called when the command line is built.
+    name, spaced). ``only_for``: the flag exists only in the scripts of the data sets
+    (:class:`~training.datasets.DatasetInfo`) it holds for. The rest goes to ``add_argument``
+    (``action``, ``choices``, ``type``, ``metavar``); ``choices`` may be a function, called when
+    the command line is built.
     """
     metadata = dict(flags=flags, help=help, group=group, rule=rule, what=what, only_for=only_for,
                     options=argparse_options)
@@ -64,7 +68,8 @@ class Experiment:
     Attributes:
         tag: names the outputs: ``checkpointT1_<tag>.pth.tar``, ``model_bestT1_<tag>.pth.tar``,
             ``metrics_<tag>.csv``.
-        dataset: ``mnist``, ``cifar10`` or ``svhn``.
+        dataset: a name in :data:`training.datasets.DATASETS` (``mnist``, ``fashion_mnist``,
+            ``cifar10``, ``svhn``, or one a script registered).
         threshold / pool_threshold: firing thresholds of hidden LIF and pooling neurons.
         input_scale: a of the Poisson encoder (0.5 MNIST, 1 otherwise).
         dropout: p of the time-held dropout after hidden LIF layers (0 = none).
@@ -124,8 +129,10 @@ class Experiment:
     horizontal_flip: bool = False
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    svhn_extra: bool = setting(False, "--svhn-extra", action="store_true", only_for="svhn",
-                               help="train on SVHN train + extra (604k images)")
+    extra_images: bool = setting(False, "--extra-images", "--svhn-extra", action="store_true",
+                                 only_for=lambda info: info.extra is not None,
+                                 help="train on the train split plus the data set's extra "
+                                      "images (SVHN: 604k in all)")
     seed: int = setting(1, "--seed", rule=_AT_LEAST_0,
                         help="seed of all random draws (data order, dropout, spikes)")
     data_dir: str = setting("./data", "--data", metavar="DIR",
@@ -219,9 +226,12 @@ def build_parser(defaults: Experiment, description: str | None = None) -> argpar
     parser = argparse.ArgumentParser(description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     groups = {name: parser.add_argument_group(name) for name in (AUTHORS, OURS, STATS)}
+    if defaults.dataset not in DATASETS:
+        parser.error(f"unknown data set {defaults.dataset!r} in the script's Experiment; known: "
+                     f"{', '.join(sorted(DATASETS))}")
     for f in fields(Experiment):
         meta = f.metadata
-        if not meta or meta["only_for"] not in ("", defaults.dataset):
+        if not meta or meta["only_for"] and not meta["only_for"](DATASETS[defaults.dataset]):
             continue
         options = dict(meta["options"])
         if callable(options.get("choices")):

@@ -1,8 +1,8 @@
 """The synthetic stand-in for a data set (``--synthetic``): deterministic, learnable images of
 the real set's shape, class count, density and pixel statistics, drawn in memory from a seed, so
 that the whole pipeline runs anywhere without files. MNIST gets white pen strokes on black,
-CIFAR-10 and SVHN dense smooth colour images; images are ``[N, C, H, W]`` in [0, 1] (before
-normalisation), labels ``[N]``.
+Fashion-MNIST grey objects on black, CIFAR-10 and SVHN dense smooth colour images; images are
+``[N, C, H, W]`` in [0, 1] (before normalisation), labels ``[N]``.
 """
 from __future__ import annotations
 
@@ -16,16 +16,18 @@ from torch.utils.data import TensorDataset
 
 
 class ImitatedSet(Protocol):
-    """What the stand-in needs to know of the set it imitates (:class:`training.data.DatasetInfo`
-    has it): the ``(C, H, W)`` of an image, the classes, the real training images' per-channel
-    mean and standard deviation in [0, 1], and the kind of image, ``"strokes"`` or
-    ``"scenes"``."""
+    """What the stand-in needs to know of the set it imitates
+    (:class:`training.datasets.DatasetInfo` has it): the ``(C, H, W)`` of an image, the classes,
+    the real training images' per-channel mean and standard deviation in [0, 1], the kind of
+    image, ``"strokes"``, ``"silhouettes"`` or ``"scenes"``, and the fraction of pixels that are
+    not 0."""
 
     input_shape: tuple[int, int, int]
     num_classes: int
     pixel_mean: tuple[float, ...]
     pixel_std: tuple[float, ...]
     synthetic_style: str
+    density: float
 
 
 def synthetic_dataset(info: ImitatedSet, size: int, seed: int, train: bool,
@@ -38,7 +40,7 @@ def synthetic_dataset(info: ImitatedSet, size: int, seed: int, train: bool,
     with ``mean`` and ``std`` the images are normalised as the real set's ``Normalize``."""
     draw = torch.Generator().manual_seed(seed + (1 if train else 2))
     labels = torch.randperm(size, generator=draw) % info.num_classes
-    make = _strokes if info.synthetic_style == "strokes" else _scenes
+    make = _STYLES[info.synthetic_style]
     images = make(info, labels, torch.Generator().manual_seed(seed), draw)
     if mean is not None and std is not None:
         images = (images - torch.tensor(mean).view(-1, 1, 1)) / torch.tensor(std).view(-1, 1, 1)
@@ -93,3 +95,33 @@ def _scenes(info: ImitatedSet, labels: Tensor, classes: torch.Generator,
     mean = torch.tensor(info.pixel_mean).view(-1, 1, 1)
     std = torch.tensor(info.pixel_std).view(-1, 1, 1)
     return (mean + std * field).clamp(0.0, 1.0)
+
+
+def _silhouettes(info: ImitatedSet, labels: Tensor, classes: torch.Generator,
+                 draw: torch.Generator) -> Tensor:
+    """``[N, C, H, W]`` grey objects on black in [0, 1] for ``labels`` ``[N]``, as in
+    Fashion-MNIST: each class is a fixed smooth shape, which an image varies; the
+    ``info.density`` of its pixels where the shape is strongest are lit, textured, the rest 0.
+    The lit pixels' mean and spread are those that give the real set's statistics."""
+    channels, height, width = info.input_shape
+    size = len(labels)
+
+    def smooth(noise: Tensor) -> Tensor:
+        return F.interpolate(noise, size=(height, width), mode="bilinear", align_corners=False)
+
+    shape = (smooth(torch.randn((info.num_classes, 1, 4, 4), generator=classes))[labels]
+             + 0.4 * smooth(torch.randn((size, 1, 4, 4), generator=draw))).flatten(1)
+    cut = shape.quantile(1 - info.density, dim=1, keepdim=True)
+    lit = (shape > cut).view(size, 1, height, width)
+    texture = (smooth(torch.randn((size, channels, 8, 8), generator=draw))
+               + 0.3 * torch.randn((size, channels, height, width), generator=draw))
+    texture = (texture - texture.mean()) / texture.std()
+    # mean m and square s of the whole image are density times those of its lit pixels
+    mean, std = torch.tensor(info.pixel_mean), torch.tensor(info.pixel_std)
+    lit_mean = mean / info.density
+    lit_std = ((std ** 2 + mean ** 2) / info.density - lit_mean ** 2).clamp(min=0).sqrt()
+    values = lit_mean.view(-1, 1, 1) + lit_std.view(-1, 1, 1) * texture
+    return torch.where(lit, values.clamp(1 / 255, 1.0), 0.0)
+
+
+_STYLES = {"strokes": _strokes, "silhouettes": _silhouettes, "scenes": _scenes}
