@@ -18,6 +18,8 @@ from spiking import (
     reset_states,
 )
 
+from .wiring import derive_synapse_inputs
+
 __all__ = ["NeuronFactory", "SpikingNetwork", "conv3x3", "halved_by_pooling", "halved_by_stride",
            "scaled"]
 
@@ -89,6 +91,7 @@ class SpikingNetwork(nn.Module):
         self.pool_threshold = pool_threshold
         self.dropout = dropout
         self.time_chunk: int | None = None
+        self.synapse_inputs_read = False
 
     def forward_chunk(self, spikes: Tensor) -> Tensor:
         """``[T', B, C, H, W]`` input spikes -> output-layer current ``[T', B, num_classes]``."""
@@ -108,6 +111,7 @@ class SpikingNetwork(nn.Module):
         chunk = self.time_chunk or self.default_time_chunk(spikes)
         if chunk < 1:
             raise ValueError(f"time_chunk must be a positive number of steps, got {chunk}")
+        self.read_synapse_inputs()
         reset_states(self)
         try:
             currents = [self.forward_chunk(part) for part in spikes.split(chunk)]
@@ -142,19 +146,30 @@ class SpikingNetwork(nn.Module):
         network that, like the authors', has no dropout module by default."""
         return TimeHeldDropout(self.dropout) if self.dropout > 0 else nn.Identity()
 
+    def read_synapse_inputs(self) -> None:
+        """Set every synapse's ``input_spikes`` and ``input_from_neurons`` from what feeds it in
+        :meth:`forward_chunk` (:mod:`models.wiring`), once: :meth:`forward` calls it first, since
+        the layers exist only once the subclass's constructor has run."""
+        if not self.synapse_inputs_read:
+            derive_synapse_inputs(self)
+            self.synapse_inputs_read = True
+
     def inputs_from_neurons(self, *synapses: SpikingConv2d | SpikingLinear) -> None:
-        """Declare that each of ``synapses`` reads the spikes of a layer of spiking neurons (or
-        of dropout over one), which reads its gradient only where it spiked: their event-driven
-        backward may leave the input gradient 0 elsewhere. Not for the input layer. Hidden
-        neurons whose derivative reads it everywhere (a surrogate gradient) declare none."""
+        """Declare that each of ``synapses`` reads the spikes of a layer of hidden neurons (or
+        of dropout over one), which read their gradient only where they spiked: their
+        event-driven backward may leave the input gradient 0 elsewhere. Only for a network whose
+        :meth:`forward_chunk` cannot be traced (data-dependent control flow); the others have
+        it derived (:meth:`read_synapse_inputs`). Hidden neurons whose derivative reads it
+        everywhere (a surrogate gradient) declare none."""
         if not type(self.lif()).gradient_only_at_spikes():
             return
         for synapse in synapses:
             synapse.input_from_neurons = True
 
     def inputs_are_spikes(self) -> None:
-        """Declare every synapse's input a spike train (``input_spikes``): in the four networks
-        each reads the signed Poisson code, a layer's spikes, or dropout's scaled spikes."""
+        """Declare every synapse's input a spike train (``input_spikes``): the signed Poisson
+        code, a layer's spikes, or dropout's scaled spikes. Only for a network whose
+        :meth:`forward_chunk` cannot be traced; the others have it derived."""
         for module in self.modules():
             if isinstance(module, (SpikingConv2d, SpikingLinear)):
                 module.input_spikes = True

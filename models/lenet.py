@@ -60,8 +60,6 @@ class LeNet(SpikingNetwork):
         self.lif_fc0, self.drop_fc0 = self.lif(), self.dropout_if_any()
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
-        self.inputs_from_neurons(self.cnn2, self.fc0, self.fc1)
-        self.inputs_are_spikes()
         self.reset_parameters()
 
     def forward_chunk(self, spikes: Tensor) -> Tensor:

@@ -48,6 +48,7 @@ from spiking import (
 )
 
 from .base import SpikingNetwork
+from .wiring import ChunkTracer, TracedChunk
 
 __all__ = ["DT", "POOL_VARIANTS", "export_graph", "leak_of", "time_constant"]
 
@@ -60,7 +61,6 @@ POOL_VARIANTS = ("avg", "sum")
 INPUT, OUTPUT, INTEGRATOR = "input", "output", "integrator"
 
 _PASS_THROUGH = (TimeHeldDropout, nn.Identity)  # identity at inference
-_LEAVES = (SpikingConv2d, SpikingLinear, SpikingNeuron, TimeFolded, TimeHeldDropout)
 
 # The conventions a reader of the file needs to run it as trained (docs/nir.md, "The mapping").
 SEMANTICS = {
@@ -155,29 +155,11 @@ def _average_pool_node(pool_module: nn.AvgPool2d, pool: str) -> nir.NIRNode:
     return _window_node(kernel, stride, padding, pool)
 
 
-class _Tracer(torch.fx.Tracer):
-    """Keeps this project's spiking modules whole: each becomes one ``call_module`` node."""
-
-    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return isinstance(module, _LEAVES) or super().is_leaf_module(module, qualified_name)
-
-
-class _Chunk(nn.Module):
-    """``forward`` = the network's ``forward_chunk``: what the tracer follows."""
-
-    def __init__(self, network: SpikingNetwork) -> None:
-        super().__init__()
-        self.net = network
-
-    def forward(self, spikes: torch.Tensor) -> torch.Tensor:
-        return self.net.forward_chunk(spikes)
-
-
 def _traced(model: SpikingNetwork) -> torch.fx.GraphModule:
     """``model.forward_chunk`` as an fx graph whose nodes carry their ``[T, B, ...]`` shapes
     (from one step of one all-zero image)."""
-    wrapper = _Chunk(model)
-    traced = torch.fx.GraphModule(wrapper, _Tracer().trace(wrapper))
+    wrapper = TracedChunk(model)
+    traced = torch.fx.GraphModule(wrapper, ChunkTracer().trace(wrapper))
     weight = next(model.parameters())
     sample = torch.zeros((1, 1, *model.input_shape), dtype=weight.dtype, device=weight.device)
     was_training = model.training

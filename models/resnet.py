@@ -71,10 +71,6 @@ class ResNet11(SpikingNetwork):
         self.fc0, self.lif_fc0, self.drop_fc0 = self.hidden(SpikingLinear(fc0_inputs, f0))
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
-        self.inputs_from_neurons(self.cnn21, self.cnn22, self.shortcut1[0], self.cnn31,
-                                 self.cnn32, self.shortcut2[0], self.cnn41, self.cnn42,
-                                 self.shortcut3[0], self.cnn51, self.cnn52, self.fc0, self.fc1)
-        self.inputs_are_spikes()
         self.reset_parameters()
 
     def build_more_blocks(self, channels: int) -> None:
@@ -111,7 +107,6 @@ class ResNet13(ResNet11):
         self.cnn62, self.lif62, self.drop62 = self.hidden(conv3x3(channels, channels))
         # a module, not a bare "+ x", so that --stats counts the additions it causes
         self.shortcut5 = TimeFolded(nn.Identity())
-        self.inputs_from_neurons(self.cnn61, self.cnn62)
 
     def features(self, spikes: Tensor) -> Tensor:
         x = super().features(spikes)

@@ -54,9 +54,6 @@ class VGG9(SpikingNetwork):
         self.fc0, self.lif_fc0, self.drop_fc0 = self.hidden(SpikingLinear(fc0_inputs, f0))
         self.fc1 = SpikingLinear(f0, num_classes)
         self.output = OutputIntegrator(leak, threshold)
-        self.inputs_from_neurons(self.cnn12, self.cnn21, self.cnn22, self.cnn31, self.cnn32,
-                                 self.cnn33, self.fc0, self.fc1)
-        self.inputs_are_spikes()
         self.reset_parameters()
 
     def forward_chunk(self, spikes: Tensor) -> Tensor:

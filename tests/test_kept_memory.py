@@ -41,7 +41,7 @@ def test_a_pool_that_keeps_its_input_breaks_the_budget(monkeypatch):
 def test_a_packing_kept_on_ctx_counts(monkeypatch):
     """The count sees what a custom Function keeps on its ctx: a synapse keeping its float
     input instead of int8 codes breaks the budget."""
-    monkeypatch.setattr("models.base.SpikingNetwork.inputs_are_spikes", lambda self: None)
+    monkeypatch.setattr("models.base.derive_synapse_inputs", lambda network: False)
     assert per_image_step_at_100() > budget()
 
 
