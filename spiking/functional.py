@@ -11,13 +11,13 @@ spike train, so no float membrane is kept for autograd. Backends that record eve
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import backends
+from .backends.contract import KernelTable
 
 __all__ = ["NeuronState", "SpikeStats", "output_integrator", "poisson_encode", "pooling_neuron",
            "records_graph", "spiking_neuron"]
@@ -102,7 +102,7 @@ class _NeuronScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, neuron: nn.Module, stats: SpikeStats,
-                kernels: ModuleType, inplace: bool, *parameters: Tensor
+                kernels: KernelTable, inplace: bool, *parameters: Tensor
                 ) -> tuple[Tensor, Tensor]:
         out = current if inplace else torch.empty_like(current)
         membrane, ctx.saved = kernels.neuron_forward(neuron, current, membrane.clone(),
@@ -121,13 +121,13 @@ class _NeuronScan(torch.autograd.Function):
         return grad, grad[0], None, None, None, None, *parameter_grads
 
 
-def _steps(kernels: ModuleType, sequence: Tensor) -> list[Tensor]:
+def _steps(kernels: KernelTable, sequence: Tensor) -> list[Tensor]:
     """The chunks the kernels run one autograd node each on: single steps for a backend that
     records every step, else the whole sequence."""
     return list(sequence.split(1)) if kernels.STEP_BY_STEP else [sequence]
 
 
-def _scan(neuron: nn.Module, current: Tensor, state: NeuronState, kernels: ModuleType,
+def _scan(neuron: nn.Module, current: Tensor, state: NeuronState, kernels: KernelTable,
           inplace: bool) -> Tensor:
     """``neuron`` over ``current`` ``[T, B, ...]`` from ``state``, which it updates: under
     autograd one :class:`_NeuronScan` node per chunk of :func:`_steps`, else one pass on the
@@ -176,7 +176,7 @@ class _AveragePool(torch.autograd.Function):
     """The k x k average pool of spikes ``[T', B, C, H, W]`` feeding a pooling neuron."""
 
     @staticmethod
-    def forward(ctx, spikes: Tensor, kernel_size: int, kernels: ModuleType) -> Tensor:
+    def forward(ctx, spikes: Tensor, kernel_size: int, kernels: KernelTable) -> Tensor:
         ctx.kernel_size, ctx.kernels = kernel_size, kernels
         ctx.input_hw = tuple(spikes.shape[-2:])
         # detach() drops a view relation to the kernel's folded result: the pooling neuron
@@ -212,7 +212,7 @@ class _Integration(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current: Tensor, membrane: Tensor, neuron: nn.Module,
-                kernels: ModuleType) -> Tensor:
+                kernels: KernelTable) -> Tensor:
         ctx.time_steps = current.shape[0]
         return kernels.integrator_forward(neuron, current, membrane.clone())
 

@@ -8,13 +8,13 @@ backend runs event-driven); the backward gives the input's and the weight's grad
 """
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from . import backends
+from .backends.contract import KernelTable
 from .functional import records_graph
 
 __all__ = ["SpikingConv2d", "SpikingLinear", "TimeFolded"]
@@ -25,7 +25,7 @@ class _Synapse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, spikes: Tensor, weight: Tensor, layer: _SynapseLayer,
-                kernels: ModuleType) -> Tensor:
+                kernels: KernelTable) -> Tensor:
         current, saved, event_driven = layer.run_forward(kernels, spikes, weight, recording=True,
                                                          weight_grad=ctx.needs_input_grad[1])
         layer.count_chunk(event_driven)
@@ -72,12 +72,12 @@ class _SynapseLayer:
         self.event_chunks = self.dense_chunks = 0
         self.kernel_cache: dict = {}  # the backend's per-layer data, e.g. a re-laid weight
 
-    def run_forward(self, kernels: ModuleType, spikes: Tensor, weight: Tensor, recording: bool,
+    def run_forward(self, kernels: KernelTable, spikes: Tensor, weight: Tensor, recording: bool,
                     weight_grad: bool) -> tuple[Tensor, object, bool]:
         """The table's forward kernel: ``(current, what the backward needs, event-driven?)``."""
         raise NotImplementedError
 
-    def run_backward(self, kernels: ModuleType, saved: object, weight: Tensor, grad: Tensor,
+    def run_backward(self, kernels: KernelTable, saved: object, weight: Tensor, grad: Tensor,
                      input_shape: torch.Size, needs_input: bool, needs_weight: bool
                      ) -> tuple[Tensor | None, Tensor | None]:
         """The table's backward kernel: the gradients of the input and the weight."""
@@ -130,13 +130,13 @@ class SpikingConv2d(_SynapseLayer, nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, bias=False)
         self._init_synapse(input_from_neurons, input_spikes)
 
-    def run_forward(self, kernels: ModuleType, spikes: Tensor, weight: Tensor, recording: bool,
+    def run_forward(self, kernels: KernelTable, spikes: Tensor, weight: Tensor, recording: bool,
                     weight_grad: bool) -> tuple[Tensor, object, bool]:
         return kernels.conv_forward(spikes, weight, self.stride, self.padding,
                                     cache=self.kernel_cache, recording=recording,
                                     weight_grad=weight_grad, spike_train=self.input_spikes)
 
-    def run_backward(self, kernels: ModuleType, saved: object, weight: Tensor, grad: Tensor,
+    def run_backward(self, kernels: KernelTable, saved: object, weight: Tensor, grad: Tensor,
                      input_shape: torch.Size, needs_input: bool, needs_weight: bool
                      ) -> tuple[Tensor | None, Tensor | None]:
         return kernels.conv_backward(saved, weight, grad, self.stride, self.padding, input_shape,
@@ -158,13 +158,13 @@ class SpikingLinear(_SynapseLayer, nn.Linear):
         super().__init__(in_features, out_features, bias=False)
         self._init_synapse(input_from_neurons, input_spikes)
 
-    def run_forward(self, kernels: ModuleType, spikes: Tensor, weight: Tensor, recording: bool,
+    def run_forward(self, kernels: KernelTable, spikes: Tensor, weight: Tensor, recording: bool,
                     weight_grad: bool) -> tuple[Tensor, object, bool]:
         return kernels.linear_forward(spikes, weight, cache=self.kernel_cache,
                                       recording=recording, weight_grad=weight_grad,
                                       spike_train=self.input_spikes)
 
-    def run_backward(self, kernels: ModuleType, saved: object, weight: Tensor, grad: Tensor,
+    def run_backward(self, kernels: KernelTable, saved: object, weight: Tensor, grad: Tensor,
                      input_shape: torch.Size, needs_input: bool, needs_weight: bool
                      ) -> tuple[Tensor | None, Tensor | None]:
         return kernels.linear_backward(saved, weight, grad, input_shape, needs_input,

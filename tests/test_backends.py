@@ -2,6 +2,7 @@
 neuron no fused kernel implements runs on torch, and a fallback is never silent."""
 import importlib
 import logging
+import types
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ import torch
 import models
 import spiking.backends as backends
 from spiking import LIFNeuron, functional
-from spiking.backends import cpu, cpu_kernels, pytorch
+from spiking.backends import cpu, cpu_kernels, pytorch, reference, triton_kernels
+from spiking.backends.contract import KERNELS, KernelTable, check_table
 
 CPU = torch.device("cpu")
 
@@ -46,6 +48,38 @@ def test_every_backend_offers_every_kernel():
         missing = [kernel for kernel in backends.KERNELS if not callable(getattr(table, kernel))]
         assert not missing, f"backend {name} lacks {missing}"
         assert isinstance(table.STEP_BY_STEP, bool)
+
+
+@pytest.mark.parametrize("module", [reference, pytorch, cpu, triton_kernels],
+                         ids=lambda m: m.NAME)
+def test_every_backend_module_is_a_kernel_table(module):
+    assert isinstance(module, KernelTable)
+    assert check_table(module) is module
+    assert {"neuron_forward", "conv_backward", "poisson_encode", "unavailable"} <= set(KERNELS)
+
+
+def copy_without(module: types.ModuleType, name: str) -> types.ModuleType:
+    """A module holding all of ``module``'s names but ``name``."""
+    copy = types.ModuleType(f"{module.__name__}_without_{name}")
+    copy.__dict__.update({k: v for k, v in vars(module).items()
+                          if k != name and not k.startswith("__")})
+    return copy
+
+
+@pytest.mark.parametrize("name", ["average_pool_backward", "neuron_refusal", "STEP_BY_STEP"])
+def test_a_module_missing_a_kernel_is_refused(name):
+    broken = copy_without(cpu, name)
+    assert not isinstance(broken, KernelTable)
+    with pytest.raises(TypeError, match=f"lacks {name}$"):
+        check_table(broken)
+
+
+def test_a_kernel_that_is_not_a_function_is_refused():
+    broken = copy_without(pytorch, "conv_forward")
+    broken.conv_forward = "not a function"
+    assert isinstance(broken, KernelTable)  # the protocol checks names only
+    with pytest.raises(TypeError, match="lacks conv_forward$"):
+        check_table(broken)
 
 
 def test_auto_takes_the_cpu_kernels_for_cpu_tensors_and_torch_elsewhere():

@@ -1,8 +1,9 @@
 """The one place that chooses which kernels run the spiking layers.
 
-A backend is a module that offers the same named kernels (:data:`KERNELS`): the neuron scans
-forward and backward, the pooling neuron, the output integrator, the synapses' forward and
-backward, the Poisson encoding. :mod:`spiking.functional` and :mod:`spiking.synapses` ask
+A backend is a module that offers the same named kernels, typed by the protocol
+:class:`~.contract.KernelTable` (its names: :data:`KERNELS`): the neuron scans forward and
+backward, the pooling neuron, the output integrator, the synapses' forward and backward, the
+Poisson encoding; a module that lacks one is refused when the tables are built. :mod:`spiking.functional` and :mod:`spiking.synapses` ask
 :func:`select` for a table once per call, for the tensors they are given, and call it.
 
 | name        | module                  | what runs                                            | tensors |
@@ -32,25 +33,19 @@ import functools
 import logging
 import os
 from collections.abc import Iterator
-from types import ModuleType
 
 import torch
 from torch import Tensor, nn
 
 from . import cpu, pytorch, reference, triton_kernels
+from .contract import KERNELS, KernelTable, check_table
 
-__all__ = ["KERNELS", "NAMES", "describe", "requested_backend", "select", "set_backend",
-           "table", "unavailable", "use_backend"]
+__all__ = ["KERNELS", "KernelTable", "NAMES", "describe", "requested_backend", "select",
+           "set_backend", "table", "unavailable", "use_backend"]
 
-TABLES: dict[str, ModuleType] = {module.NAME: module
-                                 for module in (reference, pytorch, cpu, triton_kernels)}
+TABLES: dict[str, KernelTable] = {module.NAME: check_table(module)
+                                  for module in (reference, pytorch, cpu, triton_kernels)}
 NAMES = tuple(TABLES)
-
-# What every backend module offers, besides NAME, DESCRIPTION, DTYPES (None for any),
-# STEP_BY_STEP and unavailable(device).
-KERNELS = ("neuron_forward", "neuron_backward", "neuron_refusal", "average_pool",
-           "average_pool_backward", "integrator_forward", "conv_forward", "conv_backward",
-           "linear_forward", "linear_backward", "poisson_encode", "describe")
 
 _log = logging.getLogger("spiking")
 _told: set[tuple[str, str]] = set()  # (backend, reason) pairs already reported
@@ -89,7 +84,7 @@ def use_backend(name: str) -> Iterator[None]:
         set_backend(previous)
 
 
-def table(name: str) -> ModuleType:
+def table(name: str) -> KernelTable:
     """The kernel table of backend ``name``."""
     return TABLES[_checked(name)]
 
@@ -122,7 +117,7 @@ def _refusal(name: str, tensors: list[Tensor], neuron: nn.Module | None) -> str 
     return None
 
 
-def select(*tensors: Tensor | None, neuron: nn.Module | None = None) -> ModuleType:
+def select(*tensors: Tensor | None, neuron: nn.Module | None = None) -> KernelTable:
     """The kernel table that runs an operation on ``tensors`` (for ``neuron``, if the
     operation is a neuron layer's): the requested backend's, or ``torch``'s where that one
     cannot run it, which the log says once per backend and reason."""
