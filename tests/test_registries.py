@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from test_extending_doc import script_block
 from training.cpu_threads import WAIT_VARIABLES
 from training.data import build_datasets
 
@@ -25,32 +26,8 @@ TINY = ["--synthetic", "--synthetic-size", "16", "-T", "2", "--width", "0.125", 
 ENV = {**{k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES},
        "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(REPO)}
 
-SOFT_RESET_SCRIPT = '''
-    from training import main
-
-    from functools import partial
-
-    import torch
-    from models import MODELS, LeNet
-    from spiking import LIFNeuron
-    from mnist_LeNet import EXPERIMENT
-
-
-    class SoftResetLIF(LIFNeuron):
-        def reset(self, potential, spikes):
-            return self.leak * (potential - self.threshold * spikes.to(potential.dtype))
-
-        grad_only_at_spikes = True
-
-        def backward_step(self, grad_spikes, grad_membrane, spikes, scale):
-            return torch.where(spikes, scale * grad_spikes, 0.0) + grad_membrane
-
-
-    MODELS["lenet_soft"] = partial(LeNet, neuron=SoftResetLIF)
-
-    if __name__ == "__main__":
-        main(EXPERIMENT)
-'''
+# docs/extending.md's registration example, a whole script
+SOFT_RESET_SCRIPT = script_block('MODELS["lenet_soft"]')
 
 
 def write_idx_files(folder: Path, images: int, packed: bool) -> dict[str, torch.Tensor]:

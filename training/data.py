@@ -41,6 +41,19 @@ class _Transformed(Dataset):
         return self.transform(image), label
 
 
+class _AsFloatImage:
+    """torchvision's ``ToTensor`` for PIL images and ``[H, W, C]`` arrays; a ``[C, H, W]``
+    tensor (what a registered loader may give) as float in [0, 1], uint8 divided by 255."""
+
+    def __init__(self, to_tensor: Callable) -> None:
+        self.to_tensor = to_tensor
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):
+            return image.float() / 255 if image.dtype == torch.uint8 else image.float()
+        return self.to_tensor(image)
+
+
 def _transforms(settings: Experiment, train: bool):
     T = import_torchvision().transforms
 
@@ -50,7 +63,7 @@ def _transforms(settings: Experiment, train: bool):
                                   padding=settings.crop_padding))
     if train and settings.horizontal_flip:
         steps.append(T.RandomHorizontalFlip())
-    steps.append(T.ToTensor())
+    steps.append(_AsFloatImage(T.ToTensor()))
     if settings.mean is not None:
         steps.append(T.Normalize(settings.mean, settings.std))
     return T.Compose(steps)

@@ -17,7 +17,8 @@ from torch.utils.data import Dataset
 
 __all__ = ["DATASETS", "DatasetInfo", "Loader", "mnist_layout"]
 
-# (root, train, download) -> the split's images (PIL images or [C, H, W] tensors) and labels;
+# (root, train, download) -> the split's (image, label) pairs, images PIL images, [H, W, C]
+# arrays or [C, H, W] tensors (uint8, or float in [0, 1]);
 # raises RuntimeError if the files are missing or damaged (as torchvision's data sets do)
 Loader = Callable[[str, bool, bool], Dataset]
 
