@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from . import cpu, pytorch, reference, triton_kernels
 from .contract import KERNELS, KernelTable, check_table
 
-__all__ = ["KERNELS", "KernelTable", "NAMES", "describe", "requested_backend", "select",
-           "set_backend", "table", "unavailable", "use_backend"]
+__all__ = ["KERNELS", "KernelTable", "NAMES", "describe", "preferred", "requested_backend",
+           "select", "set_backend", "table", "unavailable", "use_backend"]
 
 TABLES: dict[str, KernelTable] = {module.NAME: check_table(module)
                                   for module in (reference, pytorch, cpu, triton_kernels)}
@@ -95,7 +95,9 @@ def unavailable(name: str, device: torch.device) -> str | None:
     return TABLES[name].unavailable(device)
 
 
-def _preferred(device: torch.device) -> str:
+def preferred(device: torch.device) -> str:
+    """The backend the request takes for tensors of ``device``: the one asked for, or what
+    ``auto`` takes there (before the fallbacks of :func:`select`)."""
     if _requested != "auto":
         return _requested
     return "cpu" if device.type == "cpu" else "torch"
@@ -122,7 +124,7 @@ def select(*tensors: Tensor | None, neuron: nn.Module | None = None) -> KernelTa
     operation is a neuron layer's): the requested backend's, or ``torch``'s where that one
     cannot run it, which the log says once per backend and reason."""
     present = [t for t in tensors if t is not None]
-    name = _preferred(present[0].device)
+    name = preferred(present[0].device)
     reason = _refusal(name, present, neuron)
     if reason is None:
         return TABLES[name]
@@ -136,7 +138,7 @@ def select(*tensors: Tensor | None, neuron: nn.Module | None = None) -> KernelTa
 def describe(device: torch.device | str) -> str:
     """One line for logs: the backend that runs on ``device``, and what was asked for."""
     device = torch.device(device)
-    name = _preferred(device)
+    name = preferred(device)
     if unavailable(name, device) is not None:
         name = pytorch.NAME
     return f"spiking backend {name}: {TABLES[name].describe()} (requested {_requested})"
