@@ -129,7 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     reason = backends.unavailable("triton", torch.device("cpu"))
     if "triton" in map(cuda_backend, args.backends) and reason is not None:
-        print(f"error: the triton backend cannot run: {reason}", file=sys.stderr)
+        print(f"error: the triton backend cannot run: {reason}; --backends auto counts without "
+              "it", file=sys.stderr)
         return 2
     print(f"{args.arch} width {args.width}, batch {args.batch}, one chunk of all T, "
           "one training step as on CUDA")

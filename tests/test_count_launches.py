@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import models
-from benchmarks.count_launches import CUDA, OperationCounter, count_training_step, cuda_backend
+from benchmarks.count_launches import (CUDA, OperationCounter, count_training_step, cuda_backend,
+                                       main)
 from spiking import PoissonEncoder, backends
 
 # Measured at T = 100: LeNet 9,227 (227 + 90 T), ResNet11 21,418 (618 + 208 T); the limits
@@ -73,3 +74,13 @@ def test_auto_on_cuda_at_100_steps(arch, steps):
     fixed = counts[0] - per_step * steps[0]
     assert counts == [fixed + per_step * t for t in steps]
     assert fixed + per_step * 100 <= LIMITS_AT_100[arch]
+
+
+@pytest.mark.skipif(backends.unavailable("triton", torch.device("cpu")) is None,
+                    reason="triton can run here; tests/test_versions.py runs this without it")
+def test_without_triton_the_count_refuses_triton_in_one_line(capsys):
+    assert main(["--arch", "lenet", "-T", "2", "--backends", "auto,triton"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "triton cannot be imported" in err
+    assert main(["--arch", "lenet", "--width", "0.1", "-T", "2", "--backends", "auto"]) == 0
+    assert "| auto (torch) | 2 |" in capsys.readouterr().out
