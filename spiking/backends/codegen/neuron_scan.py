@@ -271,6 +271,9 @@ def scan_key(neuron: nn.Module, shape: torch.Size, dtype: torch.dtype) -> Hashab
 
 
 _SCANS: dict[Hashable, NeuronScan | NotFusable] = {}
+# The scan neuron_refusal has just found, for the table's call that follows it at once: a key
+# costs as much as the rest of a small layer's dispatch, and one lookup per call is enough.
+_just_checked: list[tuple[nn.Module, torch.Size, torch.dtype, NeuronScan]] = []
 
 
 def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
@@ -281,6 +284,11 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
     Raises:
         NotFusable: as :func:`build`.
     """
+    if _just_checked:
+        (checked, shape, dtype, scan), = _just_checked
+        _just_checked.clear()
+        if checked is neuron and shape == like.shape and dtype == like.dtype:
+            return scan
     key = scan_key(neuron, like.shape, like.dtype)
     scan = _SCANS.get(key)
     if scan is None:
@@ -299,7 +307,8 @@ def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
     """Why the generated scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
     (a method that cannot be traced), or None: the fused tables' ``neuron_refusal``."""
     try:
-        neuron_scan(neuron, like[0])
+        scan = neuron_scan(neuron, like[0])
     except NotFusable as reason:
         return f"it cannot generate this neuron's scans: {reason}"
+    _just_checked.append((neuron, like.shape[1:], like.dtype, scan))
     return None
