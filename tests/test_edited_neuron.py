@@ -17,7 +17,7 @@ from torch import Tensor
 
 import spiking
 from spiking import backends
-from spiking.backends import cpu_kernels, triton_kernels
+from spiking.backends import cpu_kernels
 
 CPU = torch.device("cpu")
 FUSED = [pytest.param("cpu", marks=pytest.mark.skipif(not cpu_kernels.available(),
@@ -51,19 +51,6 @@ def refusals(caplog):
     return lambda: [r.getMessage() for r in caplog.records if "cannot run" in r.getMessage()]
 
 
-@pytest.fixture
-def triton_launches(monkeypatch):
-    names: list[str] = []
-    original = triton_kernels.launch
-
-    def counted(kernel, *args, **kwargs):
-        names.append(kernel.fn.__name__)
-        return original(kernel, *args, **kwargs)
-
-    monkeypatch.setattr(triton_kernels, "launch", counted)
-    return names
-
-
 def run(neuron: torch.nn.Module, backend: str) -> tuple[Tensor, Tensor]:
     """Spikes ``[T, B, F]`` and the current's gradient of ``neuron`` on seeded currents,
     T = 6, B = 2, F = 5, float64 (the tiny shapes Triton's interpreter runs quickly)."""
@@ -95,16 +82,16 @@ def assert_runs_its_own_equations(make, backend: str, refusals, launches: list[s
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_an_edited_copy_named_lifneuron_runs_its_own_equations(backend, refusals,
-                                                              triton_launches):
+                                                              launches):
     run(spiking.LIFNeuron(1.0, 0.9), backend)  # the LIF's kernels built and cached first
     assert LIFNeuron.__name__ == spiking.LIFNeuron.__name__
     assert_runs_its_own_equations(lambda: LIFNeuron(1.0, 0.9), backend, refusals,
-                                  triton_launches)
+                                  launches)
 
 
 @pytest.mark.parametrize("backend", FUSED)
 def test_lifneurons_reset_edited_in_place_runs_the_new_equation(backend, refusals,
-                                                               triton_launches, monkeypatch):
+                                                               launches, monkeypatch):
     unedited = run(spiking.LIFNeuron(1.0, 0.9), backend)  # cached with the original reset
     monkeypatch.setattr(spiking.LIFNeuron, "reset", soft_reset)
     edited = run(spiking.LIFNeuron(1.0, 0.9), backend)
@@ -113,4 +100,4 @@ def test_lifneurons_reset_edited_in_place_runs_the_new_equation(backend, refusal
     assert not torch.equal(edited[0], unedited[0])
     assert not refusals(), refusals()
     if backend == "triton":
-        assert triton_launches.count("scan_forward") >= 2
+        assert launches.count("scan_forward") >= 2

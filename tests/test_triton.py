@@ -16,20 +16,6 @@ pytestmark = pytest.mark.skipif(backends.unavailable("triton", CPU) is not None,
                                 reason=f"{backends.unavailable('triton', CPU)}")
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """The names of the Triton kernels launched during the test."""
-    names = []
-    original = triton_kernels.launch
-
-    def counted(kernel, *args, **kwargs):
-        names.append(kernel.fn.__name__)
-        return original(kernel, *args, **kwargs)
-
-    monkeypatch.setattr(triton_kernels, "launch", counted)
-    return names
-
-
 def test_the_backend_is_chosen_by_name_only():
     with backends.use_backend("auto"):
         assert backends.select(torch.zeros(2, 3)) is not triton_kernels
