@@ -637,10 +637,11 @@ def summarise(samples: Mapping[str, Mapping[str, Sequence[float]]],
         ``{"time": {variant: {phase: {"median", "min", "max"}}}, "memory": ...,
         "ratios": {"project/<variant>": {metric: ratio}}}``; a ``project:NAME`` variant's
         ratio is the other way round, ``"project:NAME/project"``: the cost of that neuron.
-        Ratio metrics: ``train``, ``eval`` (of medians), ``train_min``, ``eval_min`` (of the fastest samples: on a machine shared
-        with other jobs the least disturbed run is the better estimate of the cost), ``memory``
-        (of peak increments) and ``memory_absolute`` (of absolute peaks). A ratio is ``None``
-        where a variant was not run or its memory not measured.
+        Ratio metrics: ``train``, ``eval`` (of medians), ``train_min``, ``eval_min`` (of the
+        fastest samples: on a machine shared with other jobs the least disturbed run is the
+        better estimate of the cost), ``memory`` (of peak increments) and ``memory_absolute``
+        (of absolute peaks). A ratio is ``None`` where a variant was not run or its memory not
+        measured.
     """
     time_stats = {name: {phase: {"median": statistics.median(values), "min": min(values),
                                  "max": max(values)}
