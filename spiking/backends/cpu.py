@@ -71,29 +71,24 @@ def describe() -> str:
             f"{event_density_max('linear')}")
 
 
-def _functions(scan: codegen.NeuronScan) -> dict[str, tuple[ctypes._CFuncPtr, Tensor]]:
-    """``scan``'s kernels compiled (once, cached on disk): per kernel the C function and its
-    constants."""
+def _functions(scan: codegen.NeuronScan) -> dict[str, ctypes._CFuncPtr]:
+    """``scan``'s kernels compiled (once, cached on disk): the C function of each kernel."""
     functions = scan.compiled.get(NAME)
     if functions is None:
         kernels = list(scan.kernels.values())
         what = f"the fused scans of {scan.name} ({str(scan.dtype).removeprefix('torch.')})"
         library = cpu_kernels.load_generated(codegen.c_source(kernels, scan.dtype, "scan"),
                                              f"scan-{scan.name}", what)
-        functions = {k.name: (getattr(library, f"scan_{k.name}"),
-                              torch.tensor([*k.program.constants.values(), 0.0],
-                                           dtype=scan.dtype))
-                     for k in kernels}
+        functions = {k.name: getattr(library, f"scan_{k.name}") for k in kernels}
         scan.compiled[NAME] = functions
     return functions
 
 
 def _launch(scan: codegen.NeuronScan, kernel: codegen.Kernel, arrays: dict[str, Tensor],
             steps: int, neurons: int) -> None:
-    function, constants = _functions(scan)[kernel.name]
     slots = kernel.arrays()
     pointers = (ctypes.c_void_p * len(slots))(*(arrays[s.array].data_ptr() for s in slots))
-    function(steps, neurons, pointers, constants.data_ptr(), threads_for(steps * neurons, neurons))
+    _functions(scan)[kernel.name](steps, neurons, pointers, threads_for(steps * neurons, neurons))
 
 
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,

@@ -102,15 +102,14 @@ def build(source: Path = _SOURCE, what: str = "") -> Path:
 
 def load_generated(source: str, stem: str, what: str) -> ctypes.CDLL:
     """The library of generated C ``source``, from the cache or compiled now; each exported
-    kernel takes ``(steps, neurons, arrays, constants, threads)``."""
+    kernel takes ``(steps, neurons, arrays, threads)``."""
     path = cache_dir() / f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:16]}.c"
     if not path.exists():
         write_atomically(path, source)
     library = ctypes.CDLL(str(build(path, what)))
     for name in re.findall(r"^void (\w+)\(int64_t steps", source, flags=re.MULTILINE):
         function = getattr(library, name)
-        function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p,
-                             ctypes.c_int]
+        function.argtypes = [ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int]
         function.restype = None
     return library
 

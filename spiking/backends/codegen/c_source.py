@@ -1,6 +1,6 @@
 """C source of scan kernels, for the ``cpu`` backend.
 
-A kernel becomes one exported function ``<name>(steps, neurons, arrays, constants, threads)``:
+A kernel becomes one exported function ``<name>(steps, neurons, arrays, threads)``:
 OpenMP threads take contiguous ranges of neurons, each range is walked in blocks of
 ``BLOCK`` neurons, and each block through every step of the chunk with one loop over its
 neurons per step, which the compiler vectorises (``-fno-trapping-math`` lets it turn the
@@ -8,8 +8,16 @@ selects into blends). What a neuron carries between steps is re-read from its ``
 array (in the L1 cache) or, for sums, from a block buffer. Every operation is the one PyTorch's
 CPU kernels compute for the same ATen operation, in the program's order, and the build turns
 off fused multiply-adds (``-ffp-contract=off``), so the results are PyTorch's bits.
+
+The program's constants (a neuron's threshold and leak, the numbers in its methods) are written
+into the source as exact literals rather than passed at run time: the compiler folds what it
+can prove from them (``where(s, 0, u) * leak`` becomes one mask of ``u * leak``, 12 % faster
+on LeNet's first layer than the same select with the constants loaded from memory). A neuron
+with other numbers is another source, compiled once and cached like the first.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -29,13 +37,11 @@ typedef {real} T;
 """
 
 _LAUNCH = """\
-void {name}(int64_t steps, int64_t neurons, void *const *arrays, const void *constants,
-            int threads) {{
+void {name}(int64_t steps, int64_t neurons, void *const *arrays, int threads) {{
     threads = threads < 1 ? 1 : threads;
 #pragma omp parallel for num_threads(threads)
     for (int k = 0; k < threads; ++k)
-        {name}_range(steps, neurons, arrays, (const T *)constants, neurons * k / threads,
-                     neurons * (k + 1) / threads);
+        {name}_range(steps, neurons, arrays, neurons * k / threads, neurons * (k + 1) / threads);
 }}
 """
 
@@ -61,6 +67,15 @@ def _expression(instruction: Instruction, program: Program, suffix: str) -> str:
         "round32": "(T)(float){0}",
     }
     return forms[op].format(*a, s=suffix)
+
+
+def _literal(number: float, dtype: torch.dtype) -> str:
+    """``number`` as PyTorch casts it to ``dtype``, written exactly as a C constant."""
+    if math.isnan(number):
+        return "(T)NAN"
+    if math.isinf(number):
+        return "(T)INFINITY" if number > 0 else "-(T)INFINITY"
+    return f"(T){torch.tensor(number, dtype=dtype).item().hex()}"
 
 
 def _type(slot: Slot) -> str:
@@ -109,13 +124,13 @@ def _body(kernel: Kernel, suffix: str) -> list[str]:
     return lines
 
 
-def _range_function(kernel: Kernel, suffix: str) -> list[str]:
+def _range_function(kernel: Kernel, dtype: torch.dtype, suffix: str) -> list[str]:
     """``<name>_range``: the kernel over the neurons ``[begin, end)``."""
     program, arrays = kernel.program, kernel.arrays()
     lines = [f"static void {kernel.name}_range(int64_t steps, int64_t neurons, "
-             "void *const *arrays, const T *constants, int64_t begin, int64_t end) {"]
-    lines += [f"    const T v{value} = constants[{k}];"
-              for k, value in enumerate(program.constants)]
+             "void *const *arrays, int64_t begin, int64_t end) {"]
+    lines += [f"    const T v{value} = {_literal(number, dtype)};"
+              for value, number in program.constants.items()]
     for index, slot in enumerate(arrays):
         if slot.kind == NUMBER:
             lines.append(f"    const T v{program.inputs[slot.input]} = "
@@ -166,6 +181,6 @@ def c_source(kernels: list[Kernel], dtype: torch.dtype, prefix: str) -> str:
     parts = [_PRELUDE.format(real=real)]
     for kernel in kernels:
         named = Kernel(f"{prefix}_{kernel.name}", kernel.program, kernel.slots, kernel.reverse)
-        parts.append("\n".join(_range_function(named, suffix)) + "\n")
+        parts.append("\n".join(_range_function(named, dtype, suffix)) + "\n")
         parts.append(_LAUNCH.format(name=named.name))
     return "\n".join(parts)
