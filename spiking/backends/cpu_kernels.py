@@ -37,7 +37,7 @@ _FLAGS = ["-O3", "-std=c99", "-fPIC", "-shared", "-ffp-contract=off", "-fno-trap
 # clang) builds single-threaded kernels.
 _FLAG_SETS = ([*_FLAGS, "-fopenmp"], _FLAGS)
 # A thread gets at least this much work (multiply-adds or neuron-steps: starting one costs
-# about as much as 10^4 of them) and this many neurons (a block of the scans).
+# about as much as 10^4 of them) and this many neurons (of a scan, which splits by neuron).
 _WORK_PER_THREAD = 65536
 _NEURONS_PER_THREAD = 1024
 _log = logging.getLogger("spiking")
