@@ -14,8 +14,8 @@
   its gradient through ``reset`` (cotangent ``dLoss/dm_t``, the next step's delta) and through
   ``charge`` (cotangent ``dLoss/du_t``), each traced by autograd from the method itself.
 
-Neurons are cached by everything their trace depends on: class and methods, the numbers and
-tensors they hold, step shape and dtype.
+Neurons are cached by everything their trace depends on (:func:`_neuron_key`): class and
+methods, the numbers and tensors they hold; and by step shape and dtype.
 """
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ from .kernel import FIRST, NEURONS, NUMBER, ROWS, ROWS_BEFORE, STATE, SUM, Kerne
 from .program import Program, Value
 from .trace import MethodTrace, emit_graph, held_tensors, meta_like, trace_gradient, trace_method
 
-__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_refusal", "neuron_scan",
-           "scan_key"]
+__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_refusal", "neuron_scan"]
 
 METHODS = ("charge", "fire", "reset", "update_stats", "backward_step", "spike_stats",
            "keeps_potential")
@@ -256,24 +255,25 @@ def build_integrator(neuron: nn.Module, shape: torch.Size, dtype: torch.dtype) -
 _PLAIN = (bool, int, float, str, type(None), tuple)
 
 
-def scan_key(neuron: nn.Module, shape: torch.Size, dtype: torch.dtype) -> Hashable:
-    """What a neuron's trace depends on: its class and methods (an edited method is a new
-    trace), the plain values and functions it holds, its tensors' shapes and whether they
-    train. Computed at every call, so kept cheap."""
+def _neuron_key(neuron: nn.Module) -> Hashable:
+    """What a neuron's trace depends on besides the step: its class and methods (an edited
+    method is a new trace), the plain values and functions it holds, its tensors' shapes and
+    whether they train. Computed at every call, so kept cheap."""
     klass = type(neuron)
-    attributes = tuple((k, v) for k, v in neuron.__dict__.items()
-                       if k[0] != "_" and (isinstance(v, _PLAIN) or callable(v)))
-    tensors = tuple((name, t.shape, t.dtype, t.requires_grad)
-                    for held in (neuron._parameters, neuron._buffers)
-                    for name, t in held.items() if t is not None)
-    methods = tuple(getattr(klass, m, None) for m in METHODS)
-    return klass, methods, attributes, tensors, shape, dtype
+    attributes = tuple([(k, v) for k, v in neuron.__dict__.items()
+                        if k[0] != "_" and (isinstance(v, _PLAIN) or callable(v))])
+    tensors = tuple([(name, t.shape, t.dtype, t.requires_grad)
+                     for held in (neuron._parameters, neuron._buffers)
+                     for name, t in held.items() if t is not None])
+    methods = tuple([getattr(klass, m, None) for m in METHODS])
+    return klass, methods, attributes, tensors
 
 
 _SCANS: dict[Hashable, NeuronScan | NotFusable] = {}
-# The scan neuron_refusal has just found, for the table's call that follows it at once: a key
-# costs as much as the rest of a small layer's dispatch, and one lookup per call is enough.
-_just_checked: list[tuple[nn.Module, torch.Size, torch.dtype, NeuronScan]] = []
+# What neuron_refusal has just found, for the table's call that follows it at once: the
+# neuron's key (a key costs as much as the rest of a small layer's dispatch; a pooling neuron
+# is checked on its input and runs on the pooled steps) and the scan for the steps it checked.
+_just_checked: list[tuple[nn.Module, Hashable, torch.Size, torch.dtype, NeuronScan]] = []
 
 
 def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
@@ -284,12 +284,21 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
     Raises:
         NotFusable: as :func:`build`.
     """
+    neuron_key = None
     if _just_checked:
-        (checked, shape, dtype, scan), = _just_checked
+        (checked, neuron_key, shape, dtype, scan), = _just_checked
         _just_checked.clear()
-        if checked is neuron and shape == like.shape and dtype == like.dtype:
+        if checked is not neuron:
+            neuron_key = None
+        elif shape == like.shape and dtype == like.dtype:
             return scan
-    key = scan_key(neuron, like.shape, like.dtype)
+    if neuron_key is None:
+        neuron_key = _neuron_key(neuron)
+    return _cached_scan(neuron, neuron_key, like)
+
+
+def _cached_scan(neuron: nn.Module, neuron_key: Hashable, like: Tensor) -> NeuronScan:
+    key = (*neuron_key, like.shape, like.dtype)
     scan = _SCANS.get(key)
     if scan is None:
         make = build if hasattr(neuron, "fire") else build_integrator
@@ -306,9 +315,11 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
 def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
     """Why the generated scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
     (a method that cannot be traced), or None: the fused tables' ``neuron_refusal``."""
+    _just_checked.clear()
+    neuron_key = _neuron_key(neuron)
     try:
-        scan = neuron_scan(neuron, like[0])
+        scan = _cached_scan(neuron, neuron_key, like[0])
     except NotFusable as reason:
         return f"it cannot generate this neuron's scans: {reason}"
-    _just_checked.append((neuron, like.shape[1:], like.dtype, scan))
+    _just_checked.append((neuron, neuron_key, like.shape[1:], like.dtype, scan))
     return None
