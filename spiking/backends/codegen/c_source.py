@@ -31,7 +31,7 @@ _TYPES = {torch.float32: ("float", "f"), torch.float64: ("double", "")}
 # Neurons walked through the steps together. Smaller blocks keep what a step streams through
 # (currents, kept spikes, membrane, statistics) within the L1 cache: on LeNet's first LIF layer
 # (4 steps, 32 images, float32, 2 cores) the recording forward took 0.62 ms at 128 against
-# 1.14 ms at 1024 and 0.60 ms at 64; the evaluation 0.42 ms against 0.65 ms; the backward the
+# 1.14 ms at 1024 and 0.60 ms at 64; the evaluation 0.42 ms against 0.48 ms; the backward the
 # same at either.
 BLOCK = 128
 
