@@ -132,7 +132,7 @@ def _scan(neuron: nn.Module, current: Tensor, state: NeuronState, kernels: Kerne
     """``neuron`` over ``current`` ``[T, B, ...]`` from ``state``, which it updates: under
     autograd one :class:`_NeuronScan` node per chunk of :func:`_steps`, else one pass on the
     state's own membrane, in place."""
-    parameters = tuple(neuron.parameters())
+    parameters = tuple(neuron.parameters()) if torch.is_grad_enabled() else ()
     if not records_graph(current, state.membrane, *parameters):
         out = current if inplace else torch.empty_like(current)
         membrane = state.start(current.shape[1:], current)

@@ -13,7 +13,7 @@ def check_tensor(tensor: Tensor | None, shape: torch.Size | tuple[int, ...], nam
     """``tensor`` (if given) has ``shape`` (and ``dtype``) and is contiguous."""
     if tensor is None:
         return
-    if tuple(tensor.shape) != tuple(shape):
+    if tensor.shape != tuple(shape):
         raise ValueError(f"{name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
     if dtype is not None and tensor.dtype != dtype:
         raise ValueError(f"{name} has dtype {tensor.dtype}, expected {dtype}")

@@ -86,8 +86,8 @@ def _functions(scan: codegen.NeuronScan) -> dict[str, ctypes._CFuncPtr]:
 
 def _launch(scan: codegen.NeuronScan, kernel: codegen.Kernel, arrays: dict[str, Tensor],
             steps: int, neurons: int) -> None:
-    slots = kernel.arrays()
-    pointers = (ctypes.c_void_p * len(slots))(*(arrays[s.array].data_ptr() for s in slots))
+    names = kernel.array_names
+    pointers = (ctypes.c_void_p * len(names))(*[arrays[name].data_ptr() for name in names])
     _functions(scan)[kernel.name](steps, neurons, pointers, threads_for(steps * neurons, neurons))
 
 

@@ -110,10 +110,10 @@ def _module(scan: codegen.NeuronScan) -> ModuleType:
 
 def _launch(scan: codegen.NeuronScan, kernel: codegen.Kernel, arrays: dict[str, Tensor],
             steps: int, neurons: int) -> None:
-    device = arrays[kernel.arrays()[0].array].device
+    device = arrays[kernel.array_names[0]].device
     constants = _constants(scan.dtype, device, *kernel.program.constants.values(), 0.0)
     launch(getattr(_module(scan), f"scan_{kernel.name}"), neurons, device, constants,
-           *(arrays[slot.array] for slot in kernel.arrays()), steps, neurons)
+           *(arrays[name] for name in kernel.array_names), steps, neurons)
 
 
 def neuron_forward(neuron: nn.Module, current: Tensor, membrane: Tensor,

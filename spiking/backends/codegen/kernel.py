@@ -9,6 +9,7 @@ membrane, its statistics, its gradient) stays in the L1 cache or in registers.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from .program import Program
 
@@ -50,3 +51,15 @@ class Kernel:
     def arrays(self) -> tuple[Slot, ...]:
         """The slots that take an array argument, in order."""
         return tuple(slot for slot in self.slots if slot.kind != FIRST)
+
+    @cached_property
+    def array_names(self) -> tuple[str, ...]:
+        """The arrays of the slots that take an array argument, in argument order (computed
+        once: the host reads it at every launch)."""
+        return tuple(slot.array for slot in self.arrays())
+
+    @cached_property
+    def operand_inputs(self) -> frozenset[str]:
+        """The program inputs computed on the host from the neuron's tensors
+        (``<method>:<k>``)."""
+        return frozenset(slot.input for slot in self.slots if slot.input and ":" in slot.input)

@@ -67,8 +67,7 @@ class NeuronScan:
         """The host values that ``kernel`` reads (``<method>:<k>``), and those named in
         ``also``, computed from ``neuron``'s tensors by PyTorch (with autograd, where it
         records)."""
-        wanted = {slot.input for slot in kernel.slots if slot.input and ":" in slot.input}
-        wanted.update(also)
+        wanted = kernel.operand_inputs.union(also)
         if not wanted:
             return {}
         tensors = held_tensors(neuron)
@@ -294,16 +293,17 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
             return scan
     if neuron_key is None:
         neuron_key = _neuron_key(neuron)
-    return _cached_scan(neuron, neuron_key, like)
+    return _cached_scan(neuron, neuron_key, like.shape, like.dtype)
 
 
-def _cached_scan(neuron: nn.Module, neuron_key: Hashable, like: Tensor) -> NeuronScan:
-    key = (*neuron_key, like.shape, like.dtype)
+def _cached_scan(neuron: nn.Module, neuron_key: Hashable, shape: torch.Size,
+                 dtype: torch.dtype) -> NeuronScan:
+    key = (*neuron_key, shape, dtype)
     scan = _SCANS.get(key)
     if scan is None:
         make = build if hasattr(neuron, "fire") else build_integrator
         try:
-            scan = make(neuron, like.shape, like.dtype)
+            scan = make(neuron, shape, dtype)
         except NotFusable as reason:
             scan = reason
         _SCANS[key] = scan
@@ -317,9 +317,10 @@ def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
     (a method that cannot be traced), or None: the fused tables' ``neuron_refusal``."""
     _just_checked.clear()
     neuron_key = _neuron_key(neuron)
+    step_shape = like.shape[1:]
     try:
-        scan = _cached_scan(neuron, neuron_key, like[0])
+        scan = _cached_scan(neuron, neuron_key, step_shape, like.dtype)
     except NotFusable as reason:
         return f"it cannot generate this neuron's scans: {reason}"
-    _just_checked.append((neuron, neuron_key, like.shape[1:], like.dtype, scan))
+    _just_checked.append((neuron, neuron_key, step_shape, like.dtype, scan))
     return None

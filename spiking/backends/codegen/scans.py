@@ -37,7 +37,7 @@ class FusedRecord:
     currents: Tensor | None
 
 
-def _operand_arrays(scan: NeuronScan, kernel: Kernel, values: dict[str, Tensor],
+def _operand_arrays(kernel: Kernel, values: dict[str, Tensor],
                     step_shape: torch.Size) -> dict[str, Tensor]:
     """Each operand as its kernel slot reads it: one number, or one per neuron."""
     arrays = {}
@@ -66,17 +66,18 @@ def scan_forward(launch: Launch, neuron: nn.Module, current: Tensor, membrane: T
     start = membrane.clone() if record and "start" in scan.saves else None
     if out is not current:
         out.copy_(current)
-    kept = None
+    arrays = {"values": out, "membrane": membrane}
     if record:
-        kept = torch.empty(out.shape, dtype=membrane.dtype if scan.keeps_potential else torch.bool,
-                           device=out.device)
-    with torch.no_grad():
-        operands = scan.operands(neuron, kernel)
-    arrays = {"values": out, "kept": kept, "membrane": membrane,
-              **{f"stat{k}": stat for k, stat in enumerate(stats)},
-              **_operand_arrays(scan, kernel, operands, membrane.shape)}
+        arrays["kept"] = torch.empty(
+            out.shape, dtype=membrane.dtype if scan.keeps_potential else torch.bool,
+            device=out.device)
+        arrays.update((f"stat{k}", stat) for k, stat in enumerate(stats))
+    if kernel.operand_inputs:
+        with torch.no_grad():
+            operands = scan.operands(neuron, kernel)
+        arrays.update(_operand_arrays(kernel, operands, membrane.shape))
     launch(scan, kernel, arrays, out.shape[0], membrane.numel())
-    return membrane, (FusedRecord(scan, kept, start, currents) if record else None)
+    return membrane, (FusedRecord(scan, arrays["kept"], start, currents) if record else None)
 
 
 def _parameter_gradients(neuron: nn.Module, operands: dict[str, Tensor],
@@ -101,21 +102,23 @@ def scan_backward(launch: Launch, neuron: nn.Module, saved: FusedRecord, grad_sp
     scan, kernel = saved.scan, saved.scan.kernels["backward"]
     step_shape = carry.shape
     check_tensor(grad_spikes, saved.kept.shape, "grad_spikes", carry.dtype)
-    if not any(slot.array == "scale" for slot in kernel.slots):
+    if "scale" not in kernel.array_names:
         scale = None  # a derivative that does not read the factor
     elif isinstance(scale, Tensor):
         scale = scale.detach().to(carry.dtype).expand(step_shape).contiguous()
     else:
         scale = torch.full_like(carry, scale)
-    with torch.enable_grad():
-        operands = scan.operands(neuron, kernel, scan.trainable)
-    sums = {name: torch.zeros_like(carry) for name in scan.trainable}
     grad_current = torch.empty_like(grad_spikes)
     arrays = {"grad": grad_spikes, "kept": saved.kept, "delta": carry.clone(),
               "grad_current": grad_current, "scale": scale, "start": saved.start,
-              "current": saved.currents,
-              **{f"grad:{name}": total for name, total in sums.items()},
-              **_operand_arrays(scan, kernel, operands, step_shape)}
+              "current": saved.currents}
+    operands, sums = {}, {}
+    if kernel.operand_inputs or scan.trainable:
+        with torch.enable_grad():
+            operands = scan.operands(neuron, kernel, scan.trainable)
+        sums = {name: torch.zeros_like(carry) for name in scan.trainable}
+        arrays.update((f"grad:{name}", total) for name, total in sums.items())
+        arrays.update(_operand_arrays(kernel, operands, step_shape))
     launch(scan, kernel, arrays, grad_spikes.shape[0], carry.numel())
     return grad_current, _parameter_gradients(neuron, operands, sums)
 
@@ -129,6 +132,6 @@ def integrate(launch: Launch, neuron: nn.Module, current: Tensor, membrane: Tens
     with torch.no_grad():
         operands = scan.operands(neuron, kernel)
     launch(scan, kernel, {"current": current, "membrane": membrane,
-                          **_operand_arrays(scan, kernel, operands, membrane.shape)},
+                          **_operand_arrays(kernel, operands, membrane.shape)},
            current.shape[0], membrane.numel())
     return membrane
