@@ -10,6 +10,8 @@ with PyTorch's ``foreach`` kernels, its default on CUDA. Nothing else in the ste
 device (``tests/test_count_launches.py`` checks the forward and the update against fake CUDA
 tensors). ``triton`` runs the kernels in Triton's interpreter (``TRITON_INTERPRET=1``, which
 :func:`main` sets before triton is first used), which counts the same launches a GPU would get.
+``graphs`` counts each replay of a captured loop as one launch: a graph cannot be captured
+without a GPU, so :func:`replayed_eagerly` stands in for the capture, uncounted.
 
     python benchmarks/count_launches.py --arch resnet11 --width 0.125 -b 2 -T 25 50 100
 
@@ -23,7 +25,7 @@ import os
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import models
 from spiking import PoissonEncoder, backends
-from spiking.backends import triton_kernels
+from spiking.backends import cuda_graphs, triton_kernels
 
 __all__ = ["CUDA", "OperationCounter", "count_training_step", "cuda_backend"]
 
@@ -40,13 +42,14 @@ CUDA = torch.device("cuda")
 
 class OperationCounter(TorchDispatchMode):
     """Counts the ATen operations dispatched while active (``ops``), and with :meth:`launches`
-    the Triton kernels launched (``triton``), not counting what Triton's interpreter itself
-    runs to emulate a launch."""
+    the Triton kernels launched (``triton``) and the CUDA graphs replayed (``graphs``), not
+    counting what Triton's interpreter or the graphs' stand-in runs to emulate one."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
         self.triton = 0
+        self.graphs = 0
         self._paused = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -57,27 +60,65 @@ class OperationCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
     @contextlib.contextmanager
+    def _paused_for(self) -> Iterator[None]:
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
+    @contextlib.contextmanager
     def launches(self) -> Iterator[None]:
-        """Count the launches of :mod:`spiking.backends.triton_kernels` inside the block."""
+        """Count the launches of :mod:`spiking.backends.triton_kernels` and the replays of
+        :mod:`spiking.backends.cuda_graphs` (captured on the CPU by :func:`replayed_eagerly`)
+        inside the block."""
         original = triton_kernels.launch
 
         def counted(*args, **kwargs):
             self.triton += 1
-            self._paused = True
-            try:
+            with self._paused_for():
                 return original(*args, **kwargs)
-            finally:
-                self._paused = False
 
-        triton_kernels.launch = counted
+        def captured(function, inputs):
+            replay, outputs = replayed_eagerly(function, inputs)
+
+            def counted_replay() -> None:
+                self.graphs += 1
+                with self._paused_for():
+                    replay()
+
+            return counted_replay, outputs
+
+        # graphs "captured" here count into this counter: none may outlive the block
+        triton_kernels.launch, cuda_graphs.CAPTURES["cpu"] = counted, captured
+        cuda_graphs.forget_graphs()
+        backends.unavailable.cache_clear()
         try:
             yield
         finally:
             triton_kernels.launch = original
+            del cuda_graphs.CAPTURES["cpu"]
+            cuda_graphs.forget_graphs()
+            backends.unavailable.cache_clear()
 
     @property
     def total(self) -> int:
-        return sum(self.ops.values()) + self.triton
+        return sum(self.ops.values()) + self.triton + self.graphs
+
+
+def replayed_eagerly(function: Callable[..., tuple[torch.Tensor, ...]],
+                     inputs: tuple[torch.Tensor, ...]
+                     ) -> tuple[Callable[[], None], tuple[torch.Tensor, ...]]:
+    """A stand-in for :func:`spiking.backends.cuda_graphs.capture_cuda_graph` on CPU tensors:
+    each replay runs ``function`` again on the same fixed buffers and leaves the results in
+    the outputs of the first run, as a replayed graph does."""
+    outputs = function(*inputs)
+
+    def replay() -> None:
+        for held, fresh in zip(outputs, function(*inputs)):
+            held.copy_(fresh)
+
+    return replay, outputs
 
 
 def cuda_backend(name: str) -> str:
@@ -134,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"{args.arch} width {args.width}, batch {args.batch}, one chunk of all T, "
           "one training step as on CUDA")
-    print(f"| backend | T | ATen ops | Triton launches | total | per step of T | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("| backend | T | ATen ops | Triton launches | graph replays | total | per step of T "
+          "| seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.backends:
         for time_steps in args.time_steps:
             start = time.perf_counter()
@@ -143,7 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             label = name if name == cuda_backend(name) else f"{name} ({cuda_backend(name)})"
             print(f"| {label} | {time_steps} | {sum(counter.ops.values())} | {counter.triton} | "
-                  f"{counter.total} | {counter.total / time_steps:.1f} | {seconds:.1f} |",
+                  f"{counter.graphs} | {counter.total} | {counter.total / time_steps:.1f} | {seconds:.1f} |",
                   flush=True)
     return 0
 

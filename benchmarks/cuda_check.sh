@@ -4,11 +4,13 @@
 #   bash benchmarks/cuda_check.sh [OUTPUT_DIR]
 #
 # 1. tests/test_cuda.py: the four networks on CUDA against the CPU in float64, with the PyTorch
-#    loops and with the Triton kernels (compiled: TRITON_INTERPRET is unset), and each Triton
-#    kernel against the CUDA loop it replaces; a skipped test fails this step;
+#    loops, with the Triton kernels (compiled: TRITON_INTERPRET is unset) and with the loops
+#    replayed as CUDA graphs, and each Triton kernel and graph against the CUDA loop it
+#    replaces; a skipped test fails this step;
 # 2. benchmarks/bench.py, ResNet11, T = 100, B = 16: the project with the Triton kernels
 #    (SPIKING_BACKEND=triton) against the authors' loop and the dense-ANN floor, with memory;
-# 3. the same project step with the PyTorch loops (SPIKING_BACKEND=torch);
+# 3. the same project step with the PyTorch loops (SPIKING_BACKEND=torch), and with them
+#    replayed as CUDA graphs (SPIKING_BACKEND=graphs);
 # 4. benchmarks/max_batch.py: the largest ResNet11 batch at T = 100 (triton backend), starting
 #    near the batch that benchmarks/kept_memory.py predicts for this GPU's memory;
 # 5. the trainer, a few --synthetic --amp steps at B = 128 under --sync-debug (any host wait in
@@ -69,6 +71,8 @@ run bench-triton 85 env SPIKING_BACKEND=triton "$PYTHON" "${bench[@]}" \
     --json "$out/bench-triton.json"
 run bench-torch 50 env SPIKING_BACKEND=torch "$PYTHON" "${bench[@]}" --variants project \
     --no-memory --json "$out/bench-torch.json"
+run bench-graphs 40 env SPIKING_BACKEND=graphs "$PYTHON" "${bench[@]}" --variants project \
+    --no-memory --json "$out/bench-graphs.json"
 run max-batch 75 env SPIKING_BACKEND=triton "$PYTHON" benchmarks/max_batch.py \
     --arch resnet11 -T 100 --device cuda --start "$start" --limit $((start * 4)) --budget 65 \
     --try-timeout 30
@@ -90,7 +94,7 @@ from pathlib import Path
 
 out = Path(sys.argv[1])
 rows = []
-for run in ("triton", "torch"):
+for run in ("triton", "torch", "graphs"):
     path = out / f"bench-{run}.json"
     if not path.exists():
         continue

@@ -20,6 +20,8 @@ from spiking import PoissonEncoder, backends
 # Measured at T = 100: LeNet 9,227 (227 + 90 T), ResNet11 21,418 (618 + 208 T); the limits
 # leave a little room.
 LIMITS_AT_100 = {"lenet": 9_300, "resnet11": 21_600}
+# Backend graphs, measured: LeNet 305, ResNet11 804 operations and replays at any T.
+GRAPHS_LIMITS = {"lenet": 320, "resnet11": 820}
 
 
 def test_auto_takes_the_torch_backend_on_cuda():
@@ -74,6 +76,14 @@ def test_auto_on_cuda_at_100_steps(arch, steps):
     fixed = counts[0] - per_step * steps[0]
     assert counts == [fixed + per_step * t for t in steps]
     assert fixed + per_step * 100 <= LIMITS_AT_100[arch]
+
+
+@pytest.mark.parametrize("arch", ["lenet", "resnet11"])
+def test_replayed_graphs_dispatch_the_same_at_any_number_of_steps(arch):
+    """The neuron loops replayed as graphs: no operation per time step is left."""
+    counts = [count_training_step(arch, t, 2, 0.1, "graphs") for t in (2, 5)]
+    assert counts[0].total == counts[1].total <= GRAPHS_LIMITS[arch]
+    assert counts[0].graphs == counts[1].graphs > 0
 
 
 @pytest.mark.skipif(backends.unavailable("triton", torch.device("cpu")) is None,

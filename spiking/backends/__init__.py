@@ -12,6 +12,7 @@ Poisson encoding; a module that lacks one is refused when the tables are built. 
 | ``torch``   | :mod:`.pytorch`         | every neuron's own methods over a chunk of steps; time-folded synapses that keep packed spikes for the backward | any device |
 | ``cpu``     | :mod:`.cpu`             | fused C kernels for the paper's neurons, event-driven synapses, Poisson encoding | CPU, float32/64 |
 | ``triton``  | :mod:`.triton_kernels`  | fused Triton kernels for the paper's neurons, the time loop inside | CUDA (CPU under ``TRITON_INTERPRET=1``), float32/64 |
+| ``graphs``  | :mod:`.cuda_graphs`     | ``torch``'s neuron loops captured once as CUDA graphs, one replay per chunk; no Triton | CUDA |
 
 Every backend computes the same numbers (tests/test_parity.py holds each to the reference, and
 the reference to the authors' loop); they differ in speed, memory and where they run. The fast
@@ -21,7 +22,7 @@ methods cannot be fused runs on ``torch``.
 ``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere: the Triton kernels
 are tested in Triton's interpreter but have not yet run on a GPU, so ``triton`` runs only when
 asked for by name (``benchmarks/cuda_check.sh`` is the check that decides whether ``auto`` may
-take it on CUDA). Choose with the environment variable ``SPIKING_BACKEND=<name>``,
+take it on CUDA); so does ``graphs``, whose capture has not yet run on a GPU either. Choose with the environment variable ``SPIKING_BACKEND=<name>``,
 :func:`set_backend` or :func:`use_backend`. Where the chosen backend cannot run an operation (no
 C compiler, a CUDA tensor for ``cpu``, a dtype, a neuron method that cannot be fused), ``torch`` runs
 it, and the log says so in one line, once: never silently.
@@ -37,14 +38,15 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from . import cpu, pytorch, reference, triton_kernels
+from . import cpu, cuda_graphs, pytorch, reference, triton_kernels
 from .contract import KERNELS, KernelTable, check_table
 
 __all__ = ["KERNELS", "KernelTable", "NAMES", "describe", "preferred", "requested_backend",
            "select", "set_backend", "table", "unavailable", "use_backend"]
 
 TABLES: dict[str, KernelTable] = {module.NAME: check_table(module)
-                                  for module in (reference, pytorch, cpu, triton_kernels)}
+                                  for module in (reference, pytorch, cpu, triton_kernels,
+                                                 cuda_graphs)}
 NAMES = tuple(TABLES)
 
 _log = logging.getLogger("spiking")

@@ -11,9 +11,10 @@ raises :class:`NotFusable`, and the neuron runs on the ``torch`` backend.
 from .aten import NotFusable
 from .c_source import c_source
 from .kernel import Kernel
-from .neuron_scan import NeuronScan, neuron_refusal, neuron_scan
+from .neuron_scan import NeuronScan, neuron_key, neuron_refusal, neuron_scan
 from .scans import FusedRecord, Launch, integrate, scan_backward, scan_forward
 from .triton_source import triton_source
 
 __all__ = ["FusedRecord", "Kernel", "Launch", "NeuronScan", "NotFusable", "c_source", "integrate",
-           "neuron_refusal", "neuron_scan", "scan_backward", "scan_forward", "triton_source"]
+           "neuron_key", "neuron_refusal", "neuron_scan", "scan_backward", "scan_forward",
+           "triton_source"]

@@ -14,7 +14,7 @@
   its gradient through ``reset`` (cotangent ``dLoss/dm_t``, the next step's delta) and through
   ``charge`` (cotangent ``dLoss/du_t``), each traced by autograd from the method itself.
 
-Neurons are cached by everything their trace depends on (:func:`_neuron_key`): class and
+Neurons are cached by everything their trace depends on (:func:`neuron_key`): class and
 methods, the numbers and tensors they hold; and by step shape and dtype.
 """
 from __future__ import annotations
@@ -30,7 +30,8 @@ from .kernel import FIRST, NEURONS, NUMBER, ROWS, ROWS_BEFORE, STATE, SUM, Kerne
 from .program import Program, Value
 from .trace import MethodTrace, emit_graph, held_tensors, meta_like, trace_gradient, trace_method
 
-__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_refusal", "neuron_scan"]
+__all__ = ["METHODS", "NeuronScan", "build", "build_integrator", "neuron_key", "neuron_refusal",
+           "neuron_scan"]
 
 METHODS = ("charge", "fire", "reset", "update_stats", "backward_step", "spike_stats",
            "keeps_potential")
@@ -254,7 +255,7 @@ def build_integrator(neuron: nn.Module, shape: torch.Size, dtype: torch.dtype) -
 _PLAIN = (bool, int, float, str, type(None), tuple)
 
 
-def _neuron_key(neuron: nn.Module) -> Hashable:
+def neuron_key(neuron: nn.Module) -> Hashable:
     """What a neuron's trace depends on besides the step: its class and methods (an edited
     method is a new trace), the plain values and functions it holds, its tensors' shapes and
     whether they train. Computed at every call, so kept cheap."""
@@ -283,22 +284,22 @@ def neuron_scan(neuron: nn.Module, like: Tensor) -> NeuronScan:
     Raises:
         NotFusable: as :func:`build`.
     """
-    neuron_key = None
+    own_key = None
     if _just_checked:
-        (checked, neuron_key, shape, dtype, scan), = _just_checked
+        (checked, own_key, shape, dtype, scan), = _just_checked
         _just_checked.clear()
         if checked is not neuron:
-            neuron_key = None
+            own_key = None
         elif shape == like.shape and dtype == like.dtype:
             return scan
-    if neuron_key is None:
-        neuron_key = _neuron_key(neuron)
-    return _cached_scan(neuron, neuron_key, like.shape, like.dtype)
+    if own_key is None:
+        own_key = neuron_key(neuron)
+    return _cached_scan(neuron, own_key, like.shape, like.dtype)
 
 
-def _cached_scan(neuron: nn.Module, neuron_key: Hashable, shape: torch.Size,
+def _cached_scan(neuron: nn.Module, own_key: Hashable, shape: torch.Size,
                  dtype: torch.dtype) -> NeuronScan:
-    key = (*neuron_key, shape, dtype)
+    key = (*own_key, shape, dtype)
     scan = _SCANS.get(key)
     if scan is None:
         make = build if hasattr(neuron, "fire") else build_integrator
@@ -316,11 +317,11 @@ def neuron_refusal(neuron: nn.Module, like: Tensor) -> str | None:
     """Why the generated scans cannot run ``neuron`` on currents like ``like`` ``[T, B, ...]``
     (a method that cannot be traced), or None: the fused tables' ``neuron_refusal``."""
     _just_checked.clear()
-    neuron_key = _neuron_key(neuron)
+    own_key = neuron_key(neuron)
     step_shape = like.shape[1:]
     try:
-        scan = _cached_scan(neuron, neuron_key, step_shape, like.dtype)
+        scan = _cached_scan(neuron, own_key, step_shape, like.dtype)
     except NotFusable as reason:
         return f"it cannot generate this neuron's scans: {reason}"
-    _just_checked.append((neuron, neuron_key, step_shape, like.dtype, scan))
+    _just_checked.append((neuron, own_key, step_shape, like.dtype, scan))
     return None
