@@ -185,8 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             seconds = time.perf_counter() - start
             label = name if name == cuda_backend(name) else f"{name} ({cuda_backend(name)})"
             print(f"| {label} | {time_steps} | {sum(counter.ops.values())} | {counter.triton} | "
-                  f"{counter.graphs} | {counter.total} | {counter.total / time_steps:.1f} | {seconds:.1f} |",
-                  flush=True)
+                  f"{counter.graphs} | {counter.total} | {counter.total / time_steps:.1f} | "
+                  f"{seconds:.1f} |", flush=True)
     return 0
 
 

@@ -22,8 +22,9 @@ methods cannot be fused runs on ``torch``.
 ``auto``, the default, takes ``cpu`` for CPU tensors and ``torch`` elsewhere: the Triton kernels
 are tested in Triton's interpreter but have not yet run on a GPU, so ``triton`` runs only when
 asked for by name (``benchmarks/cuda_check.sh`` is the check that decides whether ``auto`` may
-take it on CUDA); so does ``graphs``, whose capture has not yet run on a GPU either. Choose with the environment variable ``SPIKING_BACKEND=<name>``,
-:func:`set_backend` or :func:`use_backend`. Where the chosen backend cannot run an operation (no
+take it on CUDA); so does ``graphs``, whose capture has not yet run on a GPU either. Choose
+with the environment variable ``SPIKING_BACKEND=<name>``, :func:`set_backend` or
+:func:`use_backend`. Where the chosen backend cannot run an operation (no
 C compiler, a CUDA tensor for ``cpu``, a dtype, a neuron method that cannot be fused), ``torch`` runs
 it, and the log says so in one line, once: never silently.
 """
