@@ -4,7 +4,7 @@ CUDA graphs (``graphs``)."""
 import pytest
 import torch
 
-from spiking import IFNeuron, LIFNeuron, OutputIntegrator, PoolingNeuron, TimeHeldDropout, backends
+from spiking import LIFNeuron, OutputIntegrator, PoolingNeuron, TimeHeldDropout, backends
 from spiking.backends import cuda_graphs, pytorch, triton_kernels
 from test_parity import build, fix_dropout_masks, input_spikes, masked_layer, mse_sum
 

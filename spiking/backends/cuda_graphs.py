@@ -160,4 +160,3 @@ def integrator_forward(neuron: nn.Module, current: Tensor, membrane: Tensor) -> 
 
     (final,) = _replay(neuron, "integrate", (current, membrane), loop)
     return final.clone()
-
